@@ -1,0 +1,416 @@
+//! The shim's configuration: flags, or `REDSESS_*` environment variables, validated at start
+//! with errors that name the setting. Secrets (passwords) come from files or the environment,
+//! never from the command line, so they show in no process list.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::session::Settings;
+use crate::store::redis::RedisSettings;
+use crate::store::SessionLimit;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "REDSESS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// Redis URL (redis:// or rediss://, user and password allowed); none = the embedded
+    /// in-memory store. Prefer the environment variable: a URL with a password on the
+    /// command line is visible to every user of the machine.
+    #[arg(long, env = "REDSESS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// File holding the Redis password (for ACL users, with the user in the URL).
+    #[arg(long, env = "REDSESS_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Prefix of every Redis key, so several caches can share one Redis.
+    #[arg(long, env = "REDSESS_KEY_PREFIX", default_value = "redsess:")]
+    pub key_prefix: String,
+
+    /// Session realm answered to getRealmName.
+    #[arg(long, env = "REDSESS_REALM", default_value = "ISAM-Distributed-Session-Cache")]
+    pub realm: String,
+
+    /// Comma-separated replica sets to serve; empty = any.
+    #[arg(long, env = "REDSESS_REPLICA_SETS", value_delimiter = ',')]
+    pub replica_sets: Vec<String>,
+
+    /// Longest a session may live, whatever its expiry item says (e.g. 8h).
+    #[arg(long, env = "REDSESS_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub max_lifetime: Duration,
+
+    /// Tolerance for clocks that differ between WebSEAL hosts and the shim.
+    #[arg(long, env = "REDSESS_CLOCK_SKEW", default_value = "3m", value_parser = parse_duration)]
+    pub clock_skew: Duration,
+
+    /// The shim's own concurrent-session limit per user (0 = only WebSEAL's).
+    #[arg(long, env = "REDSESS_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    pub max_sessions_per_user: u32,
+
+    /// Past the shim's own limit, end the user's oldest sessions instead of refusing.
+    #[arg(long, env = "REDSESS_DISPLACE_SESSIONS", default_value_t = false)]
+    pub displace_sessions: bool,
+
+    /// Rotate each replica set's key this often (0 = never).
+    #[arg(long, env = "REDSESS_KEY_ROTATION", default_value = "0", value_parser = parse_duration)]
+    pub key_rotation: Duration,
+
+    /// Replicas not heard from for this long leave their replica sets.
+    #[arg(long, env = "REDSESS_REPLICA_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub replica_timeout: Duration,
+
+    /// Longest a request may wait on the store before it is answered with a fault.
+    #[arg(long, env = "REDSESS_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "REDSESS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// PEM certificate chain for HTTPS; with --tls-key.
+    #[arg(long, env = "REDSESS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "REDSESS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle; when set, every client must present a certificate it signed.
+    #[arg(long, env = "REDSESS_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// User WebSEAL sends with HTTP Basic (`[dsess-cluster] basic-auth-user`).
+    #[arg(long, env = "REDSESS_BASIC_AUTH_USER")]
+    pub basic_auth_user: Option<String>,
+
+    /// File holding the Basic-auth password (or set REDSESS_BASIC_AUTH_PASSWORD).
+    #[arg(long, env = "REDSESS_BASIC_AUTH_PASSWORD_FILE")]
+    pub basic_auth_password_file: Option<PathBuf>,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "REDSESS_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where sessions are kept.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Memory,
+    Redis(RedisSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    pub session: Settings,
+    pub tls: Option<TlsConfig>,
+    pub basic_auth: Option<BasicAuth>,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+fn read_secret(setting: &'static str, path: &PathBuf) -> Result<String, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err(bad(setting, format!("{} is empty", path.display())));
+    }
+    Ok(secret)
+}
+
+fn readable(setting: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))
+}
+
+impl ServeArgs {
+    /// Checks every setting; `env` supplies REDSESS_BASIC_AUTH_PASSWORD and
+    /// REDSESS_REDIS_PASSWORD (a parameter so tests need not touch the process environment).
+    pub fn validate(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            bad(
+                "--listen (REDSESS_LISTEN)",
+                format!("{:?} is not an address:port", self.listen),
+            )
+        })?;
+
+        let store = match &self.redis_url {
+            None => StoreConfig::Memory,
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(bad(
+                        "--redis-url (REDSESS_REDIS_URL)",
+                        "must start with redis:// or rediss://",
+                    ));
+                }
+                let password = match &self.redis_password_file {
+                    Some(p) => Some(read_secret("--redis-password-file (REDSESS_REDIS_PASSWORD_FILE)", p)?),
+                    None => env("REDSESS_REDIS_PASSWORD").filter(|p| !p.is_empty()),
+                };
+                StoreConfig::Redis(RedisSettings {
+                    url: url.clone(),
+                    password,
+                    key_prefix: self.key_prefix.clone(),
+                    connect_timeout: self.request_timeout,
+                    response_timeout: self.request_timeout,
+                })
+            }
+        };
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(bad(
+                "--key-prefix (REDSESS_KEY_PREFIX)",
+                "must not contain { or } (Redis hash tags)",
+            ));
+        }
+
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                readable("--tls-cert (REDSESS_TLS_CERT)", cert)?;
+                readable("--tls-key (REDSESS_TLS_KEY)", key)?;
+                if let Some(ca) = &self.tls_client_ca {
+                    readable("--tls-client-ca (REDSESS_TLS_CLIENT_CA)", ca)?;
+                }
+                Some(TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                })
+            }
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(bad(
+                    "--tls-client-ca (REDSESS_TLS_CLIENT_CA)",
+                    "client certificates need HTTPS: set --tls-cert and --tls-key too",
+                ))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(bad(
+                    "--tls-key (REDSESS_TLS_KEY)",
+                    "--tls-cert is set, the key is missing",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "--tls-cert (REDSESS_TLS_CERT)",
+                    "--tls-key is set, the certificate is missing",
+                ))
+            }
+        };
+
+        let basic_auth = match &self.basic_auth_user {
+            None => None,
+            Some(user) if user.is_empty() || user.contains(':') => {
+                return Err(bad(
+                    "--basic-auth-user (REDSESS_BASIC_AUTH_USER)",
+                    "must be non-empty and hold no ':'",
+                ))
+            }
+            Some(user) => {
+                let password = match &self.basic_auth_password_file {
+                    Some(p) => read_secret("--basic-auth-password-file (REDSESS_BASIC_AUTH_PASSWORD_FILE)", p)?,
+                    None => env("REDSESS_BASIC_AUTH_PASSWORD")
+                        .filter(|p| !p.is_empty())
+                        .ok_or_else(|| {
+                            bad(
+                                "--basic-auth-user (REDSESS_BASIC_AUTH_USER)",
+                                "needs a password: set REDSESS_BASIC_AUTH_PASSWORD or --basic-auth-password-file",
+                            )
+                        })?,
+                };
+                Some(BasicAuth {
+                    user: user.clone(),
+                    password,
+                })
+            }
+        };
+        if self.basic_auth_user.is_none() && self.basic_auth_password_file.is_some() {
+            return Err(bad(
+                "--basic-auth-password-file (REDSESS_BASIC_AUTH_PASSWORD_FILE)",
+                "is set but --basic-auth-user is not",
+            ));
+        }
+
+        let secs = |d: Duration| d.as_secs() as i64;
+        if self.max_lifetime < Duration::from_secs(60) {
+            return Err(bad("--max-lifetime (REDSESS_MAX_LIFETIME)", "must be at least 1m"));
+        }
+        if self.replica_timeout < Duration::from_secs(10) {
+            return Err(bad(
+                "--replica-timeout (REDSESS_REPLICA_TIMEOUT)",
+                "must be at least 10s",
+            ));
+        }
+        if !self.key_rotation.is_zero() && self.key_rotation < Duration::from_secs(1) {
+            return Err(bad(
+                "--key-rotation (REDSESS_KEY_ROTATION)",
+                "must be 0 (never) or at least 1s",
+            ));
+        }
+        if self.request_timeout < Duration::from_millis(100) || self.request_timeout > Duration::from_secs(120) {
+            return Err(bad(
+                "--request-timeout (REDSESS_REQUEST_TIMEOUT)",
+                "must be between 100ms and 2m",
+            ));
+        }
+        if self.max_body_bytes < 4096 {
+            return Err(bad(
+                "--max-body-bytes (REDSESS_MAX_BODY_BYTES)",
+                "must be at least 4096",
+            ));
+        }
+        let replica_sets: Vec<String> = self
+            .replica_sets
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+
+        Ok(Config {
+            listen,
+            store,
+            session: Settings {
+                realm: self.realm.clone(),
+                replica_sets: (!replica_sets.is_empty()).then_some(replica_sets),
+                max_lifetime_secs: secs(self.max_lifetime),
+                clock_skew_secs: secs(self.clock_skew),
+                session_limit: SessionLimit {
+                    max: self.max_sessions_per_user,
+                    displace: self.displace_sessions,
+                },
+                key_rotation_secs: (!self.key_rotation.is_zero()).then(|| secs(self.key_rotation).max(1)),
+                replica_timeout_secs: secs(self.replica_timeout),
+            },
+            tls,
+            basic_auth,
+            request_timeout: self.request_timeout,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// `90`, `90s`, `500ms`, `5m`, `12h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (like 90s, 5m, 12h)"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(list: &[&str]) -> ServeArgs {
+        let mut argv = vec!["redsess-shim"];
+        argv.extend_from_slice(list);
+        Cli::try_parse_from(argv).unwrap().serve
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn defaults_run_on_the_embedded_store() {
+        let c = args(&[]).validate(no_env).unwrap();
+        assert!(matches!(c.store, StoreConfig::Memory));
+        assert_eq!(c.session.clock_skew_secs, 180);
+        assert_eq!(c.max_body_bytes, 1024 * 1024);
+        assert!(c.tls.is_none() && c.basic_auth.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = args(&["--listen", "nowhere"]).validate(no_env).unwrap_err();
+        assert!(e.to_string().starts_with("--listen (REDSESS_LISTEN)"), "{e}");
+        let e = args(&["--redis-url", "http://x"]).validate(no_env).unwrap_err();
+        assert!(e.to_string().starts_with("--redis-url"), "{e}");
+        let e = args(&["--tls-cert", "/nonexistent"]).validate(no_env).unwrap_err();
+        assert!(e.to_string().starts_with("--tls-key"), "{e}");
+        let e = args(&["--basic-auth-user", "webseal"]).validate(no_env).unwrap_err();
+        assert!(e.to_string().contains("REDSESS_BASIC_AUTH_PASSWORD"), "{e}");
+        let e = args(&["--max-body-bytes", "10"]).validate(no_env).unwrap_err();
+        assert!(e.to_string().starts_with("--max-body-bytes"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_and_stay_out_of_debug_output() {
+        let env = |k: &str| (k == "REDSESS_BASIC_AUTH_PASSWORD").then(|| "pa55".to_string());
+        let c = args(&["--basic-auth-user", "webseal"]).validate(env).unwrap();
+        assert_eq!(c.basic_auth.as_ref().unwrap().password, "pa55");
+        assert!(!format!("{c:?}").contains("pa55"));
+    }
+}

@@ -1,0 +1,781 @@
+//! The DSC operations as Rust types: one request type per operation, the answers, the result
+//! codes, and their conversion from and to the SOAP element tree. Pure.
+
+use crate::soap::{Element, MessageWriter};
+
+pub const CLIENT_NS: &str = "http://sms.am.tivoli.com";
+pub const ADMIN_NS: &str = "http://admin.sms.am.tivoli.com";
+
+/// IBM's message IDs (CTGSI03xx) that the answers carry, in decimal on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ResultCode {
+    Success = 0x38c5812c,
+    NotRegistered = 0x38c5812e,
+    NotAuthorized = 0x38c5812f,
+    SessionLimitReached = 0x38c58130,
+    SessionIdInUse = 0x38c58131,
+    ReplicaSetNotConfigured = 0x38c58132,
+    ReplicaSetNotJoined = 0x38c58133,
+    StaleVersion = 0x38c58135,
+    CapabilityMismatch = 0x38c58136,
+    SessionNotFound = 0x38c58138,
+    InvalidParameter = 0x38c58139,
+    InstanceOwnedByAnother = 0x38c5813a,
+}
+
+impl ResultCode {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        use ResultCode::*;
+        [
+            Success,
+            NotRegistered,
+            NotAuthorized,
+            SessionLimitReached,
+            SessionIdInUse,
+            ReplicaSetNotConfigured,
+            ReplicaSetNotJoined,
+            StaleVersion,
+            CapabilityMismatch,
+            SessionNotFound,
+            InvalidParameter,
+            InstanceOwnedByAnother,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        use ResultCode::*;
+        match self {
+            Success => "success",
+            NotRegistered => "not_registered",
+            NotAuthorized => "not_authorized",
+            SessionLimitReached => "session_limit_reached",
+            SessionIdInUse => "session_id_in_use",
+            ReplicaSetNotConfigured => "replica_set_not_configured",
+            ReplicaSetNotJoined => "replica_set_not_joined",
+            StaleVersion => "stale_version",
+            CapabilityMismatch => "capability_mismatch",
+            SessionNotFound => "session_not_found",
+            InvalidParameter => "invalid_parameter",
+            InstanceOwnedByAnother => "instance_owned_by_another",
+        }
+    }
+}
+
+/// One item of a session: `value` is `None` for `xsi:nil`, which differs from `Some("")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataItem {
+    pub data_class: String,
+    pub instance: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinReplicaSet {
+    pub replica: String,
+    pub instance: String,
+    pub capabilities: u64,
+    pub replica_set: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetUpdates {
+    pub replica: String,
+    pub instance: String,
+    /// WebSEAL sends nil here; the replica's joined sets apply then.
+    pub replica_set: Option<String>,
+    pub response_by_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSession {
+    pub replica: String,
+    pub replica_set: String,
+    pub session_id: String,
+    pub session_limit: i64,
+    pub data: Vec<DataItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSession {
+    pub replica: String,
+    pub replica_set: String,
+    pub session_id: String,
+    pub version: u64,
+    pub push: bool,
+    pub session_limit: i64,
+    pub data: Vec<DataItem>,
+}
+
+/// getSession, idleTimeout: a replica naming one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    pub replica: String,
+    pub replica_set: String,
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminateSession {
+    pub session: SessionRef,
+    pub level: i64,
+    pub version: u64,
+    pub reason: u64,
+}
+
+/// The `execute` requests of the admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    GetClusterInfo,
+    GetReplicaSetInfo {
+        replica_set: String,
+    },
+    ListSessions {
+        replica_set: String,
+        data_class: String,
+        data_instance: String,
+        /// A pattern where `*` matches any run of characters.
+        value_pattern: String,
+        max_results: u64,
+    },
+    TerminateSession {
+        replica_set: String,
+        session_id: String,
+    },
+    TerminateAllSessions {
+        replica_set: String,
+        user: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    JoinReplicaSet(JoinReplicaSet),
+    ReplicaShutdown { replica: String },
+    Ping,
+    GetRealmName { replica: String, replica_set: String },
+    GetUpdates(GetUpdates),
+    CreateSession(CreateSession),
+    GetSession(SessionRef),
+    ChangeSession(ChangeSession),
+    IdleTimeout(SessionRef),
+    TerminateSession(TerminateSession),
+    Execute(AdminRequest),
+}
+
+impl Request {
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Request::JoinReplicaSet(_) => "joinReplicaSet",
+            Request::ReplicaShutdown { .. } => "replicaShutdown",
+            Request::Ping => "ping",
+            Request::GetRealmName { .. } => "getRealmName",
+            Request::GetUpdates(_) => "getUpdates",
+            Request::CreateSession(_) => "createSession",
+            Request::GetSession(_) => "getSession",
+            Request::ChangeSession(_) => "changeSession",
+            Request::IdleTimeout(_) => "idleTimeout",
+            Request::TerminateSession(_) => "terminateSession",
+            Request::Execute(_) => "execute",
+        }
+    }
+}
+
+/// Which endpoint a request arrived on; each serves one namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Client,
+    Admin,
+}
+
+impl Endpoint {
+    pub fn namespace(self) -> &'static str {
+        match self {
+            Endpoint::Client => CLIENT_NS,
+            Endpoint::Admin => ADMIN_NS,
+        }
+    }
+}
+
+/// Why an operation element could not become a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The whole message is wrong: answered with a SOAP fault.
+    #[error(
+        "operation {name} in namespace {namespace} is not served at this endpoint (expected namespace {expected})"
+    )]
+    WrongNamespace {
+        name: String,
+        namespace: String,
+        expected: &'static str,
+    },
+    #[error("unknown operation {0}")]
+    UnknownOperation(String),
+    #[error("unknown admin request {0}")]
+    UnknownAdminRequest(String),
+    /// A known operation with a bad field: answered in the operation's own shape with result
+    /// InvalidParameter, because WebSEAL understands that.
+    #[error("{operation}: {problem}")]
+    InvalidField { operation: &'static str, problem: String },
+}
+
+impl RequestError {
+    /// The operation to answer with InvalidParameter, when the operation itself was known.
+    pub fn known_operation(&self) -> Option<&'static str> {
+        match self {
+            RequestError::InvalidField { operation, .. } => Some(operation),
+            _ => None,
+        }
+    }
+}
+
+/// Longest accepted identifier (replica, replica set, session ID, instance, data class).
+const MAX_NAME: usize = 1024;
+
+struct Fields<'a> {
+    op: &'a Element,
+    operation: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn invalid(&self, problem: String) -> RequestError {
+        RequestError::InvalidField {
+            operation: self.operation,
+            problem,
+        }
+    }
+
+    fn name(&self, field: &str) -> Result<String, RequestError> {
+        let el = self
+            .op
+            .child(field)
+            .ok_or_else(|| self.invalid(format!("the required field {field} is missing")))?;
+        let text = el.text.trim();
+        if el.nil || text.is_empty() {
+            return Err(self.invalid(format!("the field {field} is empty")));
+        }
+        if text.len() > MAX_NAME {
+            return Err(self.invalid(format!("the field {field} is longer than {MAX_NAME} bytes")));
+        }
+        Ok(text.to_string())
+    }
+
+    fn optional_name(&self, field: &str) -> Result<Option<String>, RequestError> {
+        match self.op.child(field) {
+            None => Ok(None),
+            Some(el) if el.nil || el.text.trim().is_empty() => Ok(None),
+            Some(_) => self.name(field).map(Some),
+        }
+    }
+
+    fn integer(&self, field: &str) -> Result<i64, RequestError> {
+        let text = self.name(field)?;
+        parse_integer(&text)
+            .ok_or_else(|| self.invalid(format!("the field {field} is not a number: {}", shorten(&text))))
+    }
+
+    fn integer_or(&self, field: &str, default: i64) -> Result<i64, RequestError> {
+        match self.op.child(field) {
+            None => Ok(default),
+            Some(el) if el.nil => Ok(default),
+            Some(_) => self.integer(field),
+        }
+    }
+
+    fn unsigned(&self, field: &str) -> Result<u64, RequestError> {
+        let n = self.integer(field)?;
+        u64::try_from(n).map_err(|_| self.invalid(format!("the field {field} is negative")))
+    }
+
+    fn boolean_or(&self, field: &str, default: bool) -> Result<bool, RequestError> {
+        match self.op.child(field) {
+            None => Ok(default),
+            Some(el) if el.nil => Ok(default),
+            Some(el) => match el.text.trim() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                other => Err(self.invalid(format!("the field {field} is not a boolean: {}", shorten(other)))),
+            },
+        }
+    }
+
+    fn data(&self) -> Result<Vec<DataItem>, RequestError> {
+        self.op
+            .children_named("data")
+            .enumerate()
+            .map(|(i, d)| {
+                let item = Fields {
+                    op: d,
+                    operation: self.operation,
+                };
+                let value = d
+                    .child("value")
+                    .ok_or_else(|| self.invalid(format!("data item {} has no value element", i + 1)))?;
+                Ok(DataItem {
+                    data_class: item
+                        .name("dataClass")
+                        .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
+                    instance: item
+                        .name("instance")
+                        .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
+                    value: if value.nil { None } else { Some(value.text.clone()) },
+                })
+            })
+            .collect()
+    }
+}
+
+/// Decimal, or hexadecimal with `0x` as inside data values.
+pub fn parse_integer(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    let n = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        Some(hex) => i64::from_str_radix(hex, 16).ok()?,
+        None => digits.parse::<i64>().ok()?,
+    };
+    Some(if neg { -n } else { n })
+}
+
+fn shorten(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Turns the operation element of a request on `endpoint` into a typed request.
+pub fn parse_request(endpoint: Endpoint, op: &Element) -> Result<Request, RequestError> {
+    let expected = endpoint.namespace();
+    if op.namespace.as_deref() != Some(expected) {
+        return Err(RequestError::WrongNamespace {
+            name: shorten(&op.name),
+            namespace: op.namespace.clone().unwrap_or_else(|| "(none)".into()),
+            expected,
+        });
+    }
+    let operation: &'static str = match (endpoint, op.name.as_str()) {
+        (Endpoint::Client, "joinReplicaSet") => "joinReplicaSet",
+        (Endpoint::Client, "replicaShutdown") => "replicaShutdown",
+        (Endpoint::Client, "ping") => "ping",
+        (Endpoint::Client, "getRealmName") => "getRealmName",
+        (Endpoint::Client, "getUpdates") => "getUpdates",
+        (Endpoint::Client, "createSession") => "createSession",
+        (Endpoint::Client, "getSession") => "getSession",
+        (Endpoint::Client, "changeSession") => "changeSession",
+        (Endpoint::Client, "idleTimeout") => "idleTimeout",
+        (Endpoint::Client, "terminateSession") => "terminateSession",
+        (Endpoint::Admin, "execute") => "execute",
+        (_, other) => return Err(RequestError::UnknownOperation(shorten(other))),
+    };
+    let f = Fields { op, operation };
+    let session_ref = |f: &Fields| -> Result<SessionRef, RequestError> {
+        Ok(SessionRef {
+            replica: f.name("replica")?,
+            replica_set: f.name("replicaSet")?,
+            session_id: f.name("sessionID")?,
+        })
+    };
+    Ok(match operation {
+        "joinReplicaSet" => Request::JoinReplicaSet(JoinReplicaSet {
+            replica: f.name("replica")?,
+            instance: f.name("instance")?,
+            capabilities: f.unsigned("capabilities")?,
+            replica_set: f.name("replicaSet")?,
+        }),
+        "replicaShutdown" => Request::ReplicaShutdown {
+            replica: f.name("replica")?,
+        },
+        "ping" => Request::Ping,
+        "getRealmName" => Request::GetRealmName {
+            replica: f.name("replica")?,
+            replica_set: f.name("replicaSet")?,
+        },
+        "getUpdates" => Request::GetUpdates(GetUpdates {
+            replica: f.name("replica")?,
+            instance: f.name("instance")?,
+            replica_set: f.optional_name("replicaSet")?,
+            response_by_secs: f.unsigned("responseBy")?,
+        }),
+        "createSession" => Request::CreateSession(CreateSession {
+            replica: f.name("replica")?,
+            replica_set: f.name("replicaSet")?,
+            session_id: f.name("sessionID")?,
+            session_limit: f.integer_or("sessionLimit", 0)?,
+            data: f.data()?,
+        }),
+        "getSession" => Request::GetSession(session_ref(&f)?),
+        "changeSession" => Request::ChangeSession(ChangeSession {
+            replica: f.name("replica")?,
+            replica_set: f.name("replicaSet")?,
+            session_id: f.name("sessionID")?,
+            version: f.unsigned("version")?,
+            push: f.boolean_or("push", false)?,
+            session_limit: f.integer_or("sessionLimit", 0)?,
+            data: f.data()?,
+        }),
+        "idleTimeout" => Request::IdleTimeout(session_ref(&f)?),
+        "terminateSession" => Request::TerminateSession(TerminateSession {
+            session: session_ref(&f)?,
+            level: f.integer_or("level", 0)?,
+            version: f.integer_or("version", 0)?.max(0) as u64,
+            reason: f.integer_or("reason", 0)?.max(0) as u64,
+        }),
+        _ => Request::Execute(parse_admin(&f)?),
+    })
+}
+
+fn parse_admin(f: &Fields) -> Result<AdminRequest, RequestError> {
+    let request = f.name("request")?;
+    // inAttrs{attributes{name, values}}: collect name → first value.
+    let mut attrs: Vec<(String, String)> = Vec::new();
+    for group in f.op.children_named("inAttrs") {
+        for a in group.children_named("attributes") {
+            let name = a.child("name").map(|n| n.text.trim().to_string()).unwrap_or_default();
+            let value = a.child("values").map(|v| v.text.trim().to_string()).unwrap_or_default();
+            attrs.push((name, value));
+        }
+    }
+    let attr = |name: &str| -> Result<String, RequestError> {
+        attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty() && v.len() <= MAX_NAME)
+            .ok_or_else(|| f.invalid(format!("{request}: the attribute {name} is missing or empty")))
+    };
+    Ok(match request.as_str() {
+        "getClusterInfo" => AdminRequest::GetClusterInfo,
+        "getReplicaSetInfo" => AdminRequest::GetReplicaSetInfo {
+            replica_set: attr("ReplicaSet")?,
+        },
+        "listSessions" => {
+            let max = attr("MaxResults").unwrap_or_else(|_| "0".into());
+            let max_results = parse_integer(&max)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| f.invalid(format!("listSessions: MaxResults is not a number: {}", shorten(&max))))?;
+            AdminRequest::ListSessions {
+                replica_set: attr("ReplicaSet")?,
+                data_class: attr("SessionDataClass")?,
+                data_instance: attr("SessionDataInstance").unwrap_or_else(|_| "sms".into()),
+                value_pattern: attr("SessionDataValue").unwrap_or_else(|_| "*".into()),
+                max_results,
+            }
+        }
+        "terminateSession" => AdminRequest::TerminateSession {
+            replica_set: attr("ReplicaSet")?,
+            session_id: attr("SessionID")?,
+        },
+        "terminateAllSessions" => AdminRequest::TerminateAllSessions {
+            replica_set: attr("ReplicaSet")?,
+            user: attr("SessionDataValue")?,
+        },
+        other => return Err(RequestError::UnknownAdminRequest(shorten(other))),
+    })
+}
+
+/// Key material as handed to a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAnswer {
+    pub current_key: String,
+    pub current_key_id: u64,
+    pub old_key: String,
+    pub old_key_id: u64,
+    /// Seconds since the current key was made; -1 when keys never rotate.
+    pub current_key_age: i64,
+}
+
+/// One `outAttrs` group of an admin answer.
+pub type AttributeGroup = Vec<(String, String)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    JoinReplicaSet {
+        result: ResultCode,
+        keys: Option<KeyAnswer>,
+    },
+    /// replicaShutdown, ping, idleTimeout: the result is the text of `<op>Return`.
+    Bare {
+        operation: &'static str,
+        result: ResultCode,
+    },
+    GetRealmName {
+        result: ResultCode,
+        realm: String,
+    },
+    GetUpdates {
+        result: ResultCode,
+        new_key: String,
+        new_key_id: u64,
+    },
+    /// createSession, changeSession, terminateSession.
+    SessionChange {
+        operation: &'static str,
+        result: ResultCode,
+        version: u64,
+        stack_depth: u32,
+    },
+    GetSession {
+        result: ResultCode,
+        version: u64,
+        data: Vec<DataItem>,
+    },
+    Execute {
+        result: ResultCode,
+        groups: Vec<AttributeGroup>,
+    },
+}
+
+impl Response {
+    /// The answer of `operation` carrying only a result code, for refusals.
+    pub fn refusal(operation: &'static str, result: ResultCode) -> Response {
+        match operation {
+            "joinReplicaSet" => Response::JoinReplicaSet { result, keys: None },
+            "getRealmName" => Response::GetRealmName {
+                result,
+                realm: String::new(),
+            },
+            "getUpdates" => Response::GetUpdates {
+                result,
+                new_key: String::new(),
+                new_key_id: 0,
+            },
+            "createSession" | "changeSession" | "terminateSession" => Response::SessionChange {
+                operation,
+                result,
+                version: 0,
+                stack_depth: if operation == "terminateSession" { 0 } else { 1 },
+            },
+            "getSession" => Response::GetSession {
+                result,
+                version: 0,
+                data: Vec::new(),
+            },
+            "execute" => Response::Execute {
+                result,
+                groups: Vec::new(),
+            },
+            other => Response::Bare {
+                operation: other,
+                result,
+            },
+        }
+    }
+
+    pub fn result(&self) -> ResultCode {
+        match self {
+            Response::JoinReplicaSet { result, .. }
+            | Response::Bare { result, .. }
+            | Response::GetRealmName { result, .. }
+            | Response::GetUpdates { result, .. }
+            | Response::SessionChange { result, .. }
+            | Response::GetSession { result, .. }
+            | Response::Execute { result, .. } => *result,
+        }
+    }
+
+    /// The XML answer, element for element in the order of the captures.
+    pub fn to_xml(&self) -> String {
+        match self {
+            Response::JoinReplicaSet { result, keys } => {
+                let mut w = open("joinReplicaSet", CLIENT_NS);
+                w.number("result", result.code());
+                if let Some(k) = keys {
+                    w.field("currentKey", &k.current_key);
+                    w.field("oldKey", &k.old_key);
+                    w.number("currentKeyID", k.current_key_id);
+                    w.number("oldKeyID", k.old_key_id);
+                    w.number("currentKeyAge", k.current_key_age);
+                }
+                close(w, "joinReplicaSet")
+            }
+            Response::Bare { operation, result } => {
+                let response = format!("{operation}Response");
+                let mut w = MessageWriter::new(&response, CLIENT_NS);
+                w.number(&format!("{operation}Return"), result.code());
+                w.finish(&response)
+            }
+            Response::GetRealmName { result, realm } => {
+                let mut w = open("getRealmName", CLIENT_NS);
+                w.number("result", result.code());
+                w.field("realm", realm);
+                close(w, "getRealmName")
+            }
+            Response::GetUpdates {
+                result,
+                new_key,
+                new_key_id,
+            } => {
+                let mut w = open("getUpdates", CLIENT_NS);
+                w.number("result", result.code());
+                w.field("newKey", new_key);
+                w.number("newKeyID", new_key_id);
+                close(w, "getUpdates")
+            }
+            Response::SessionChange {
+                operation,
+                result,
+                version,
+                stack_depth,
+            } => {
+                let mut w = open(operation, CLIENT_NS);
+                w.number("result", result.code());
+                w.number("version", version);
+                w.number("stackDepth", stack_depth);
+                w.field("clearOnReadDataPresent", "false");
+                close(w, operation)
+            }
+            Response::GetSession { result, version, data } => {
+                let mut w = open("getSession", CLIENT_NS);
+                w.number("result", result.code());
+                w.number("version", version);
+                for item in data {
+                    w.open("data");
+                    w.optional_field("value", item.value.as_deref());
+                    w.field("dataClass", &item.data_class);
+                    w.field("instance", &item.instance);
+                    w.close("data");
+                }
+                w.number("stackDepth", 1);
+                close(w, "getSession")
+            }
+            Response::Execute { result, groups } => {
+                let mut w = open("execute", ADMIN_NS);
+                for group in groups {
+                    w.open("outAttrs");
+                    for (name, value) in group {
+                        w.open("attributes");
+                        w.field("name", name);
+                        w.field("values", value);
+                        w.close("attributes");
+                    }
+                    w.close("outAttrs");
+                }
+                w.number("result", result.code());
+                close(w, "execute")
+            }
+        }
+    }
+}
+
+fn open(operation: &str, namespace: &str) -> MessageWriter {
+    let mut w = MessageWriter::new(&format!("{operation}Response"), namespace);
+    w.open(&format!("{operation}Return"));
+    w
+}
+
+fn close(mut w: MessageWriter, operation: &str) -> String {
+    w.close(&format!("{operation}Return"));
+    w.finish(&format!("{operation}Response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::soap::read_operation;
+
+    /// `op` is the operation's name; `inner` its children, written with prefix `ns1`.
+    fn request(endpoint: Endpoint, op: &str, inner: &str) -> Result<Request, RequestError> {
+        let ns = endpoint.namespace();
+        let xml = format!(
+            r#"<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><SOAP-ENV:Body><ns1:{op} xmlns:ns1="{ns}">{inner}</ns1:{op}></SOAP-ENV:Body></SOAP-ENV:Envelope>"#
+        );
+        parse_request(endpoint, &read_operation(xml.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn result_codes_match_ibm_message_ids() {
+        assert_eq!(ResultCode::Success.code(), 952467756);
+        assert_eq!(ResultCode::SessionNotFound.code(), 952467768);
+        assert_eq!(ResultCode::InstanceOwnedByAnother.code(), 952467770);
+        assert_eq!(ResultCode::from_code(952467765), Some(ResultCode::StaleVersion));
+        assert_eq!(ResultCode::from_code(1), None);
+    }
+
+    #[test]
+    fn parses_create_session_with_nil_and_empty_items() {
+        let r = request(Endpoint::Client, "createSession", r#"<ns1:replica>web-a</ns1:replica><ns1:replicaSet>default</ns1:replicaSet><ns1:sessionID>S1</ns1:sessionID><ns1:sessionLimit>-1</ns1:sessionLimit><ns1:data><ns1:value xsi:nil="true"/><ns1:dataClass>c.nil</ns1:dataClass><ns1:instance>webseal</ns1:instance><ns1:changePolicy>1</ns1:changePolicy></ns1:data><ns1:data><ns1:value/><ns1:dataClass>c.empty</ns1:dataClass><ns1:instance>sms</ns1:instance></ns1:data>"#)
+        .unwrap();
+        let Request::CreateSession(c) = r else { panic!("{r:?}") };
+        assert_eq!(c.session_limit, -1);
+        assert_eq!(c.data[0].value, None);
+        assert_eq!(c.data[1].value.as_deref(), Some(""));
+        assert_eq!(c.data[1].data_class, "c.empty");
+    }
+
+    #[test]
+    fn missing_and_malformed_fields_name_the_field() {
+        let e = request(Endpoint::Client, "getSession", "<ns1:replica>w</ns1:replica>").unwrap_err();
+        assert_eq!(e.known_operation(), Some("getSession"));
+        assert!(e.to_string().contains("replicaSet"), "{e}");
+        let e = request(Endpoint::Client, "changeSession", "<ns1:replica>w</ns1:replica><ns1:replicaSet>d</ns1:replicaSet><ns1:sessionID>s</ns1:sessionID><ns1:version>x1</ns1:version>")
+        .unwrap_err();
+        assert!(e.to_string().contains("version is not a number"), "{e}");
+    }
+
+    #[test]
+    fn refuses_unknown_operations_and_foreign_namespaces() {
+        let e = request(Endpoint::Client, "frobnicate", "").unwrap_err();
+        assert_eq!(e, RequestError::UnknownOperation("frobnicate".into()));
+        let e = request(Endpoint::Admin, "ping", "").unwrap_err();
+        assert_eq!(e, RequestError::UnknownOperation("ping".into()));
+        let xml = r#"<S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/"><S:Body><x:ping xmlns:x="urn:other"/></S:Body></S:Envelope>"#;
+        let e = parse_request(Endpoint::Client, &read_operation(xml.as_bytes()).unwrap()).unwrap_err();
+        assert!(matches!(e, RequestError::WrongNamespace { .. }), "{e}");
+    }
+
+    #[test]
+    fn parses_admin_list_sessions() {
+        let r = request(Endpoint::Admin, "execute", "<ns1:request>listSessions</ns1:request><ns1:inAttrs><ns1:attributes><ns1:name>SessionDataClass</ns1:name><ns1:values>com.tivoli.am.eb.user-name</ns1:values></ns1:attributes><ns1:attributes><ns1:name>ReplicaSet</ns1:name><ns1:values>default</ns1:values></ns1:attributes><ns1:attributes><ns1:name>SessionDataValue</ns1:name><ns1:values>al*</ns1:values></ns1:attributes><ns1:attributes><ns1:name>MaxResults</ns1:name><ns1:values>0x10</ns1:values></ns1:attributes></ns1:inAttrs>")
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Execute(AdminRequest::ListSessions {
+                replica_set: "default".into(),
+                data_class: "com.tivoli.am.eb.user-name".into(),
+                data_instance: "sms".into(),
+                value_pattern: "al*".into(),
+                max_results: 16,
+            })
+        );
+    }
+
+    #[test]
+    fn answers_keep_the_captured_shape() {
+        let xml = Response::GetSession {
+            result: ResultCode::Success,
+            version: 3,
+            data: vec![
+                DataItem {
+                    data_class: "a".into(),
+                    instance: "sms".into(),
+                    value: None,
+                },
+                DataItem {
+                    data_class: "b".into(),
+                    instance: "webseal".into(),
+                    value: Some(String::new()),
+                },
+            ],
+        }
+        .to_xml();
+        assert!(xml.contains(r#"<ns1:getSessionResponse xmlns:ns1="http://sms.am.tivoli.com"><ns1:getSessionReturn><ns1:result>952467756</ns1:result><ns1:version>3</ns1:version><ns1:data><ns1:value xsi:nil="true"/><ns1:dataClass>a</ns1:dataClass><ns1:instance>sms</ns1:instance></ns1:data><ns1:data><ns1:value></ns1:value>"#), "{xml}");
+        assert!(xml.contains("<ns1:stackDepth>1</ns1:stackDepth></ns1:getSessionReturn></ns1:getSessionResponse>"));
+        let ping = Response::Bare {
+            operation: "ping",
+            result: ResultCode::Success,
+        }
+        .to_xml();
+        assert!(ping.contains("<ns1:pingReturn>952467756</ns1:pingReturn>"), "{ping}");
+    }
+}

@@ -1,0 +1,141 @@
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use redsess_shim::client::{ClientOptions, DscClient};
+use redsess_shim::config::ServeArgs;
+use redsess_shim::probe::{self, ProbeOptions};
+use redsess_shim::server;
+
+/// Speaks WebSEAL's Distributed Session Cache protocol and keeps sessions in Redis (or, with
+/// no Redis configured, in memory). Without a subcommand it serves.
+#[derive(Parser)]
+#[command(name = "redsess-shim", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the DSC protocol (the default).
+    Serve(Box<ServeArgs>),
+    /// Drive a WebSEAL-like session lifecycle against a DSC endpoint and print what it saw.
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// Base URL of the cache, e.g. https://redsess-shim:8443
+    url: String,
+    #[arg(long, default_value = "default")]
+    replica_set: String,
+    #[arg(long, default_value = "redsess-probe")]
+    replica: String,
+    /// Basic-auth user; the password comes from REDSESS_PROBE_PASSWORD.
+    #[arg(long)]
+    user: Option<String>,
+    /// PEM CA bundle to trust for HTTPS.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// PEM file with the client certificate and its private key.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// responseBy of the getUpdates step, in seconds.
+    #[arg(long, default_value_t = 2)]
+    response_by: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("redsess-shim: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Probe(args)) => run_probe(args).await,
+            Some(Command::Serve(args)) => serve(*args).await,
+            None => serve(cli.serve).await,
+        }
+    });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("redsess-shim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REDSESS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args
+        .validate(|k| std::env::var(k).ok())
+        .context("invalid configuration")?;
+    tracing::info!(store = ?config.store, listen = %config.listen, "starting redsess-shim");
+    server::run(config, shutdown_signal(), |addr| {
+        // One line on stdout that scripts and tests can wait for.
+        println!("redsess-shim listening on {addr}");
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let basic_auth = match args.user {
+        Some(user) => Some((
+            user,
+            std::env::var("REDSESS_PROBE_PASSWORD").context("--user needs the password in REDSESS_PROBE_PASSWORD")?,
+        )),
+        None => None,
+    };
+    let options = ClientOptions {
+        basic_auth,
+        ca_pem: args.ca.as_ref().map(read).transpose()?,
+        identity_pem: args.identity.as_ref().map(read).transpose()?,
+        timeout: Some(Duration::from_secs(args.response_by + 30)),
+    };
+    let client = DscClient::new(&args.url, options)?;
+    let probe = ProbeOptions {
+        replica_set: args.replica_set,
+        replica: args.replica,
+        response_by_secs: args.response_by,
+    };
+    let mut out = std::io::stdout();
+    let steps = probe::run(&client, &probe, &mut out).await?;
+    println!("probe: {steps} steps passed against {}", args.url);
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! The listener: HTTP or HTTPS (optionally requiring client certificates), HTTP Basic
+//! authentication, the two DSC endpoints, `/healthz` and `/readyz`, and a graceful shutdown
+//! that answers waiting long polls and lets in-flight requests finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use crate::config::{BasicAuth, Config, StoreConfig, TlsConfig};
+use crate::dsc::{self, Endpoint, Request, ResultCode};
+use crate::session::{poll_hold, SessionService};
+use crate::soap::{self, FaultCode};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreError};
+
+pub const CLIENT_PATH: &str = "/DSess/services/DSess";
+pub const ADMIN_PATH: &str = "/DSess/services/DSessAdmin";
+/// How often activity heard by this shim is written to the store.
+const HEARTBEAT_FLUSH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use the TLS material: {0}")]
+    Tls(String),
+    #[error("cannot set up the session store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the listener failed: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+#[derive(Clone)]
+struct App {
+    service: Arc<SessionService>,
+    /// `Basic <base64(user:password)>`'s token, compared in constant time.
+    basic_token: Option<Arc<[u8]>>,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+}
+
+/// Builds the store the configuration names.
+pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ServerError> {
+    Ok(match config {
+        StoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            store.spawn_sweeper();
+            store
+        }
+        StoreConfig::Redis(settings) => {
+            let store = Arc::new(RedisStore::new(settings.clone())?);
+            store.spawn_rotation_listener();
+            store
+        }
+    })
+}
+
+/// The routes, for a given service; shared by the binary and in-process tests.
+pub fn router(
+    service: Arc<SessionService>,
+    basic_auth: Option<&BasicAuth>,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+) -> Router {
+    let app = App {
+        service,
+        basic_token: basic_auth.map(|a| {
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", a.user, a.password))
+                .into_bytes()
+                .into()
+        }),
+        max_body_bytes,
+        request_timeout,
+    };
+    Router::new()
+        .route(CLIENT_PATH, post(client_endpoint))
+        .route(ADMIN_PATH, post(admin_endpoint))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(app)
+}
+
+/// Runs the shim until `shutdown` completes; `on_listening` hears the bound address.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = build_store(&config.store)?;
+    let (stop_polls, polls_stopped) = watch::channel(false);
+    let service = Arc::new(SessionService::new(
+        store,
+        config.session.clone(),
+        Arc::new(crate::clock::now),
+        polls_stopped,
+    ));
+    spawn_background(&service);
+    if config.basic_auth.is_none() && config.tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_none() {
+        tracing::warn!(
+            "no client authentication is configured: anyone who reaches this port can read and forge sessions"
+        );
+    }
+    let app = router(
+        service,
+        config.basic_auth.as_ref(),
+        config.max_body_bytes,
+        config.request_timeout,
+    );
+
+    let handle = axum_server::Handle::new();
+    let grace = config.shutdown_grace;
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: answering long polls, finishing in-flight requests");
+            let _ = stop_polls.send(true);
+            handle.graceful_shutdown(Some(grace));
+        });
+    }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Some(addr) = handle.listening().await {
+                tracing::info!("listening on {scheme}://{addr}");
+                on_listening(addr);
+            }
+        });
+    }
+    let make = app.into_make_service();
+    match &config.tls {
+        None => axum_server::bind(config.listen).handle(handle).serve(make).await?,
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_tls(tls)?));
+            axum_server::bind_rustls(config.listen, rustls)
+                .handle(handle)
+                .serve(make)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+fn spawn_background(service: &Arc<SessionService>) {
+    let weak = Arc::downgrade(service);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_FLUSH);
+        loop {
+            tick.tick().await;
+            let Some(service) = weak.upgrade() else { return };
+            if let Err(e) = service.flush_heartbeats().await {
+                tracing::warn!(error = %e, "cannot record replica activity");
+            }
+        }
+    });
+    if let Some(interval) = service.settings().key_rotation_secs {
+        let weak = Arc::downgrade(service);
+        let every = Duration::from_secs((interval as u64 / 4).clamp(1, 30));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(service) = weak.upgrade() else { return };
+                if let Err(e) = service.rotate_due_keys().await {
+                    tracing::warn!(error = %e, "cannot rotate keys");
+                }
+            }
+        });
+    }
+}
+
+/// Installs the process's TLS crypto provider once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn server_tls(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerError> {
+    install_crypto_provider();
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let certs = rustls_pemfile::certs(&mut read(&tls.cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!("{} holds no certificate", tls.cert.display())));
+    }
+    let key = rustls_pemfile::private_key(&mut read(&tls.key)?.as_slice())
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.key.display())))?
+        .ok_or_else(|| ServerError::Tls(format!("{} holds no private key", tls.key.display())))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut read(ca)?.as_slice()) {
+                let cert = cert.map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(format!("the certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    match tokio::time::timeout(app.request_timeout, app.service.store().ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session store did not answer in time\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn client_endpoint(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    serve_soap(app, Endpoint::Client, headers, body).await
+}
+
+async fn admin_endpoint(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    serve_soap(app, Endpoint::Admin, headers, body).await
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn fault(status: StatusCode, code: FaultCode, message: &str) -> Response {
+    xml(status, soap::fault(code, message))
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(expected) = &app.basic_token else { return true };
+    let Some(value) = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) else {
+        return false;
+    };
+    let Some(space) = value.iter().position(|b| *b == b' ') else {
+        return false;
+    };
+    let (scheme, token) = value.split_at(space);
+    scheme.eq_ignore_ascii_case(b"basic") && bool::from(token.trim_ascii().ct_eq(expected))
+}
+
+async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    if !authorized(&app, &headers) {
+        let mut r = fault(
+            StatusCode::UNAUTHORIZED,
+            FaultCode::Client,
+            "HTTP Basic authentication is required",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"redsess\""),
+        );
+        return r;
+    }
+    let too_large = || {
+        fault(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            FaultCode::Client,
+            &format!("the request body is larger than {} bytes", app.max_body_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > app.max_body_bytes) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) if format!("{e:?}").contains("LengthLimit") => return too_large(),
+        Err(e) => {
+            return fault(
+                StatusCode::BAD_REQUEST,
+                FaultCode::Client,
+                &format!("cannot read the request body: {e}"),
+            )
+        }
+    };
+    let operation = match soap::read_operation(&bytes) {
+        Ok(op) => op,
+        Err(e) => {
+            tracing::debug!(error = %e, "refused a request that is not a SOAP envelope");
+            return fault(StatusCode::BAD_REQUEST, FaultCode::Client, &e.to_string());
+        }
+    };
+    let request = match dsc::parse_request(endpoint, &operation) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "refused a request");
+            return match e.known_operation() {
+                // WebSEAL understands an answer in the operation's own shape best.
+                Some(op) => xml(
+                    StatusCode::OK,
+                    dsc::Response::refusal(op, ResultCode::InvalidParameter).to_xml(),
+                ),
+                None => fault(StatusCode::BAD_REQUEST, FaultCode::Client, &e.to_string()),
+            };
+        }
+    };
+    let operation = request.operation();
+    let limit = match &request {
+        Request::GetUpdates(r) => app.request_timeout + poll_hold(r.response_by_secs),
+        _ => app.request_timeout,
+    };
+    match tokio::time::timeout(limit, app.service.handle(request)).await {
+        Ok(Ok(answer)) => {
+            tracing::debug!(operation, result = answer.result().name(), "answered");
+            xml(StatusCode::OK, answer.to_xml())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(operation, error = %e, "the session store failed");
+            fault(StatusCode::SERVICE_UNAVAILABLE, FaultCode::Server, &e.to_string())
+        }
+        Err(_) => {
+            tracing::warn!(operation, "the session store did not answer in time");
+            fault(
+                StatusCode::SERVICE_UNAVAILABLE,
+                FaultCode::Server,
+                &format!("the session store did not answer within {:?}", app.request_timeout),
+            )
+        }
+    }
+}

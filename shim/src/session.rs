@@ -1,0 +1,764 @@
+//! The rules of the cache: versions, lifetimes, concurrent-session limits, the idle-timeout
+//! decision, replica-set membership and key material. Written against the `Store` trait;
+//! knows nothing of XML or Redis.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::dsc::{
+    parse_integer, AdminRequest, AttributeGroup, ChangeSession, CreateSession, DataItem, GetUpdates, JoinReplicaSet,
+    KeyAnswer, Request, Response, ResultCode, SessionRef, TerminateSession,
+};
+use crate::store::{
+    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Session, SessionLimit, Store, StoreError,
+};
+
+/// Items whose meaning the cache itself understands.
+pub mod class {
+    pub const EXPIRY: &str = "com.tivoli.am.eb.expiry";
+    pub const INACTIVITY_TIMEOUT: &str = "com.tivoli.am.webseal.inactivity-timeout";
+    pub const LAST_ACCESS: &str = "com.tivoli.am.eb.last-access";
+    pub const USER_NAME: &str = "com.tivoli.am.eb.user-name";
+    pub const SESSION_KEY_CLASS: &str = "com.tivoli.am.sms.concurrent-session-key-class";
+    pub const SESSION_KEY_INSTANCE: &str = "com.tivoli.am.sms.concurrent-session-key-instance";
+}
+
+/// The default replica set for a getUpdates whose replica joined none.
+const DEFAULT_REPLICA_SET: &str = "default";
+/// A long poll is never held longer than this, whatever `responseBy` asks.
+const MAX_POLL_HOLD: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub realm: String,
+    /// When set, only these replica sets are served.
+    pub replica_sets: Option<Vec<String>>,
+    pub max_lifetime_secs: i64,
+    pub clock_skew_secs: i64,
+    /// The shim's own concurrent-session rule, applied with WebSEAL's `sessionLimit`.
+    pub session_limit: SessionLimit,
+    /// Key rotation interval; `None` = never.
+    pub key_rotation_secs: Option<i64>,
+    /// Replicas not heard from for this long leave their sets.
+    pub replica_timeout_secs: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            realm: "ISAM-Distributed-Session-Cache".into(),
+            replica_sets: None,
+            max_lifetime_secs: 24 * 3600,
+            clock_skew_secs: 180,
+            session_limit: SessionLimit {
+                max: 0,
+                displace: false,
+            },
+            key_rotation_secs: None,
+            replica_timeout_secs: 600,
+        }
+    }
+}
+
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub struct SessionService {
+    store: Arc<dyn Store>,
+    settings: Settings,
+    clock: Clock,
+    /// (replica set, replica) → newest activity seen here, written to the store in batches so
+    /// that session operations stay one store call.
+    heard_from: Mutex<HashMap<(String, String), i64>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SessionService {
+    pub fn new(store: Arc<dyn Store>, settings: Settings, clock: Clock, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            store,
+            settings,
+            clock,
+            heard_from: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Answers one request. Errors are the store's: the caller turns them into a fault.
+    pub async fn handle(&self, request: Request) -> Result<Response, StoreError> {
+        if let Some(set) = replica_set_of(&request) {
+            if !self.serves(set) {
+                return Ok(Response::refusal(
+                    request.operation(),
+                    ResultCode::ReplicaSetNotConfigured,
+                ));
+            }
+        }
+        match request {
+            Request::JoinReplicaSet(r) => self.join(r).await,
+            Request::ReplicaShutdown { replica } => self.replica_shutdown(&replica).await,
+            Request::Ping => Ok(Response::Bare {
+                operation: "ping",
+                result: ResultCode::Success,
+            }),
+            Request::GetRealmName { replica, replica_set } => {
+                self.heard(&replica_set, &replica);
+                Ok(Response::GetRealmName {
+                    result: ResultCode::Success,
+                    realm: self.settings.realm.clone(),
+                })
+            }
+            Request::GetUpdates(r) => self.get_updates(r).await,
+            Request::CreateSession(r) => self.create(r).await,
+            Request::GetSession(r) => self.get(r).await,
+            Request::ChangeSession(r) => self.change(r).await,
+            Request::IdleTimeout(r) => self.idle_timeout(r).await,
+            Request::TerminateSession(r) => self.terminate(r).await,
+            Request::Execute(r) => self.execute(r).await,
+        }
+    }
+
+    fn serves(&self, replica_set: &str) -> bool {
+        self.settings
+            .replica_sets
+            .as_ref()
+            .is_none_or(|sets| sets.iter().any(|s| s == replica_set))
+    }
+
+    fn heard(&self, replica_set: &str, replica: &str) {
+        let mut heard = self.heard_from.lock().unwrap_or_else(|e| e.into_inner());
+        heard.insert((replica_set.to_string(), replica.to_string()), self.now());
+    }
+
+    /// Writes the activity heard since the last flush to the store.
+    pub async fn flush_heartbeats(&self) -> Result<(), StoreError> {
+        let batch: Vec<((String, String), i64)> = {
+            let mut heard = self.heard_from.lock().unwrap_or_else(|e| e.into_inner());
+            heard.drain().collect()
+        };
+        for ((set, replica), at) in batch {
+            self.store.heartbeat(&set, &replica, at).await?;
+        }
+        Ok(())
+    }
+
+    /// Rotates every replica set's key that is due; one shim of many wins each rotation.
+    pub async fn rotate_due_keys(&self) -> Result<usize, StoreError> {
+        let Some(interval) = self.settings.key_rotation_secs else {
+            return Ok(0);
+        };
+        let mut rotated = 0;
+        for set in self.store.replica_sets().await? {
+            if self
+                .store
+                .rotate_key(&set, &new_key(), self.now(), interval)
+                .await?
+                .is_some()
+            {
+                tracing::info!(replica_set = %set, "rotated the replica set's key");
+                rotated += 1;
+            }
+        }
+        Ok(rotated)
+    }
+
+    async fn keys(&self, replica_set: &str) -> Result<KeyMaterial, StoreError> {
+        self.store.key_material(replica_set, &new_key(), self.now()).await
+    }
+
+    fn key_age(&self, keys: &KeyMaterial) -> i64 {
+        match self.settings.key_rotation_secs {
+            Some(_) => (self.now() - keys.created).max(0),
+            None => -1,
+        }
+    }
+
+    async fn join(&self, r: JoinReplicaSet) -> Result<Response, StoreError> {
+        let now = self.now();
+        let member = Member {
+            replica: r.replica.clone(),
+            instance: r.instance.clone(),
+            joined: now,
+            last_seen: now,
+        };
+        let stale_before = now - self.settings.replica_timeout_secs;
+        let result = match self
+            .store
+            .join(&r.replica_set, &member, r.capabilities, stale_before)
+            .await?
+        {
+            JoinOutcome::Joined => {
+                let keys = self.keys(&r.replica_set).await?;
+                tracing::info!(replica = %r.replica, replica_set = %r.replica_set, "replica joined");
+                return Ok(Response::JoinReplicaSet {
+                    result: ResultCode::Success,
+                    keys: Some(KeyAnswer {
+                        current_key_age: self.key_age(&keys),
+                        current_key: keys.current,
+                        current_key_id: keys.current_id,
+                        old_key: keys.previous,
+                        old_key_id: keys.previous_id,
+                    }),
+                });
+            }
+            JoinOutcome::CapabilityMismatch { expected } => {
+                tracing::warn!(replica = %r.replica, replica_set = %r.replica_set, expected, offered = r.capabilities,
+                    "refused a join: its capability mask differs from the replica set's");
+                ResultCode::CapabilityMismatch
+            }
+            JoinOutcome::InstanceOwnedBy { replica } => {
+                tracing::warn!(replica = %r.replica, owner = %replica, "refused a join: the instance ID belongs to another replica");
+                ResultCode::InstanceOwnedByAnother
+            }
+        };
+        Ok(Response::refusal("joinReplicaSet", result))
+    }
+
+    async fn replica_shutdown(&self, replica: &str) -> Result<Response, StoreError> {
+        let left = self.store.leave(replica).await?;
+        self.heard_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, r), _| r != replica);
+        tracing::info!(replica, sets = ?left, "replica shut down");
+        Ok(Response::Bare {
+            operation: "replicaShutdown",
+            result: ResultCode::Success,
+        })
+    }
+
+    /// The long poll: answers when a key of the replica's sets rotates, just before
+    /// `responseBy` runs out, or when the shim shuts down. Waits on a channel, never a thread.
+    async fn get_updates(&self, r: GetUpdates) -> Result<Response, StoreError> {
+        let deadline = Instant::now() + poll_hold(r.response_by_secs);
+        // Subscribe before reading keys so no rotation falls between the two.
+        let mut rotations = self.store.rotations();
+        let now = self.now();
+        let sets = match &r.replica_set {
+            Some(set) => {
+                self.store.heartbeat(set, &r.replica, now).await?;
+                vec![set.clone()]
+            }
+            None => {
+                let mut joined = Vec::new();
+                for set in self.store.replica_sets().await? {
+                    if self.store.heartbeat(&set, &r.replica, now).await? {
+                        joined.push(set);
+                    }
+                }
+                if joined.is_empty() {
+                    joined.push(DEFAULT_REPLICA_SET.to_string());
+                }
+                joined
+            }
+        };
+        let mut before = Vec::with_capacity(sets.len());
+        for set in &sets {
+            before.push(self.keys(set).await?);
+        }
+        let mut shutdown = self.shutdown.clone();
+        let answer = |k: &KeyMaterial| Response::GetUpdates {
+            result: ResultCode::Success,
+            new_key: k.current.clone(),
+            new_key_id: k.current_id,
+        };
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.changed() => break,
+                rotation = rotations.recv() => {
+                    match rotation {
+                        Ok(Some(set)) if !sets.contains(&set) => continue,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep_until(deadline).await;
+                            break;
+                        }
+                        _ => {}
+                    }
+                    for (set, old) in sets.iter().zip(&before) {
+                        let keys = self.keys(set).await?;
+                        if keys.current_id != old.current_id || keys.current != old.current {
+                            return Ok(answer(&keys));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(answer(&self.keys(&sets[0]).await?))
+    }
+
+    /// When a session ends: its `expiry` item capped by the maximum lifetime, and its
+    /// inactivity timeout, each with the clock-skew tolerance added.
+    fn lifetime(&self, items: &[DataItem], created: i64) -> Lifetime {
+        let cap = created.saturating_add(self.settings.max_lifetime_secs);
+        let end = item_number(items, class::EXPIRY).map_or(cap, |e| e.min(cap));
+        let idle = item_number(items, class::INACTIVITY_TIMEOUT).unwrap_or(0).max(0);
+        Lifetime {
+            ends_at: end.saturating_add(self.settings.clock_skew_secs),
+            idle_secs: if idle > 0 {
+                idle.saturating_add(self.settings.clock_skew_secs)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// WebSEAL's `sessionLimit` (0 none, n > 0 refuse past n, n < 0 displace past |n|)
+    /// combined with the shim's own rule: the stricter limit wins.
+    fn effective_limit(&self, requested: i64) -> SessionLimit {
+        let own = &self.settings.session_limit;
+        let asked = SessionLimit {
+            max: requested.unsigned_abs().min(u32::MAX as u64) as u32,
+            displace: requested < 0,
+        };
+        match (asked.max, own.max) {
+            (0, _) => own.clone(),
+            (_, 0) => asked,
+            (a, o) if o < a => own.clone(),
+            _ => asked,
+        }
+    }
+
+    async fn create(&self, r: CreateSession) -> Result<Response, StoreError> {
+        self.heard(&r.replica_set, &r.replica);
+        let now = self.now();
+        let session = Session {
+            version: 0,
+            lifetime: self.lifetime(&r.data, now),
+            user: user_of(&r.data),
+            items: r.data,
+            touched: now,
+            created: now,
+        };
+        let limit = self.effective_limit(r.session_limit);
+        let result = match self
+            .store
+            .create_session(&r.replica_set, &r.session_id, &session, &limit, now)
+            .await?
+        {
+            CreateOutcome::Created { displaced } => {
+                if !displaced.is_empty() {
+                    tracing::info!(replica_set = %r.replica_set, count = displaced.len(),
+                        "ended the user's oldest sessions to stay within the concurrent-session limit");
+                }
+                ResultCode::Success
+            }
+            CreateOutcome::IdInUse => ResultCode::SessionIdInUse,
+            CreateOutcome::LimitReached => ResultCode::SessionLimitReached,
+        };
+        Ok(Response::SessionChange {
+            operation: "createSession",
+            result,
+            version: 0,
+            stack_depth: 1,
+        })
+    }
+
+    async fn get(&self, r: SessionRef) -> Result<Response, StoreError> {
+        self.heard(&r.replica_set, &r.replica);
+        Ok(
+            match self
+                .store
+                .get_session(&r.replica_set, &r.session_id, true, self.now())
+                .await?
+            {
+                Some(s) => Response::GetSession {
+                    result: ResultCode::Success,
+                    version: s.version,
+                    data: s.items,
+                },
+                None => Response::refusal("getSession", ResultCode::SessionNotFound),
+            },
+        )
+    }
+
+    async fn change(&self, r: ChangeSession) -> Result<Response, StoreError> {
+        self.heard(&r.replica_set, &r.replica);
+        let now = self.now();
+        let answer = |result, version| Response::SessionChange {
+            operation: "changeSession",
+            result,
+            version,
+            stack_depth: 1,
+        };
+        let Some(stored) = self
+            .store
+            .get_session(&r.replica_set, &r.session_id, false, now)
+            .await?
+        else {
+            return Ok(answer(ResultCode::SessionNotFound, 0));
+        };
+        if stored.version != r.version {
+            return Ok(answer(ResultCode::StaleVersion, stored.version));
+        }
+        let mut items = stored.items;
+        merge(&mut items, r.data);
+        let changed = Session {
+            version: stored.version + 1,
+            lifetime: self.lifetime(&items, stored.created),
+            user: user_of(&items),
+            items,
+            touched: now,
+            created: stored.created,
+        };
+        Ok(
+            match self
+                .store
+                .replace_session(
+                    &r.replica_set,
+                    &r.session_id,
+                    r.version,
+                    stored.user.as_deref(),
+                    &changed,
+                )
+                .await?
+            {
+                ReplaceOutcome::Replaced => answer(ResultCode::Success, changed.version),
+                ReplaceOutcome::VersionMismatch { stored } => answer(ResultCode::StaleVersion, stored),
+                ReplaceOutcome::NotFound => answer(ResultCode::SessionNotFound, 0),
+            },
+        )
+    }
+
+    /// A WebSEAL saw the session idle. It ends only when idle everywhere: its newest activity
+    /// (any shim's touch, or the `last-access` item) is older than its inactivity timeout
+    /// less the clock-skew tolerance. Otherwise the user is active elsewhere and it stays.
+    async fn idle_timeout(&self, r: SessionRef) -> Result<Response, StoreError> {
+        self.heard(&r.replica_set, &r.replica);
+        let now = self.now();
+        let answer = |result| Response::Bare {
+            operation: "idleTimeout",
+            result,
+        };
+        let Some(stored) = self
+            .store
+            .get_session(&r.replica_set, &r.session_id, false, now)
+            .await?
+        else {
+            return Ok(answer(ResultCode::SessionNotFound));
+        };
+        let idle = item_number(&stored.items, class::INACTIVITY_TIMEOUT).unwrap_or(0);
+        let newest = item_number(&stored.items, class::LAST_ACCESS)
+            .unwrap_or(0)
+            .max(stored.touched);
+        if idle > 0 && now - newest >= idle - self.settings.clock_skew_secs {
+            self.store.delete_session(&r.replica_set, &r.session_id).await?;
+            tracing::debug!(replica_set = %r.replica_set, "ended a session idle on every replica");
+        }
+        Ok(answer(ResultCode::Success))
+    }
+
+    async fn terminate(&self, r: TerminateSession) -> Result<Response, StoreError> {
+        let s = &r.session;
+        self.heard(&s.replica_set, &s.replica);
+        let deleted = self.store.delete_session(&s.replica_set, &s.session_id).await?;
+        tracing::debug!(replica_set = %s.replica_set, reason = r.reason, level = r.level, deleted, "terminateSession");
+        Ok(Response::SessionChange {
+            operation: "terminateSession",
+            result: if deleted {
+                ResultCode::Success
+            } else {
+                ResultCode::SessionNotFound
+            },
+            version: 0,
+            stack_depth: 0,
+        })
+    }
+
+    async fn execute(&self, r: AdminRequest) -> Result<Response, StoreError> {
+        let ok = |groups| Response::Execute {
+            result: ResultCode::Success,
+            groups,
+        };
+        Ok(match r {
+            AdminRequest::GetClusterInfo => {
+                let sets = match &self.settings.replica_sets {
+                    Some(sets) => sets.clone(),
+                    None => self.store.replica_sets().await?,
+                };
+                let mut first: AttributeGroup = vec![("SessionRealm".into(), self.settings.realm.clone())];
+                first.extend(sets.iter().map(|s| ("ReplicaSet".to_string(), s.clone())));
+                let mut groups = vec![first];
+                for set in &sets {
+                    let keys = self.keys(set).await?;
+                    let expiry = keys.created + self.settings.key_rotation_secs.unwrap_or(0);
+                    groups.push(vec![
+                        ("KeyId".into(), keys.current_id.to_string()),
+                        ("KeyCreationTime".into(), keys.created.to_string()),
+                        ("KeyExpiryTime".into(), expiry.to_string()),
+                    ]);
+                }
+                ok(groups)
+            }
+            AdminRequest::GetReplicaSetInfo { replica_set } => {
+                let stale_before = self.now() - self.settings.replica_timeout_secs;
+                let members = self.store.members(&replica_set, stale_before).await?;
+                ok(members
+                    .into_iter()
+                    .map(|m| vec![("Replica".into(), m.replica), ("Joined".into(), m.joined.to_string())])
+                    .collect())
+            }
+            AdminRequest::ListSessions {
+                replica_set,
+                data_class,
+                data_instance,
+                value_pattern,
+                max_results,
+            } => {
+                let matches = self
+                    .matching_sessions(&replica_set, &data_class, &data_instance, &value_pattern)
+                    .await?;
+                let returned = if max_results == 0 {
+                    matches.len()
+                } else {
+                    matches.len().min(max_results as usize)
+                };
+                let mut groups = vec![vec![
+                    ("NumResults".to_string(), matches.len().to_string()),
+                    ("ReturnedResults".to_string(), returned.to_string()),
+                ]];
+                groups.extend(
+                    matches
+                        .into_iter()
+                        .take(returned)
+                        .map(|(id, value)| vec![("SessionID".into(), id), ("SessionDataValue".into(), value)]),
+                );
+                ok(groups)
+            }
+            AdminRequest::TerminateSession {
+                replica_set,
+                session_id,
+            } => Response::Execute {
+                result: if self.store.delete_session(&replica_set, &session_id).await? {
+                    ResultCode::Success
+                } else {
+                    ResultCode::SessionNotFound
+                },
+                groups: Vec::new(),
+            },
+            AdminRequest::TerminateAllSessions { replica_set, user } => {
+                let mut ended = 0;
+                for id in self.store.user_sessions(&replica_set, &user).await? {
+                    if self.store.delete_session(&replica_set, &id).await? {
+                        ended += 1;
+                    }
+                }
+                tracing::info!(replica_set = %replica_set, ended, "terminated all sessions of a user");
+                ok(vec![vec![("TerminatedSessions".into(), ended.to_string())]])
+            }
+        })
+    }
+
+    /// Sessions holding an item of `data_class`/`data_instance` whose value matches the
+    /// pattern: through the user index for an exact user name, else by a scan.
+    async fn matching_sessions(
+        &self,
+        replica_set: &str,
+        data_class: &str,
+        data_instance: &str,
+        pattern: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if data_class == class::USER_NAME && data_instance == "sms" && !pattern.contains('*') {
+            let ids = self.store.user_sessions(replica_set, pattern).await?;
+            return Ok(ids.into_iter().map(|id| (id, pattern.to_string())).collect());
+        }
+        Ok(self
+            .store
+            .all_sessions(replica_set)
+            .await?
+            .into_iter()
+            .filter_map(|(id, s)| {
+                s.items
+                    .into_iter()
+                    .find(|i| i.data_class == data_class && i.instance == data_instance)
+                    .and_then(|i| i.value)
+                    .filter(|v| wildcard_match(pattern, v))
+                    .map(|v| (id, v))
+            })
+            .collect())
+    }
+}
+
+fn replica_set_of(request: &Request) -> Option<&str> {
+    match request {
+        Request::JoinReplicaSet(r) => Some(&r.replica_set),
+        Request::GetRealmName { replica_set, .. } => Some(replica_set),
+        Request::GetUpdates(r) => r.replica_set.as_deref(),
+        Request::CreateSession(r) => Some(&r.replica_set),
+        Request::ChangeSession(r) => Some(&r.replica_set),
+        Request::GetSession(r) | Request::IdleTimeout(r) => Some(&r.replica_set),
+        Request::TerminateSession(r) => Some(&r.session.replica_set),
+        Request::Execute(
+            AdminRequest::GetReplicaSetInfo { replica_set }
+            | AdminRequest::ListSessions { replica_set, .. }
+            | AdminRequest::TerminateSession { replica_set, .. }
+            | AdminRequest::TerminateAllSessions { replica_set, .. },
+        ) => Some(replica_set),
+        _ => None,
+    }
+}
+
+/// How long to hold a getUpdates: just under `responseBy`, so the answer beats WebSEAL's
+/// own timeout.
+pub fn poll_hold(response_by_secs: u64) -> Duration {
+    let total = Duration::from_secs(response_by_secs).min(MAX_POLL_HOLD);
+    let margin = (total / 10).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    total.saturating_sub(margin)
+}
+
+/// A fresh key: 32 alphanumeric characters, about 190 bits.
+pub fn new_key() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 32)
+}
+
+fn item_value<'a>(items: &'a [DataItem], data_class: &str) -> Option<&'a str> {
+    items.iter().find(|i| i.data_class == data_class)?.value.as_deref()
+}
+
+fn item_number(items: &[DataItem], data_class: &str) -> Option<i64> {
+    item_value(items, data_class).and_then(parse_integer)
+}
+
+/// The value identifying the user for concurrent-session counting: the item named by the
+/// concurrent-session-key items, by default `com.tivoli.am.eb.user-name`/`sms`.
+pub fn user_of(items: &[DataItem]) -> Option<String> {
+    let key_class = item_value(items, class::SESSION_KEY_CLASS).unwrap_or(class::USER_NAME);
+    let key_instance = item_value(items, class::SESSION_KEY_INSTANCE).unwrap_or("sms");
+    items
+        .iter()
+        .find(|i| i.data_class == key_class && i.instance == key_instance)?
+        .value
+        .clone()
+        .filter(|v| !v.is_empty())
+}
+
+/// Upserts `changes` into `items`: an item with the same class and instance is replaced in
+/// place (keeping its first-stored position), a new one goes to the end.
+pub fn merge(items: &mut Vec<DataItem>, changes: Vec<DataItem>) {
+    for change in changes {
+        match items
+            .iter_mut()
+            .find(|i| i.data_class == change.data_class && i.instance == change.instance)
+        {
+            Some(existing) => existing.value = change.value,
+            None => items.push(change),
+        }
+    }
+}
+
+/// `*` matches any run of characters, everything else itself.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(c: &str, i: &str, v: &str) -> DataItem {
+        DataItem {
+            data_class: c.into(),
+            instance: i.into(),
+            value: Some(v.into()),
+        }
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("al*", "alice"));
+        assert!(wildcard_match("*ce", "alice"));
+        assert!(wildcard_match("a*i*e", "alice"));
+        assert!(!wildcard_match("a*x*e", "alice"));
+        assert!(!wildcard_match("alice*e", "alice"));
+        assert!(wildcard_match("alice", "alice"));
+        assert!(!wildcard_match("alic", "alice"));
+    }
+
+    #[test]
+    fn merge_keeps_order_and_appends_new_items() {
+        let mut items = vec![item("a", "sms", "1"), item("b", "webseal", "2")];
+        merge(
+            &mut items,
+            vec![
+                DataItem {
+                    data_class: "a".into(),
+                    instance: "sms".into(),
+                    value: None,
+                },
+                item("c", "sms", "3"),
+                item("b", "sms", "other instance"),
+            ],
+        );
+        let names: Vec<_> = items
+            .iter()
+            .map(|i| (i.data_class.as_str(), i.instance.as_str()))
+            .collect();
+        assert_eq!(names, [("a", "sms"), ("b", "webseal"), ("c", "sms"), ("b", "sms")]);
+        assert_eq!(items[0].value, None);
+    }
+
+    #[test]
+    fn the_user_follows_the_concurrent_session_key_items() {
+        let plain = vec![item(class::USER_NAME, "sms", "alice")];
+        assert_eq!(user_of(&plain).as_deref(), Some("alice"));
+        let redirected = vec![
+            item(class::USER_NAME, "sms", "alice"),
+            item("custom.uid", "webseal", "u-17"),
+            item(class::SESSION_KEY_CLASS, "sms", "custom.uid"),
+            item(class::SESSION_KEY_INSTANCE, "sms", "webseal"),
+        ];
+        assert_eq!(user_of(&redirected).as_deref(), Some("u-17"));
+        assert_eq!(user_of(&[item(class::USER_NAME, "sms", "")]), None);
+    }
+
+    #[test]
+    fn long_polls_answer_just_before_response_by() {
+        assert_eq!(poll_hold(60), Duration::from_secs(55));
+        assert_eq!(poll_hold(2), Duration::from_millis(1500));
+        assert_eq!(poll_hold(0), Duration::ZERO);
+        assert_eq!(poll_hold(100_000), MAX_POLL_HOLD - Duration::from_secs(5));
+    }
+
+    #[test]
+    fn keys_are_long_and_printable() {
+        let k = new_key();
+        assert_eq!(k.len(), 32);
+        assert!(k.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(k, new_key());
+    }
+}

@@ -1,0 +1,453 @@
+//! SOAP 1.1 envelopes: reading a request into a small element tree, writing answers in the
+//! shape WebSEAL accepts, and faults. Pure: no I/O, so it can be fuzzed on its own.
+//!
+//! Reading resolves names by namespace URI, never by prefix, and refuses DOCTYPE declarations
+//! outright: no entity other than XML's five predefined ones and character references is ever
+//! expanded, and nothing is ever fetched.
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+
+pub const ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+pub const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+/// Deeper nesting than any DSC message needs is refused rather than followed.
+const MAX_DEPTH: usize = 16;
+/// Bounds the tree built from one body; the byte limit of the listener bounds it first.
+const MAX_ELEMENTS: usize = 100_000;
+
+/// One element of the operation inside `Body`: its namespace and local name, whether it
+/// carried `xsi:nil="true"`, its text (character data of this element only) and children.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Element {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub nil: bool,
+    pub text: String,
+    pub children: Vec<Element>,
+}
+
+impl Element {
+    /// The first child with this local name.
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// Every child with this local name, in document order.
+    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("the request body is not valid UTF-8")]
+    NotUtf8,
+    #[error("the request body is not well-formed XML: {0}")]
+    Malformed(String),
+    #[error("DOCTYPE declarations are not accepted")]
+    Doctype,
+    #[error("the document element is not a SOAP 1.1 Envelope (namespace {ENVELOPE_NS})")]
+    NotAnEnvelope,
+    #[error("the SOAP Envelope has no Body")]
+    NoBody,
+    #[error("the SOAP Body holds no operation element")]
+    NoOperation,
+    #[error("the message nests elements deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("the message holds more than {MAX_ELEMENTS} elements")]
+    TooManyElements,
+    #[error("the entity reference &{0}; is not one of XML's predefined entities")]
+    UnknownEntity(String),
+}
+
+/// Reads a SOAP 1.1 envelope and returns the first element inside its `Body`.
+pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
+    let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
+    let mut reader = NsReader::from_str(text);
+    reader.config_mut().expand_empty_elements = false;
+    reader.config_mut().check_end_names = true;
+
+    // The path of open elements from the document element down; `stack[i]` is being built.
+    let mut stack: Vec<Element> = Vec::new();
+    let mut operation: Option<Element> = None;
+    let mut seen_root = false;
+    let mut body_depth: Option<usize> = None;
+    let mut count = 0usize;
+
+    loop {
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        // Owned now, so that `reader` can resolve attribute names below.
+        let namespace = match event {
+            Event::Start(_) | Event::Empty(_) => owned_namespace(&ns)?,
+            _ => None,
+        };
+        match event {
+            Event::DocType(_) => return Err(EnvelopeError::Doctype),
+            Event::Start(ref start) | Event::Empty(ref start) if operation.is_none() => {
+                let is_empty = matches!(event, Event::Empty(_));
+                count += 1;
+                if count > MAX_ELEMENTS {
+                    return Err(EnvelopeError::TooManyElements);
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(EnvelopeError::TooDeep);
+                }
+                let element = open_element(&reader, namespace, start)?;
+                let in_envelope = element.namespace.as_deref() == Some(ENVELOPE_NS);
+                if !seen_root {
+                    seen_root = true;
+                    if element.name != "Envelope" || !in_envelope {
+                        return Err(EnvelopeError::NotAnEnvelope);
+                    }
+                } else if stack.len() == 1 && body_depth.is_none() && element.name == "Body" && in_envelope {
+                    body_depth = Some(1);
+                }
+                stack.push(element);
+                if is_empty {
+                    close_element(&mut stack, body_depth, &mut operation);
+                }
+            }
+            Event::End(_) if operation.is_none() => {
+                close_element(&mut stack, body_depth, &mut operation);
+            }
+            Event::Text(t) => {
+                if let Some(top) = stack.last_mut() {
+                    let s = t.decode().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+                    top.text.push_str(&s);
+                }
+            }
+            Event::CData(c) => {
+                if let Some(top) = stack.last_mut() {
+                    let s = c.decode().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+                    top.text.push_str(&s);
+                }
+            }
+            Event::GeneralRef(r) => {
+                let resolved = match r.resolve_char_ref() {
+                    Ok(Some(ch)) => ch.to_string(),
+                    Ok(None) => {
+                        let name = r.decode().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+                        quick_xml::escape::resolve_predefined_entity(&name)
+                            .ok_or_else(|| EnvelopeError::UnknownEntity(truncate(&name, 40)))?
+                            .to_string()
+                    }
+                    Err(e) => return Err(EnvelopeError::Malformed(e.to_string())),
+                };
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&resolved);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !seen_root {
+        return Err(EnvelopeError::Malformed("the body holds no XML element".into()));
+    }
+    if body_depth.is_none() {
+        return Err(EnvelopeError::NoBody);
+    }
+    operation.ok_or(EnvelopeError::NoOperation)
+}
+
+fn owned_namespace(ns: &ResolveResult) -> Result<Option<String>, EnvelopeError> {
+    match ns {
+        ResolveResult::Bound(n) => Ok(Some(String::from_utf8_lossy(n.as_ref()).into_owned())),
+        ResolveResult::Unbound => Ok(None),
+        ResolveResult::Unknown(p) => Err(EnvelopeError::Malformed(format!(
+            "the prefix {} is not declared",
+            truncate(&String::from_utf8_lossy(p), 40)
+        ))),
+    }
+}
+
+fn open_element(
+    reader: &NsReader<&[u8]>,
+    namespace: Option<String>,
+    start: &BytesStart,
+) -> Result<Element, EnvelopeError> {
+    let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+    let mut nil = false;
+    for attr in start.attributes() {
+        let attr = attr.map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let (attr_ns, local) = reader.resolve_attribute(attr.key);
+        if local.as_ref() == b"nil" {
+            if let ResolveResult::Bound(n) = attr_ns {
+                if n.as_ref() == XSI_NS.as_bytes() {
+                    let value = attr
+                        .unescape_value()
+                        .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+                    nil = matches!(value.trim(), "true" | "1");
+                }
+            }
+        }
+    }
+    Ok(Element {
+        namespace,
+        name,
+        nil,
+        text: String::new(),
+        children: Vec::new(),
+    })
+}
+
+/// Pops the innermost open element into its parent; the first element closed directly inside
+/// `Body` is the operation.
+fn close_element(stack: &mut Vec<Element>, body_depth: Option<usize>, operation: &mut Option<Element>) {
+    let Some(done) = stack.pop() else { return };
+    match (body_depth, stack.len()) {
+        (Some(depth), len) if len == depth + 1 => {
+            // `done` sits directly in Body.
+            *operation = Some(done);
+        }
+        _ => {
+            // Only the subtree below Body is kept; Header and Envelope children are dropped.
+            let inside_operation = body_depth.is_some_and(|d| stack.len() > d + 1);
+            if let (true, Some(parent)) = (inside_operation, stack.last_mut()) {
+                parent.children.push(done);
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Escapes text for element content and attribute values.
+pub fn escape_into(out: &mut String, text: &str) {
+    let mut last = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\r' => "&#13;",
+            _ => continue,
+        };
+        out.push_str(&text[last..i]);
+        out.push_str(rep);
+        last = i + 1;
+    }
+    out.push_str(&text[last..]);
+}
+
+const ENVELOPE_OPEN: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+    "\n",
+    r#"<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">"#,
+    "<SOAP-ENV:Body>"
+);
+const ENVELOPE_CLOSE: &str = "</SOAP-ENV:Body></SOAP-ENV:Envelope>\n";
+
+/// Writes a message (an answer, or a request for the client) in the captured shape: the `SOAP-ENV` envelope declaring `xsd` and `xsi`,
+/// and the response element with prefix `ns1` declaring `namespace`. WebSEAL refuses other
+/// prefixes, so child elements written by `body` use `ns1:` too.
+pub struct MessageWriter {
+    out: String,
+}
+
+impl MessageWriter {
+    pub fn new(response_element: &str, namespace: &str) -> Self {
+        let mut out = String::with_capacity(1024);
+        out.push_str(ENVELOPE_OPEN);
+        out.push_str("<ns1:");
+        out.push_str(response_element);
+        out.push_str(" xmlns:ns1=\"");
+        out.push_str(namespace);
+        out.push_str("\">");
+        Self { out }
+    }
+
+    pub fn open(&mut self, name: &str) {
+        self.out.push_str("<ns1:");
+        self.out.push_str(name);
+        self.out.push('>');
+    }
+
+    pub fn close(&mut self, name: &str) {
+        self.out.push_str("</ns1:");
+        self.out.push_str(name);
+        self.out.push('>');
+    }
+
+    /// `<ns1:name>text</ns1:name>`, escaped.
+    pub fn field(&mut self, name: &str, text: &str) {
+        self.open(name);
+        escape_into(&mut self.out, text);
+        self.close(name);
+    }
+
+    /// A value that may be nil: `<ns1:name xsi:nil="true"/>` keeps nil apart from empty.
+    pub fn optional_field(&mut self, name: &str, text: Option<&str>) {
+        match text {
+            Some(t) => self.field(name, t),
+            None => {
+                self.out.push_str("<ns1:");
+                self.out.push_str(name);
+                self.out.push_str(" xsi:nil=\"true\"/>");
+            }
+        }
+    }
+
+    pub fn number(&mut self, name: &str, n: impl std::fmt::Display) {
+        use std::fmt::Write;
+        self.open(name);
+        let _ = write!(self.out, "{n}");
+        self.close(name);
+    }
+
+    pub fn finish(mut self, response_element: &str) -> String {
+        self.close(response_element);
+        self.out.push_str(ENVELOPE_CLOSE);
+        self.out
+    }
+}
+
+/// Who a fault blames: the request (`Client`) or the shim and its store (`Server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCode {
+    Client,
+    Server,
+}
+
+/// A SOAP 1.1 fault whose `faultstring` names the problem.
+pub fn fault(code: FaultCode, message: &str) -> String {
+    let mut out = String::with_capacity(512);
+    out.push_str(ENVELOPE_OPEN);
+    out.push_str("<SOAP-ENV:Fault><faultcode>SOAP-ENV:");
+    out.push_str(match code {
+        FaultCode::Client => "Client",
+        FaultCode::Server => "Server",
+    });
+    out.push_str("</faultcode><faultstring>");
+    escape_into(&mut out, message);
+    out.push_str("</faultstring></SOAP-ENV:Fault>");
+    out.push_str(ENVELOPE_CLOSE);
+    out
+}
+
+/// Reads a fault back (for the DSC client): `(faultcode, faultstring)` when the body is one.
+pub fn read_fault(body: &[u8]) -> Option<(String, String)> {
+    let op = read_operation(body).ok()?;
+    if op.name != "Fault" || op.namespace.as_deref() != Some(ENVELOPE_NS) {
+        return None;
+    }
+    let code = op
+        .child("faultcode")
+        .map(|e| e.text.trim().to_string())
+        .unwrap_or_default();
+    let string = op.child("faultstring").map(|e| e.text.clone()).unwrap_or_default();
+    Some((code, string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OP_NS: &str = "http://sms.am.tivoli.com";
+
+    fn envelope(inner: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><S:Envelope xmlns:S="{ENVELOPE_NS}" xmlns:xsi="{XSI_NS}"><S:Body>{inner}</S:Body></S:Envelope>"#
+        )
+    }
+
+    #[test]
+    fn reads_operation_by_namespace_not_prefix() {
+        let body = envelope(&format!(
+            r#"<x:ping xmlns:x="{OP_NS}"><x:something>0</x:something></x:ping>"#
+        ));
+        let op = read_operation(body.as_bytes()).unwrap();
+        assert_eq!(op.name, "ping");
+        assert_eq!(op.namespace.as_deref(), Some(OP_NS));
+        assert_eq!(op.child("something").unwrap().text, "0");
+    }
+
+    #[test]
+    fn prefixes_declared_on_the_envelope_work() {
+        let body = format!(
+            r#"<ns0:Envelope xmlns:ns0="{ENVELOPE_NS}" xmlns:ns1="{OP_NS}" xmlns:xsi="{XSI_NS}"><ns0:Body><ns1:getSession><ns1:ssoSource xsi:nil="true" /><ns1:replica>r</ns1:replica></ns1:getSession></ns0:Body></ns0:Envelope>"#
+        );
+        let op = read_operation(body.as_bytes()).unwrap();
+        assert_eq!(op.namespace.as_deref(), Some(OP_NS));
+        assert!(op.child("ssoSource").unwrap().nil);
+        assert!(!op.child("replica").unwrap().nil);
+    }
+
+    #[test]
+    fn nil_empty_and_entities_are_kept_apart() {
+        let body = envelope(&format!(
+            r#"<a:op xmlns:a="{OP_NS}"><a:v xsi:nil="true"/><a:v/><a:v></a:v><a:v>x &amp; &lt;y&gt; &#65;<![CDATA[<z>]]></a:v></a:op>"#
+        ));
+        let op = read_operation(body.as_bytes()).unwrap();
+        let v: Vec<_> = op.children_named("v").collect();
+        assert!(v[0].nil && v[0].text.is_empty());
+        assert!(!v[1].nil && v[1].text.is_empty());
+        assert!(!v[2].nil && v[2].text.is_empty());
+        assert_eq!(v[3].text, "x & <y> A<z>");
+    }
+
+    #[test]
+    fn hostile_and_broken_inputs_are_named() {
+        let doctype = format!(
+            r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><S:Envelope xmlns:S="{ENVELOPE_NS}"><S:Body><a:op xmlns:a="{OP_NS}">&e;</a:op></S:Body></S:Envelope>"#
+        );
+        assert_eq!(read_operation(doctype.as_bytes()), Err(EnvelopeError::Doctype));
+        let unknown_entity = envelope(&format!(r#"<a:op xmlns:a="{OP_NS}">&e;</a:op>"#));
+        assert_eq!(
+            read_operation(unknown_entity.as_bytes()),
+            Err(EnvelopeError::UnknownEntity("e".into()))
+        );
+        assert_eq!(read_operation(b"\xff\xfe<a/>"), Err(EnvelopeError::NotUtf8));
+        assert_eq!(
+            read_operation(b"not xml at all"),
+            Err(EnvelopeError::Malformed("the body holds no XML element".into()))
+        );
+        let mismatched = envelope(&format!(r#"<a:op xmlns:a="{OP_NS}"><a:x></a:op>"#));
+        assert!(matches!(
+            read_operation(mismatched.as_bytes()),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        assert_eq!(read_operation(b"<Envelope/>"), Err(EnvelopeError::NotAnEnvelope));
+        let no_body = format!(r#"<S:Envelope xmlns:S="{ENVELOPE_NS}"/>"#);
+        assert_eq!(read_operation(no_body.as_bytes()), Err(EnvelopeError::NoBody));
+        assert_eq!(read_operation(envelope("").as_bytes()), Err(EnvelopeError::NoOperation));
+        let deep = envelope(&format!("{}{}", "<a>".repeat(40), "</a>".repeat(40)));
+        assert_eq!(read_operation(deep.as_bytes()), Err(EnvelopeError::TooDeep));
+        let undeclared = envelope("<q:op/>");
+        assert!(matches!(
+            read_operation(undeclared.as_bytes()),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn written_answers_read_back() {
+        let mut w = MessageWriter::new("pingResponse", OP_NS);
+        w.field("pingReturn", "a<&>\"b");
+        w.optional_field("nothing", None);
+        w.optional_field("empty", Some(""));
+        let xml = w.finish("pingResponse");
+        assert!(xml.contains(r#"<ns1:pingResponse xmlns:ns1="http://sms.am.tivoli.com">"#));
+        let op = read_operation(xml.as_bytes()).unwrap();
+        assert_eq!(op.child("pingReturn").unwrap().text, "a<&>\"b");
+        assert!(op.child("nothing").unwrap().nil);
+        let empty = op.child("empty").unwrap();
+        assert!(!empty.nil && empty.text.is_empty());
+    }
+
+    #[test]
+    fn faults_read_back() {
+        let xml = fault(FaultCode::Client, "bad <thing>");
+        assert_eq!(
+            read_fault(xml.as_bytes()),
+            Some(("SOAP-ENV:Client".into(), "bad <thing>".into()))
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! The embedded store: everything in this process's memory, gone when it stops. For one shim
+//! on one machine (trials, development, a sidecar with no sharing needs).
+//!
+//! Expiry without a scan: every session sits in a queue ordered by the instant it expires;
+//! a sweep pops the front of the queue while it is due, so each operation costs O(log n) in
+//! the queue and O(1) in the session map, and nothing ever walks all sessions.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::{
+    CreateOutcome, JoinOutcome, KeyMaterial, Member, ReplaceOutcome, Rotation, Session, SessionLimit, Store, StoreError,
+};
+
+type SessionKey = (String, String);
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<SessionKey, Session>,
+    /// (expires_at, key): the expiry queue.
+    expiries: BTreeSet<(i64, SessionKey)>,
+    /// (replica set, user) → session IDs, oldest first.
+    users: HashMap<SessionKey, Vec<String>>,
+    /// replica set → capability mask, members, key material.
+    sets: HashMap<String, ReplicaSet>,
+}
+
+#[derive(Default)]
+struct ReplicaSet {
+    capabilities: Option<u64>,
+    members: HashMap<String, Member>,
+    keys: Option<KeyMaterial>,
+}
+
+pub struct MemoryStore {
+    state: Mutex<State>,
+    rotations: broadcast::Sender<Rotation>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            rotations: broadcast::channel(64).0,
+        }
+    }
+
+    /// Starts the sweep that drops expired sessions once a second.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { return };
+                store.sweep(crate::clock::now());
+            }
+        });
+    }
+
+    /// Drops every session due at `now`.
+    pub fn sweep(&self, now: i64) {
+        let mut state = self.lock();
+        while let Some((at, key)) = state.expiries.first().cloned() {
+            if at > now {
+                break;
+            }
+            state.expiries.pop_first();
+            state.remove_session(&key);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing the whole cache, so keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn live_session(&mut self, key: &SessionKey, now: i64) -> Option<&mut Session> {
+        let expired = match self.sessions.get(key) {
+            None => return None,
+            Some(s) => s.lifetime.expires_at(s.touched) <= now,
+        };
+        if expired {
+            self.remove_session(key);
+            return None;
+        }
+        self.sessions.get_mut(key)
+    }
+
+    fn remove_session(&mut self, key: &SessionKey) -> Option<Session> {
+        let session = self.sessions.remove(key)?;
+        self.expiries
+            .remove(&(session.lifetime.expires_at(session.touched), key.clone()));
+        if let Some(user) = &session.user {
+            self.unindex(&key.0, user, &key.1);
+        }
+        Some(session)
+    }
+
+    fn unindex(&mut self, replica_set: &str, user: &str, id: &str) {
+        let ukey = (replica_set.to_string(), user.to_string());
+        if let Some(ids) = self.users.get_mut(&ukey) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.users.remove(&ukey);
+            }
+        }
+    }
+
+    fn insert_session(&mut self, key: SessionKey, session: Session) {
+        if let Some(old) = self.sessions.get(&key) {
+            self.expiries
+                .remove(&(old.lifetime.expires_at(old.touched), key.clone()));
+        }
+        self.expiries
+            .insert((session.lifetime.expires_at(session.touched), key.clone()));
+        self.sessions.insert(key, session);
+    }
+
+    fn set(&mut self, replica_set: &str) -> &mut ReplicaSet {
+        self.sets.entry(replica_set.to_string()).or_default()
+    }
+}
+
+fn key(replica_set: &str, id: &str) -> SessionKey {
+    (replica_set.to_string(), id.to_string())
+}
+
+fn new_keys(candidate: &str, now: i64) -> KeyMaterial {
+    KeyMaterial {
+        current: candidate.to_string(),
+        current_id: 0,
+        previous: candidate.to_string(),
+        previous_id: 0,
+        created: now,
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        session: &Session,
+        limit: &SessionLimit,
+        now: i64,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut state = self.lock();
+        let k = key(replica_set, session_id);
+        if state.live_session(&k, now).is_some() {
+            return Ok(CreateOutcome::IdInUse);
+        }
+        let mut displaced = Vec::new();
+        if let Some(user) = &session.user {
+            let ukey = (replica_set.to_string(), user.clone());
+            let ids = state.users.get(&ukey).cloned().unwrap_or_default();
+            let live: Vec<String> = ids
+                .into_iter()
+                .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
+                .collect();
+            let max = limit.max as usize;
+            if max > 0 && live.len() >= max {
+                if !limit.displace {
+                    return Ok(CreateOutcome::LimitReached);
+                }
+                for id in &live[..live.len() + 1 - max] {
+                    state.remove_session(&key(replica_set, id));
+                    displaced.push(id.clone());
+                }
+            }
+            state.users.entry(ukey).or_default().push(session_id.to_string());
+        }
+        state.insert_session(k, session.clone());
+        Ok(CreateOutcome::Created { displaced })
+    }
+
+    async fn get_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        touch: bool,
+        now: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut state = self.lock();
+        let k = key(replica_set, session_id);
+        let Some(found) = state.live_session(&k, now).cloned() else {
+            return Ok(None);
+        };
+        if touch {
+            let mut touched = found.clone();
+            touched.touched = now;
+            state.insert_session(k, touched);
+        }
+        Ok(Some(found))
+    }
+
+    async fn replace_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        expected_version: u64,
+        previous_user: Option<&str>,
+        session: &Session,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        let mut state = self.lock();
+        let k = key(replica_set, session_id);
+        let Some(stored) = state.live_session(&k, session.touched) else {
+            return Ok(ReplaceOutcome::NotFound);
+        };
+        if stored.version != expected_version {
+            return Ok(ReplaceOutcome::VersionMismatch { stored: stored.version });
+        }
+        if previous_user != session.user.as_deref() {
+            if let Some(old) = previous_user {
+                state.unindex(replica_set, old, session_id);
+            }
+            if let Some(new) = &session.user {
+                state
+                    .users
+                    .entry((replica_set.to_string(), new.clone()))
+                    .or_default()
+                    .push(session_id.to_string());
+            }
+        }
+        state.insert_session(k, session.clone());
+        Ok(ReplaceOutcome::Replaced)
+    }
+
+    async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().remove_session(&key(replica_set, session_id)).is_some())
+    }
+
+    async fn user_sessions(&self, replica_set: &str, user: &str) -> Result<Vec<String>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .users
+            .get(&(replica_set.to_string(), user.to_string()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn all_sessions(&self, replica_set: &str) -> Result<Vec<(String, Session)>, StoreError> {
+        let state = self.lock();
+        let mut all: Vec<(String, Session)> = state
+            .sessions
+            .iter()
+            .filter(|((rs, _), _)| rs == replica_set)
+            .map(|((_, id), s)| (id.clone(), s.clone()))
+            .collect();
+        all.sort_by(|a, b| a.1.created.cmp(&b.1.created).then_with(|| a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
+    async fn join(
+        &self,
+        replica_set: &str,
+        member: &Member,
+        capabilities: u64,
+        stale_before: i64,
+    ) -> Result<JoinOutcome, StoreError> {
+        let mut state = self.lock();
+        let set = state.set(replica_set);
+        set.members.retain(|_, m| m.last_seen >= stale_before);
+        if let Some(owner) = set
+            .members
+            .values()
+            .find(|m| m.instance == member.instance && m.replica != member.replica)
+        {
+            return Ok(JoinOutcome::InstanceOwnedBy {
+                replica: owner.replica.clone(),
+            });
+        }
+        let others = set.members.keys().any(|r| r != &member.replica);
+        match set.capabilities {
+            Some(expected) if expected != capabilities && others => {
+                return Ok(JoinOutcome::CapabilityMismatch { expected })
+            }
+            _ => set.capabilities = Some(capabilities),
+        }
+        set.members.insert(member.replica.clone(), member.clone());
+        Ok(JoinOutcome::Joined)
+    }
+
+    async fn heartbeat(&self, replica_set: &str, replica: &str, now: i64) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.sets.get_mut(replica_set).and_then(|s| s.members.get_mut(replica)) {
+            Some(m) => {
+                m.last_seen = m.last_seen.max(now);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn leave(&self, replica: &str) -> Result<Vec<String>, StoreError> {
+        let mut state = self.lock();
+        let mut left: Vec<String> = state
+            .sets
+            .iter_mut()
+            .filter_map(|(name, set)| set.members.remove(replica).map(|_| name.clone()))
+            .collect();
+        left.sort();
+        Ok(left)
+    }
+
+    async fn members(&self, replica_set: &str, stale_before: i64) -> Result<Vec<Member>, StoreError> {
+        let mut state = self.lock();
+        let Some(set) = state.sets.get_mut(replica_set) else {
+            return Ok(Vec::new());
+        };
+        set.members.retain(|_, m| m.last_seen >= stale_before);
+        let mut members: Vec<Member> = set.members.values().cloned().collect();
+        members.sort_by(|a, b| a.joined.cmp(&b.joined).then_with(|| a.replica.cmp(&b.replica)));
+        Ok(members)
+    }
+
+    async fn replica_sets(&self) -> Result<Vec<String>, StoreError> {
+        let mut sets: Vec<String> = self.lock().sets.keys().cloned().collect();
+        sets.sort();
+        Ok(sets)
+    }
+
+    async fn key_material(&self, replica_set: &str, candidate: &str, now: i64) -> Result<KeyMaterial, StoreError> {
+        let mut state = self.lock();
+        let set = state.set(replica_set);
+        Ok(set.keys.get_or_insert_with(|| new_keys(candidate, now)).clone())
+    }
+
+    async fn rotate_key(
+        &self,
+        replica_set: &str,
+        candidate: &str,
+        now: i64,
+        interval_secs: i64,
+    ) -> Result<Option<KeyMaterial>, StoreError> {
+        let rotated = {
+            let mut state = self.lock();
+            let set = state.set(replica_set);
+            match &set.keys {
+                None => {
+                    set.keys = Some(new_keys(candidate, now));
+                    None
+                }
+                Some(k) if k.created + interval_secs > now => None,
+                Some(k) => {
+                    let next = KeyMaterial {
+                        current: candidate.to_string(),
+                        current_id: k.current_id + 1,
+                        previous: k.current.clone(),
+                        previous_id: k.current_id,
+                        created: now,
+                    };
+                    set.keys = Some(next.clone());
+                    Some(next)
+                }
+            }
+        };
+        if rotated.is_some() {
+            let _ = self.rotations.send(Some(replica_set.to_string()));
+        }
+        Ok(rotated)
+    }
+
+    fn rotations(&self) -> broadcast::Receiver<Rotation> {
+        self.rotations.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

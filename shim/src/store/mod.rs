@@ -1,0 +1,211 @@
+//! Where sessions, replica-set membership and key material live. One trait, two stores:
+//! `memory` (embedded, one process) and `redis` (shared by any number of shims). Every
+//! operation that must be atomic is atomic inside the store; the session rules above it
+//! (versions, limits, lifetimes) decide what to ask for.
+
+pub mod memory;
+pub mod record;
+pub mod redis;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::dsc::DataItem;
+
+/// When a stored session must disappear, as the session rules computed it (skew included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Absolute end of the session's life, unix seconds.
+    pub ends_at: i64,
+    /// Seconds without activity after which it ends; 0 when it has no inactivity timeout.
+    pub idle_secs: i64,
+}
+
+impl Lifetime {
+    /// The instant the store drops the session when it was last active at `touched`.
+    pub fn expires_at(&self, touched: i64) -> i64 {
+        if self.idle_secs > 0 {
+            self.ends_at.min(touched.saturating_add(self.idle_secs))
+        } else {
+            self.ends_at
+        }
+    }
+}
+
+/// A session as stored: its items in first-stored order and what the rules need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub version: u64,
+    pub items: Vec<DataItem>,
+    pub lifetime: Lifetime,
+    /// Unix seconds of the newest activity any shim saw (create, get, change).
+    pub touched: i64,
+    /// Unix seconds of creation.
+    pub created: i64,
+    /// The identity used for concurrent-session counting and listing, if the session has one.
+    pub user: Option<String>,
+}
+
+/// The concurrent-session rule for one new session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLimit {
+    /// At most this many sessions per user; 0 = no limit.
+    pub max: u32,
+    /// Past the limit, end the oldest sessions instead of refusing the new one.
+    pub displace: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created { displaced: Vec<String> },
+    IdInUse,
+    LimitReached,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    Replaced,
+    NotFound,
+    VersionMismatch { stored: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub replica: String,
+    pub instance: String,
+    pub joined: i64,
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined,
+    CapabilityMismatch { expected: u64 },
+    InstanceOwnedBy { replica: String },
+}
+
+/// A replica set's key material: the current key and the one before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMaterial {
+    pub current: String,
+    pub current_id: u64,
+    pub previous: String,
+    pub previous_id: u64,
+    /// Unix seconds when the current key was made.
+    pub created: i64,
+}
+
+/// A key rotation somewhere in the cache: the replica set's name, or `None` when the store
+/// may have missed rotations (reconnected) and every waiter should look again.
+pub type Rotation = Option<String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the session store holds a record it cannot read: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new session unless the ID exists; with a user and a limit, counts the user's
+    /// live sessions and refuses or displaces the oldest, all in one atomic step.
+    async fn create_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        session: &Session,
+        limit: &SessionLimit,
+        now: i64,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// Reads a session. With `touch`, records activity at `now` and extends its expiry.
+    async fn get_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        touch: bool,
+        now: i64,
+    ) -> Result<Option<Session>, StoreError>;
+
+    /// Replaces a session whose stored version is `expected_version`.
+    async fn replace_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        expected_version: u64,
+        previous_user: Option<&str>,
+        session: &Session,
+    ) -> Result<ReplaceOutcome, StoreError>;
+
+    /// Deletes a session and its index entry; false when it did not exist.
+    async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError>;
+
+    /// The live sessions of one user, oldest first.
+    async fn user_sessions(&self, replica_set: &str, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Every live session of a replica set (an administrative scan, O(sessions)).
+    async fn all_sessions(&self, replica_set: &str) -> Result<Vec<(String, Session)>, StoreError>;
+
+    /// Adds a replica to a set, enforcing the set's capability mask and instance ownership.
+    /// Members last seen before `stale_before` leave the set first.
+    async fn join(
+        &self,
+        replica_set: &str,
+        member: &Member,
+        capabilities: u64,
+        stale_before: i64,
+    ) -> Result<JoinOutcome, StoreError>;
+
+    /// Records that a member was heard from; false (and nothing recorded) when it is not one.
+    async fn heartbeat(&self, replica_set: &str, replica: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Removes a replica from every set; returns the sets it left.
+    async fn leave(&self, replica: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The members heard from since `stale_before`; the others leave the set.
+    async fn members(&self, replica_set: &str, stale_before: i64) -> Result<Vec<Member>, StoreError>;
+
+    /// Every replica set ever joined, sorted.
+    async fn replica_sets(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The set's key material, made from `candidate` when the set has none yet.
+    async fn key_material(&self, replica_set: &str, candidate: &str, now: i64) -> Result<KeyMaterial, StoreError>;
+
+    /// Replaces the current key with `candidate` when it is older than `interval_secs`;
+    /// exactly one of several shims racing wins. Announces the rotation to every shim.
+    async fn rotate_key(
+        &self,
+        replica_set: &str,
+        candidate: &str,
+        now: i64,
+        interval_secs: i64,
+    ) -> Result<Option<KeyMaterial>, StoreError>;
+
+    /// Rotations announced by any shim sharing this store.
+    fn rotations(&self) -> broadcast::Receiver<Rotation>;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_the_earlier_of_lifetime_and_idleness() {
+        let l = Lifetime {
+            ends_at: 1000,
+            idle_secs: 100,
+        };
+        assert_eq!(l.expires_at(500), 600);
+        assert_eq!(l.expires_at(950), 1000);
+        let no_idle = Lifetime {
+            ends_at: 1000,
+            idle_secs: 0,
+        };
+        assert_eq!(no_idle.expires_at(500), 1000);
+    }
+}

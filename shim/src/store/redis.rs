@@ -1,0 +1,778 @@
+//! The Redis store: every shim on the same Redis sees the same sessions, members and keys.
+//!
+//! # Layout
+//!
+//! `P` is the configured key prefix (default `redsess:`). Hash tags (`{…}`) keep everything a
+//! script touches for one replica set together and spread sessions by ID, so that a later
+//! Redis Cluster mode needs no migration. `<rs>` is the replica set, `<n>` its length in bytes
+//! (which keeps `<rs>:<id>` unambiguous).
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P s:{<n>:<rs>:<id>}` | hash | one session: `v` version, `d` items (see `record`), `e` lifetime end, `i` idle seconds, `t` last activity, `c` creation, `u` user |
+//! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs scored by creation time; pruned of ended sessions at every create, and itself expiring with its longest-lived session |
+//! | `P rs:{<rs>}` | hash | the set's capability mask `caps` and key material `cur`, `cur_id`, `old`, `old_id`, `created` |
+//! | `P m:{<rs>}` | hash | members: replica → `instance \t joined \t last_seen` |
+//! | `P sets` | set | every replica set ever joined |
+//! | `P keys` | channel | key rotations, the message is the replica set |
+//!
+//! Every session key carries a TTL at the earlier of its lifetime end and its last activity
+//! plus its inactivity timeout, so ended sessions vanish without any scan. getSession is one
+//! script call (read and extend the TTL): one round trip. createSession (with the limit and
+//! displacement), changeSession's compare-and-set on the version and terminateSession (with
+//! the index) are one script each, so they are atomic.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo, Script, Value};
+use tokio::sync::{broadcast, OnceCell};
+
+use super::record::{decode_items, encode_items};
+use super::{
+    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Rotation, Session, SessionLimit, Store,
+    StoreError,
+};
+
+/// How to reach Redis.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://`, with user and password if ACLs are on.
+    pub url: String,
+    /// Password used when the URL carries none (from a file or the environment).
+    pub password: Option<String>,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced, fit for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:<redacted>{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    settings: RedisSettings,
+    connection: OnceCell<ConnectionManager>,
+    rotations: broadcast::Sender<Rotation>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    create: Script,
+    get: Script,
+    replace: Script,
+    delete: Script,
+    join: Script,
+    heartbeat: Script,
+    keys: Script,
+    rotate: Script,
+}
+
+impl RedisStore {
+    /// Prepares the store; the connection is made on first use and remade after failures, so a
+    /// shim starts (unready) while Redis is down.
+    pub fn new(settings: RedisSettings) -> Result<Self, StoreError> {
+        let mut info = settings
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| StoreError::Unavailable(format!("the Redis URL is not valid: {e}")))?;
+        if info.redis.password.is_none() {
+            info.redis.password = settings.password.clone();
+        }
+        let client = redis::Client::open(info)
+            .map_err(|e| StoreError::Unavailable(format!("the Redis URL is not usable: {e}")))?;
+        Ok(Self {
+            client,
+            settings,
+            connection: OnceCell::new(),
+            rotations: broadcast::channel(64).0,
+            scripts: Scripts {
+                create: Script::new(CREATE),
+                get: Script::new(GET),
+                replace: Script::new(REPLACE),
+                delete: Script::new(DELETE),
+                join: Script::new(JOIN),
+                heartbeat: Script::new(HEARTBEAT),
+                keys: Script::new(KEYS),
+                rotate: Script::new(ROTATE),
+            },
+        })
+    }
+
+    /// Follows key rotations announced by every shim, reconnecting after failures.
+    pub fn spawn_rotation_listener(self: &std::sync::Arc<Self>) {
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let Some(store) = weak.upgrade() else { return };
+                let channel = store.rotation_channel();
+                let client = store.client.clone();
+                let sender = store.rotations.clone();
+                drop(store);
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(&channel).await.is_ok() {
+                            backoff = Duration::from_millis(200);
+                            // Rotations may have happened while this listener was away.
+                            let _ = sender.send(None);
+                            let mut messages = pubsub.on_message();
+                            while let Some(msg) = messages.next().await {
+                                if let Ok(set) = msg.get_payload::<String>() {
+                                    let _ = sender.send(Some(set));
+                                }
+                            }
+                            tracing::warn!("lost the Redis subscription to key rotations; reconnecting");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot subscribe to key rotations yet"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.settings.connect_timeout)
+            .set_response_timeout(self.settings.response_timeout)
+            .set_number_of_retries(2)
+            .set_max_delay(2000);
+        let manager = self
+            .connection
+            .get_or_try_init(|| async {
+                tokio::time::timeout(
+                    self.settings.connect_timeout,
+                    ConnectionManager::new_with_config(self.client.clone(), config),
+                )
+                .await
+                .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+                .map_err(unavailable)
+            })
+            .await?;
+        Ok(manager.clone())
+    }
+
+    fn session_key(&self, replica_set: &str, id: &str) -> String {
+        format!("{}{}}}", self.session_key_prefix(replica_set), id)
+    }
+
+    /// Everything of a session key before the session ID (the scripts build keys from IDs).
+    fn session_key_prefix(&self, replica_set: &str) -> String {
+        format!("{}s:{{{}:{}:", self.settings.key_prefix, replica_set.len(), replica_set)
+    }
+
+    fn user_key_prefix(&self, replica_set: &str) -> String {
+        format!("{}u:{{{}:{}:", self.settings.key_prefix, replica_set.len(), replica_set)
+    }
+
+    fn user_key(&self, replica_set: &str, user: &str) -> String {
+        format!("{}{}}}", self.user_key_prefix(replica_set), user)
+    }
+
+    fn set_key(&self, replica_set: &str) -> String {
+        format!("{}rs:{{{}}}", self.settings.key_prefix, replica_set)
+    }
+
+    fn members_key(&self, replica_set: &str) -> String {
+        format!("{}m:{{{}}}", self.settings.key_prefix, replica_set)
+    }
+
+    fn sets_key(&self) -> String {
+        format!("{}sets", self.settings.key_prefix)
+    }
+
+    fn rotation_channel(&self) -> String {
+        format!("{}keys", self.settings.key_prefix)
+    }
+
+    async fn read_session(&self, key: &str, conn: &mut ConnectionManager) -> Result<Option<Session>, StoreError> {
+        let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(key)
+            .arg(&["v", "d", "e", "i", "t", "c", "u"])
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        decode_session(fields)
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode_session(fields: Vec<Option<Vec<u8>>>) -> Result<Option<Session>, StoreError> {
+    let mut f = fields.into_iter();
+    let mut next = || f.next().flatten();
+    let Some(version) = next() else { return Ok(None) };
+    let number = |b: Option<Vec<u8>>, name: &str| -> Result<i64, StoreError> {
+        let b = b.ok_or_else(|| StoreError::Corrupt(format!("session field {name} is missing")))?;
+        std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("session field {name} is not a number")))
+    };
+    let version = number(Some(version), "v")? as u64;
+    let items = decode_items(&next().unwrap_or_default()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let ends_at = number(next(), "e")?;
+    let idle_secs = number(next(), "i")?;
+    let touched = number(next(), "t")?;
+    let created = number(next(), "c")?;
+    let user = next().and_then(|u| String::from_utf8(u).ok()).filter(|u| !u.is_empty());
+    Ok(Some(Session {
+        version,
+        items,
+        lifetime: Lifetime { ends_at, idle_secs },
+        touched,
+        created,
+        user,
+    }))
+}
+
+fn keys_from(values: Vec<String>) -> Result<KeyMaterial, StoreError> {
+    let n = |s: &str| {
+        s.parse::<i64>()
+            .map_err(|_| StoreError::Corrupt("key material is not numeric".into()))
+    };
+    match values.as_slice() {
+        [cur, cur_id, old, old_id, created] => Ok(KeyMaterial {
+            current: cur.clone(),
+            current_id: n(cur_id)? as u64,
+            previous: old.clone(),
+            previous_id: n(old_id)? as u64,
+            created: n(created)?,
+        }),
+        _ => Err(StoreError::Corrupt("key material is incomplete".into())),
+    }
+}
+
+fn parse_member(replica: String, value: &str) -> Option<Member> {
+    let mut parts = value.rsplitn(3, '\t');
+    let last_seen = parts.next()?.parse().ok()?;
+    let joined = parts.next()?.parse().ok()?;
+    let instance = parts.next()?.to_string();
+    Some(Member {
+        replica,
+        instance,
+        joined,
+        last_seen,
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        session: &Session,
+        limit: &SessionLimit,
+        now: i64,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut call = self.scripts.create.key(self.session_key(replica_set, session_id));
+        if let Some(user) = &session.user {
+            call.key(self.user_key(replica_set, user));
+        }
+        let expires_ms = session.lifetime.expires_at(session.touched) * 1000;
+        call.arg(encode_items(&session.items))
+            .arg(session.lifetime.ends_at)
+            .arg(session.lifetime.idle_secs)
+            .arg(session.touched)
+            .arg(session.created)
+            .arg(session.user.as_deref().unwrap_or(""))
+            .arg(expires_ms)
+            .arg(limit.max)
+            .arg(if limit.displace { 1 } else { 0 })
+            .arg(session_id)
+            .arg(self.session_key_prefix(replica_set))
+            .arg(now * 1000)
+            .arg(session.lifetime.ends_at * 1000);
+        let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let status: i64 = answer
+            .first()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(-1);
+        match status {
+            0 => Ok(CreateOutcome::IdInUse),
+            1 => Ok(CreateOutcome::LimitReached),
+            2 => Ok(CreateOutcome::Created {
+                displaced: answer[1..]
+                    .iter()
+                    .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+                    .collect(),
+            }),
+            _ => Err(StoreError::Corrupt("unexpected answer from the create script".into())),
+        }
+    }
+
+    async fn get_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        touch: bool,
+        now: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut conn = self.conn().await?;
+        let key = self.session_key(replica_set, session_id);
+        if !touch {
+            return self.read_session(&key, &mut conn).await;
+        }
+        let fields: Vec<Option<Vec<u8>>> = self
+            .scripts
+            .get
+            .key(key)
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        decode_session(fields)
+    }
+
+    async fn replace_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        expected_version: u64,
+        previous_user: Option<&str>,
+        session: &Session,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut call = self.scripts.replace.key(self.session_key(replica_set, session_id));
+        let user_changed = previous_user != session.user.as_deref();
+        if user_changed {
+            call.key(previous_user.map(|u| self.user_key(replica_set, u)).unwrap_or_default());
+            call.key(
+                session
+                    .user
+                    .as_ref()
+                    .map(|u| self.user_key(replica_set, u))
+                    .unwrap_or_default(),
+            );
+        }
+        call.arg(expected_version)
+            .arg(session.version)
+            .arg(encode_items(&session.items))
+            .arg(session.lifetime.ends_at)
+            .arg(session.lifetime.idle_secs)
+            .arg(session.touched)
+            .arg(session.user.as_deref().unwrap_or(""))
+            .arg(session.lifetime.expires_at(session.touched) * 1000)
+            .arg(session_id)
+            .arg(session.created * 1000)
+            .arg(session.lifetime.ends_at * 1000);
+        let answer: Vec<i64> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match answer.as_slice() {
+            [0] => Ok(ReplaceOutcome::NotFound),
+            [1, stored] => Ok(ReplaceOutcome::VersionMismatch { stored: *stored as u64 }),
+            [2] => Ok(ReplaceOutcome::Replaced),
+            _ => Err(StoreError::Corrupt("unexpected answer from the replace script".into())),
+        }
+    }
+
+    async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let deleted: i64 = self
+            .scripts
+            .delete
+            .key(self.session_key(replica_set, session_id))
+            .arg(self.user_key_prefix(replica_set))
+            .arg(session_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted == 1)
+    }
+
+    async fn user_sessions(&self, replica_set: &str, user: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = conn
+            .zrange(self.user_key(replica_set, user), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        // The index may name sessions that ended on their TTL since the last create.
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.exists(self.session_key(replica_set, id));
+        }
+        let live: Vec<bool> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(ids
+            .into_iter()
+            .zip(live)
+            .filter(|(_, l)| *l)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    async fn all_sessions(&self, replica_set: &str) -> Result<Vec<(String, Session)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let prefix = self.session_key_prefix(replica_set);
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(id) = key.strip_prefix(&prefix).and_then(|r| r.strip_suffix('}')) else {
+                continue;
+            };
+            if let Some(session) = self.read_session(&key, &mut conn).await? {
+                out.push((id.to_string(), session));
+            }
+        }
+        out.sort_by(|a, b| a.1.created.cmp(&b.1.created).then_with(|| a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    async fn join(
+        &self,
+        replica_set: &str,
+        member: &Member,
+        capabilities: u64,
+        stale_before: i64,
+    ) -> Result<JoinOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let answer: Vec<String> = self
+            .scripts
+            .join
+            .key(self.set_key(replica_set))
+            .key(self.members_key(replica_set))
+            .key(self.sets_key())
+            .arg(&member.replica)
+            .arg(&member.instance)
+            .arg(capabilities)
+            .arg(member.joined)
+            .arg(stale_before)
+            .arg(replica_set)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match answer.as_slice() {
+            [s] if s == "0" => Ok(JoinOutcome::Joined),
+            [s, caps] if s == "1" => Ok(JoinOutcome::CapabilityMismatch {
+                expected: caps.parse().unwrap_or(0),
+            }),
+            [s, owner] if s == "2" => Ok(JoinOutcome::InstanceOwnedBy { replica: owner.clone() }),
+            _ => Err(StoreError::Corrupt("unexpected answer from the join script".into())),
+        }
+    }
+
+    async fn heartbeat(&self, replica_set: &str, replica: &str, now: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let member: i64 = self
+            .scripts
+            .heartbeat
+            .key(self.members_key(replica_set))
+            .arg(replica)
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(member == 1)
+    }
+
+    async fn leave(&self, replica: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut sets: Vec<String> = conn.smembers(self.sets_key()).await.map_err(unavailable)?;
+        sets.sort();
+        let mut pipe = redis::pipe();
+        for set in &sets {
+            pipe.hdel(self.members_key(set), replica);
+        }
+        let removed: Vec<i64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(sets
+            .into_iter()
+            .zip(removed)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, _)| s)
+            .collect())
+    }
+
+    async fn members(&self, replica_set: &str, stale_before: i64) -> Result<Vec<Member>, StoreError> {
+        let mut conn = self.conn().await?;
+        let key = self.members_key(replica_set);
+        let all: Vec<(String, String)> = conn.hgetall(&key).await.map_err(unavailable)?;
+        let mut members = Vec::new();
+        let mut stale = Vec::new();
+        for (replica, value) in all {
+            match parse_member(replica.clone(), &value) {
+                Some(m) if m.last_seen >= stale_before => members.push(m),
+                _ => stale.push(replica),
+            }
+        }
+        if !stale.is_empty() {
+            let _: i64 = conn.hdel(&key, stale).await.map_err(unavailable)?;
+        }
+        members.sort_by(|a, b| a.joined.cmp(&b.joined).then_with(|| a.replica.cmp(&b.replica)));
+        Ok(members)
+    }
+
+    async fn replica_sets(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut sets: Vec<String> = conn.smembers(self.sets_key()).await.map_err(unavailable)?;
+        sets.sort();
+        Ok(sets)
+    }
+
+    async fn key_material(&self, replica_set: &str, candidate: &str, now: i64) -> Result<KeyMaterial, StoreError> {
+        let mut conn = self.conn().await?;
+        let values: Vec<String> = self
+            .scripts
+            .keys
+            .key(self.set_key(replica_set))
+            .arg(candidate)
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        keys_from(values)
+    }
+
+    async fn rotate_key(
+        &self,
+        replica_set: &str,
+        candidate: &str,
+        now: i64,
+        interval_secs: i64,
+    ) -> Result<Option<KeyMaterial>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut values: Vec<String> = self
+            .scripts
+            .rotate
+            .key(self.set_key(replica_set))
+            .arg(candidate)
+            .arg(now)
+            .arg(interval_secs)
+            .arg(self.rotation_channel())
+            .arg(replica_set)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if values.first().map(String::as_str) != Some("1") {
+            return Ok(None);
+        }
+        values.remove(0);
+        keys_from(values).map(Some)
+    }
+
+    fn rotations(&self) -> broadcast::Receiver<Rotation> {
+        self.rotations.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// Escapes Redis glob characters so a literal prefix matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// KEYS: session, [user index]. ARGV: items, ends_at, idle, touched, created, user,
+/// expires_ms, limit, displace, id, session key prefix, now_ms, ends_ms.
+/// Answers {0} ID in use, {1} limit reached, {2, displaced...} created.
+const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local displaced = {}
+if #KEYS > 1 then
+  local live = {}
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if redis.call('EXISTS', ARGV[11] .. id .. '}') == 1 then
+      live[#live + 1] = id
+    else
+      redis.call('ZREM', KEYS[2], id)
+    end
+  end
+  local limit = tonumber(ARGV[8])
+  if limit > 0 and #live >= limit then
+    if ARGV[9] ~= '1' then return {1} end
+    for n = 1, #live - limit + 1 do
+      redis.call('DEL', ARGV[11] .. live[n] .. '}')
+      redis.call('ZREM', KEYS[2], live[n])
+      displaced[#displaced + 1] = live[n]
+    end
+  end
+  redis.call('ZADD', KEYS[2], ARGV[12], ARGV[10])
+  local keep = tonumber(ARGV[13]) - tonumber(ARGV[12])
+  if redis.call('PTTL', KEYS[2]) < keep then redis.call('PEXPIRE', KEYS[2], keep) end
+end
+redis.call('HSET', KEYS[1], 'v', 0, 'd', ARGV[1], 'e', ARGV[2], 'i', ARGV[3], 't', ARGV[4], 'c', ARGV[5], 'u', ARGV[6])
+redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+local answer = {2}
+for _, id in ipairs(displaced) do answer[#answer + 1] = id end
+return answer
+"#;
+
+/// KEYS: session. ARGV: now. Reads the session, records the activity and extends its TTL.
+const GET: &str = r#"
+local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'e', 'i', 't', 'c', 'u')
+if not r[1] then return r end
+local now = tonumber(ARGV[1])
+local at = tonumber(r[3])
+local idle = tonumber(r[4])
+if idle > 0 and now + idle < at then at = now + idle end
+redis.call('HSET', KEYS[1], 't', now)
+redis.call('PEXPIREAT', KEYS[1], at * 1000)
+return r
+"#;
+
+/// KEYS: session, [old user index, new user index]. ARGV: expected version, new version,
+/// items, ends_at, idle, touched, user, expires_ms, id, created_ms, ends_ms.
+/// Answers {0} not found, {1, stored} version mismatch, {2} replaced.
+const REPLACE: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return {0} end
+if v ~= ARGV[1] then return {1, tonumber(v)} end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'e', ARGV[4], 'i', ARGV[5], 't', ARGV[6], 'u', ARGV[7])
+redis.call('PEXPIREAT', KEYS[1], ARGV[8])
+if #KEYS > 1 then
+  if KEYS[2] ~= '' then redis.call('ZREM', KEYS[2], ARGV[9]) end
+  if KEYS[3] ~= '' then
+    redis.call('ZADD', KEYS[3], ARGV[10], ARGV[9])
+    local keep = tonumber(ARGV[11]) - tonumber(ARGV[10])
+    if redis.call('PTTL', KEYS[3]) < keep then redis.call('PEXPIRE', KEYS[3], keep) end
+  end
+end
+return {2}
+"#;
+
+/// KEYS: session. ARGV: user index prefix, id. Deletes the session and its index entry.
+const DELETE: &str = r#"
+local u = redis.call('HGET', KEYS[1], 'u')
+local n = redis.call('DEL', KEYS[1])
+if u and u ~= '' then redis.call('ZREM', ARGV[1] .. u .. '}', ARGV[2]) end
+return n
+"#;
+
+/// KEYS: set hash, members hash, sets. ARGV: replica, instance, caps, now, stale_before, set.
+/// Answers {'0'} joined, {'1', caps} capability mismatch, {'2', owner} instance taken.
+const JOIN: &str = r#"
+local all = redis.call('HGETALL', KEYS[2])
+local others = 0
+for n = 1, #all, 2 do
+  local replica, value = all[n], all[n + 1]
+  local instance, joined, seen = string.match(value, '^(.*)\t(%d+)\t(%d+)$')
+  if not seen or tonumber(seen) < tonumber(ARGV[5]) then
+    redis.call('HDEL', KEYS[2], replica)
+  elseif replica ~= ARGV[1] then
+    others = others + 1
+    if instance == ARGV[2] then return {'2', replica} end
+  end
+end
+local caps = redis.call('HGET', KEYS[1], 'caps')
+if caps and caps ~= ARGV[3] and others > 0 then return {'1', caps} end
+redis.call('HSET', KEYS[1], 'caps', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\t' .. ARGV[4] .. '\t' .. ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[6])
+return {'0'}
+"#;
+
+/// KEYS: members hash. ARGV: replica, now. Moves last_seen forward for a member.
+const HEARTBEAT: &str = r#"
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local head, seen = string.match(value, '^(.*\t%d+)\t(%d+)$')
+if head and tonumber(seen) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], head .. '\t' .. ARGV[2])
+end
+return 1
+"#;
+
+/// KEYS: set hash. ARGV: candidate, now. The key material, made on first use.
+const KEYS: &str = r#"
+local k = redis.call('HMGET', KEYS[1], 'cur', 'cur_id', 'old', 'old_id', 'created')
+if k[1] then return k end
+redis.call('HSET', KEYS[1], 'cur', ARGV[1], 'cur_id', 0, 'old', ARGV[1], 'old_id', 0, 'created', ARGV[2])
+return {ARGV[1], '0', ARGV[1], '0', ARGV[2]}
+"#;
+
+/// KEYS: set hash. ARGV: candidate, now, interval, channel, set. Rotates when due and
+/// announces it; answers {'1', material...} on rotation, {'0'} otherwise.
+const ROTATE: &str = r#"
+local k = redis.call('HMGET', KEYS[1], 'cur', 'cur_id', 'old', 'old_id', 'created')
+if not k[1] then
+  redis.call('HSET', KEYS[1], 'cur', ARGV[1], 'cur_id', 0, 'old', ARGV[1], 'old_id', 0, 'created', ARGV[2])
+  return {'0'}
+end
+if tonumber(k[5]) + tonumber(ARGV[3]) > tonumber(ARGV[2]) then return {'0'} end
+local id = tostring(tonumber(k[2]) + 1)
+redis.call('HSET', KEYS[1], 'cur', ARGV[1], 'cur_id', id, 'old', k[1], 'old_id', k[2], 'created', ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return {'1', ARGV[1], id, k[1], k[2], ARGV[2]}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("redis://shim:s3cret@redis:6379/0"),
+            "redis://shim:<redacted>@redis:6379/0"
+        );
+        assert_eq!(redact_url("redis://redis:6379"), "redis://redis:6379");
+    }
+
+    #[test]
+    fn members_parse_with_tabs_in_instances() {
+        let m = parse_member("web".into(), "a\tb:web\t10\t20").unwrap();
+        assert_eq!((m.instance.as_str(), m.joined, m.last_seen), ("a\tb:web", 10, 20));
+        assert!(parse_member("web".into(), "garbage").is_none());
+    }
+
+    #[test]
+    fn glob_escaping_keeps_prefixes_literal() {
+        assert_eq!(glob_escape("p:s:{3:a*b:"), "p:s:{3:a\\*b:");
+    }
+}

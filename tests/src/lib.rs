@@ -1,0 +1,322 @@
+//! The end-to-end harness: real `redis-server` processes on free ports, the real
+//! `redsess-shim` binary as a process, and a DSC client to drive it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use redsess_shim::client::{ClientOptions, DscClient, Reply};
+pub use redsess_shim::dsc::{DataItem, ResultCode};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port")
+}
+
+/// A `redis-server` of its own, on a free port, persisting to its own directory (AOF,
+/// fsync always) so that a restart finds what was written.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `extra` are further `--name value` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        assert!(
+            Command::new("redis-server").arg("--version").output().is_ok(),
+            "redis-server is not installed: run scripts/test, which installs Debian's redis-server"
+        );
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if redis_command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer PING within 10s", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server abruptly (as a crash or a node loss would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Sends one inline command; the raw RESP answer.
+    pub fn command(&self, command: &str) -> Option<String> {
+        redis_command(self.port, command)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_command(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buf = [0u8; 65536];
+    let n = stream.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The `redsess-shim` binary, built once per test process by the same cargo.
+pub fn shim_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "redsess-shim", "--bin", "redsess-shim"])
+                .status()
+                .expect("cannot run cargo build");
+            assert!(status.success(), "building redsess-shim failed");
+            // target/debug/deps/<test> → target/debug/redsess-shim
+            let exe = std::env::current_exe().expect("current test executable");
+            let dir = exe.parent().and_then(Path::parent).expect("target directory");
+            let bin = dir.join("redsess-shim");
+            assert!(bin.exists(), "{} was not built", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// A running `redsess-shim` process.
+pub struct Shim {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    scheme: &'static str,
+}
+
+impl Shim {
+    /// Starts the shim on a free port with these arguments and environment and waits until it
+    /// listens. `--listen` is added unless given.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Shim {
+        Self::try_start(args, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start`, but a shim that exits instead of listening is an `Err` with its stderr.
+    pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Shim, String> {
+        let mut cmd = Command::new(shim_binary());
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env_remove("REDSESS_REDIS_URL")
+            .env("REDSESS_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start redsess-shim: {e}"))?;
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let sink = stderr.clone();
+            let mut pipe = child.stderr.take().expect("stderr");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("redsess-shim listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let scheme = if args.contains(&"--tls-cert") { "https" } else { "http" };
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Ok(Shim {
+                child,
+                addr: addr.parse().expect("listening address"),
+                stderr,
+                scheme,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                let err = stderr.lock().unwrap().clone();
+                Err(format!("redsess-shim did not start listening:\n{err}"))
+            }
+        }
+    }
+
+    /// Runs the shim expecting it to refuse its configuration; returns (exit status, stderr).
+    pub fn refuse(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+        let out = Command::new(shim_binary())
+            .args(args)
+            .env_remove("REDSESS_REDIS_URL")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run redsess-shim");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    pub fn client(&self) -> DscClient {
+        self.client_with(ClientOptions::default())
+    }
+
+    pub fn client_with(&self, mut options: ClientOptions) -> DscClient {
+        options.timeout.get_or_insert(Duration::from_secs(90));
+        DscClient::new(&self.url(), options).expect("DSC client")
+    }
+
+    /// What the shim logged so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (as Kubernetes does) without waiting.
+    pub fn signal_term(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, then waits for the exit (at most `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        self.signal_term();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `redsess-shim probe` against a URL; (success, stdout + stderr).
+pub fn run_probe(url: &str, extra: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(shim_binary())
+        .arg("probe")
+        .arg(url)
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .expect("cannot run redsess-shim probe");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A data item.
+pub fn item(data_class: &str, instance: &str, value: Option<&str>) -> DataItem {
+    DataItem {
+        data_class: data_class.into(),
+        instance: instance.into(),
+        value: value.map(Into::into),
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    redsess_shim::clock::now()
+}
+
+/// A WebSEAL-like session for `user` (see the probe): a 1.5 KB credential, nil and empty
+/// items, expiry in an hour, inactivity 600 s.
+pub fn webseal_session(user: &str) -> Vec<DataItem> {
+    redsess_shim::probe::webseal_like_items(user, now())
+}
+
+pub const SUCCESS: u32 = 952467756;

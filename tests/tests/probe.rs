@@ -1,0 +1,20 @@
+//! The probe's WebSEAL-like lifecycle against the real binary, on each store.
+
+use redsess_tests::{run_probe, RedisServer, Shim};
+
+#[test]
+fn probe_passes_against_the_embedded_store() {
+    let shim = Shim::start(&[], &[]);
+    let (ok, out) = run_probe(&shim.url(), &[], &[]);
+    assert!(ok, "{out}\n--- shim log:\n{}", shim.logs());
+    assert!(out.contains("probe: 18 steps passed"), "{out}");
+}
+
+#[test]
+fn probe_passes_against_redis() {
+    let redis = RedisServer::start();
+    let shim = Shim::start(&[], &[("REDSESS_REDIS_URL", &redis.url())]);
+    let (ok, out) = run_probe(&shim.url(), &[], &[]);
+    assert!(ok, "{out}\n--- shim log:\n{}", shim.logs());
+    assert!(out.contains("getUpdates") && out.contains("held 1.5s"), "{out}");
+}

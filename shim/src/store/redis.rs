@@ -10,7 +10,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P s:{<n>:<rs>:<id>}` | hash | one session: `v` version, `d` items (see `record`), `e` lifetime end, `i` idle seconds, `t` last activity, `c` creation, `u` user |
-//! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs scored by creation time; pruned of ended sessions at every create, and itself expiring with its longest-lived session |
+//! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs scored by creation time (ms); pruned of ended sessions at every create, and itself expiring with its longest-lived session |
 //! | `P rs:{<rs>}` | hash | the set's capability mask `caps` and key material `cur`, `cur_id`, `old`, `old_id`, `created` |
 //! | `P m:{<rs>}` | hash | members: replica → `instance \t joined \t last_seen` |
 //! | `P sets` | set | every replica set ever joined |
@@ -220,6 +220,12 @@ impl RedisStore {
     }
 }
 
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -309,7 +315,8 @@ impl Store for RedisStore {
             .arg(if limit.displace { 1 } else { 0 })
             .arg(session_id)
             .arg(self.session_key_prefix(replica_set))
-            .arg(now * 1000)
+            // Milliseconds, so sessions of one second keep their creation order.
+            .arg(now * 1000 + unix_millis() % 1000)
             .arg(session.lifetime.ends_at * 1000);
         let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
         let status: i64 = answer
@@ -382,7 +389,7 @@ impl Store for RedisStore {
             .arg(session.user.as_deref().unwrap_or(""))
             .arg(session.lifetime.expires_at(session.touched) * 1000)
             .arg(session_id)
-            .arg(session.created * 1000)
+            .arg(session.created * 1000 + unix_millis() % 1000)
             .arg(session.lifetime.ends_at * 1000);
         let answer: Vec<i64> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
         match answer.as_slice() {

@@ -64,6 +64,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_REPLICA_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub replica_timeout: Duration,
 
+    /// Refuse session operations from replicas that have not joined the replica set
+    /// (answers "client not registered" / "replica set not joined").
+    #[arg(long, env = "REDSESS_STRICT_MEMBERSHIP", default_value_t = false)]
+    pub strict_membership: bool,
+
     /// Longest a request may wait on the store before it is answered with a fault.
     #[arg(long, env = "REDSESS_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -324,6 +329,7 @@ impl ServeArgs {
                 },
                 key_rotation_secs: (!self.key_rotation.is_zero()).then(|| secs(self.key_rotation).max(1)),
                 replica_timeout_secs: secs(self.replica_timeout),
+                strict_membership: self.strict_membership,
             },
             tls,
             basic_auth,

@@ -30,6 +30,8 @@ pub mod class {
 
 /// The default replica set for a getUpdates whose replica joined none.
 const DEFAULT_REPLICA_SET: &str = "default";
+/// How long a membership confirmed by the store is trusted without asking again.
+const MEMBERSHIP_CACHE: Duration = Duration::from_secs(30);
 /// A long poll is never held longer than this, whatever `responseBy` asks.
 const MAX_POLL_HOLD: Duration = Duration::from_secs(600);
 
@@ -46,6 +48,8 @@ pub struct Settings {
     pub key_rotation_secs: Option<i64>,
     /// Replicas not heard from for this long leave their sets.
     pub replica_timeout_secs: i64,
+    /// Refuse session operations from replicas that have not joined the replica set.
+    pub strict_membership: bool,
 }
 
 impl Default for Settings {
@@ -61,6 +65,7 @@ impl Default for Settings {
             },
             key_rotation_secs: None,
             replica_timeout_secs: 600,
+            strict_membership: false,
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct SessionService {
     /// (replica set, replica) → newest activity seen here, written to the store in batches so
     /// that session operations stay one store call.
     heard_from: Mutex<HashMap<(String, String), i64>>,
+    /// (replica set, replica) → when the store last confirmed the membership (strict mode).
+    members_seen: Mutex<HashMap<(String, String), Instant>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -84,6 +91,7 @@ impl SessionService {
             settings,
             clock,
             heard_from: Mutex::new(HashMap::new()),
+            members_seen: Mutex::new(HashMap::new()),
             shutdown,
         }
     }
@@ -108,6 +116,11 @@ impl SessionService {
                     request.operation(),
                     ResultCode::ReplicaSetNotConfigured,
                 ));
+            }
+        }
+        if let Some((set, replica)) = member_of(&request) {
+            if let Some(refusal) = self.check_membership(set, replica).await? {
+                return Ok(Response::refusal(request.operation(), refusal));
             }
         }
         match request {
@@ -139,6 +152,40 @@ impl SessionService {
             .replica_sets
             .as_ref()
             .is_none_or(|sets| sets.iter().any(|s| s == replica_set))
+    }
+
+    /// In strict mode: `None` when the replica is a member of the set, else the refusal.
+    /// A confirmed membership is cached briefly so the hot path stays one store call.
+    async fn check_membership(&self, replica_set: &str, replica: &str) -> Result<Option<ResultCode>, StoreError> {
+        if !self.settings.strict_membership {
+            return Ok(None);
+        }
+        let key = (replica_set.to_string(), replica.to_string());
+        let fresh = {
+            let seen = self.members_seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.get(&key).is_some_and(|at| at.elapsed() < MEMBERSHIP_CACHE)
+        };
+        if fresh {
+            return Ok(None);
+        }
+        let now = self.now();
+        if self.store.heartbeat(replica_set, replica, now).await? {
+            self.remember_member(replica_set, replica);
+            return Ok(None);
+        }
+        for set in self.store.replica_sets().await? {
+            if set != replica_set && self.store.heartbeat(&set, replica, now).await? {
+                return Ok(Some(ResultCode::ReplicaSetNotJoined));
+            }
+        }
+        Ok(Some(ResultCode::NotRegistered))
+    }
+
+    fn remember_member(&self, replica_set: &str, replica: &str) {
+        if self.settings.strict_membership {
+            let mut seen = self.members_seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.insert((replica_set.to_string(), replica.to_string()), Instant::now());
+        }
     }
 
     fn heard(&self, replica_set: &str, replica: &str) {
@@ -205,6 +252,7 @@ impl SessionService {
         {
             JoinOutcome::Joined => {
                 let keys = self.keys(&r.replica_set).await?;
+                self.remember_member(&r.replica_set, &r.replica);
                 tracing::info!(replica = %r.replica, replica_set = %r.replica_set, "replica joined");
                 return Ok(Response::JoinReplicaSet {
                     result: ResultCode::Success,
@@ -233,6 +281,10 @@ impl SessionService {
     async fn replica_shutdown(&self, replica: &str) -> Result<Response, StoreError> {
         let left = self.store.leave(replica).await?;
         self.heard_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, r), _| r != replica);
+        self.members_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(_, r), _| r != replica);
@@ -617,6 +669,18 @@ fn replica_set_of(request: &Request) -> Option<&str> {
     }
 }
 
+/// The (replica set, replica) of session operations, which strict membership checks.
+fn member_of(request: &Request) -> Option<(&str, &str)> {
+    match request {
+        Request::CreateSession(r) => Some((&r.replica_set, &r.replica)),
+        Request::ChangeSession(r) => Some((&r.replica_set, &r.replica)),
+        Request::GetSession(r) | Request::IdleTimeout(r) => Some((&r.replica_set, &r.replica)),
+        Request::TerminateSession(r) => Some((&r.session.replica_set, &r.session.replica)),
+        Request::GetRealmName { replica_set, replica } => Some((replica_set, replica)),
+        _ => None,
+    }
+}
+
 /// How long to hold a getUpdates: just under `responseBy`, so the answer beats WebSEAL's
 /// own timeout.
 pub fn poll_hold(response_by_secs: u64) -> Duration {
@@ -752,6 +816,209 @@ mod tests {
         assert_eq!(poll_hold(2), Duration::from_millis(1500));
         assert_eq!(poll_hold(0), Duration::ZERO);
         assert_eq!(poll_hold(100_000), MAX_POLL_HOLD - Duration::from_secs(5));
+    }
+
+    mod service {
+        use super::super::*;
+        use crate::dsc::{GetUpdates, SessionRef};
+        use crate::store::memory::MemoryStore;
+        use std::sync::atomic::{AtomicI64, Ordering};
+
+        const T0: i64 = 1_800_000_000;
+
+        struct Fixture {
+            service: Arc<SessionService>,
+            clock: Arc<AtomicI64>,
+            _stop: watch::Sender<bool>,
+        }
+
+        fn fixture(settings: Settings) -> Fixture {
+            let clock = Arc::new(AtomicI64::new(T0));
+            let read = clock.clone();
+            let (stop, stopped) = watch::channel(false);
+            let service = SessionService::new(
+                Arc::new(MemoryStore::new()),
+                settings,
+                Arc::new(move || read.load(Ordering::SeqCst)),
+                stopped,
+            );
+            Fixture {
+                service: Arc::new(service),
+                clock,
+                _stop: stop,
+            }
+        }
+
+        fn item(c: &str, i: &str, v: &str) -> DataItem {
+            DataItem {
+                data_class: c.into(),
+                instance: i.into(),
+                value: Some(v.into()),
+            }
+        }
+
+        fn create(replica: &str, set: &str, id: &str, data: Vec<DataItem>) -> Request {
+            Request::CreateSession(CreateSession {
+                replica: replica.into(),
+                replica_set: set.into(),
+                session_id: id.into(),
+                session_limit: 0,
+                data,
+            })
+        }
+
+        fn session_ref(id: &str) -> SessionRef {
+            SessionRef {
+                replica: "web".into(),
+                replica_set: "default".into(),
+                session_id: id.into(),
+            }
+        }
+
+        fn join(replica: &str, set: &str) -> Request {
+            Request::JoinReplicaSet(JoinReplicaSet {
+                replica: replica.into(),
+                instance: format!("uuid:{replica}"),
+                capabilities: 15,
+                replica_set: set.into(),
+            })
+        }
+
+        #[test]
+        fn the_stricter_limit_wins() {
+            let f = fixture(Settings {
+                session_limit: SessionLimit { max: 3, displace: true },
+                ..Settings::default()
+            });
+            let s = &f.service;
+            assert_eq!(s.effective_limit(0), SessionLimit { max: 3, displace: true });
+            assert_eq!(
+                s.effective_limit(2),
+                SessionLimit {
+                    max: 2,
+                    displace: false
+                }
+            );
+            assert_eq!(s.effective_limit(-1), SessionLimit { max: 1, displace: true });
+            assert_eq!(s.effective_limit(5), SessionLimit { max: 3, displace: true });
+        }
+
+        #[test]
+        fn lifetime_is_capped_and_skewed() {
+            let f = fixture(Settings {
+                max_lifetime_secs: 3600,
+                clock_skew_secs: 60,
+                ..Settings::default()
+            });
+            let far = vec![
+                item(class::EXPIRY, "sms", &format!("{:#x}", T0 + 100_000)),
+                item(class::INACTIVITY_TIMEOUT, "webseal", "0x258"),
+            ];
+            assert_eq!(
+                f.service.lifetime(&far, T0),
+                Lifetime {
+                    ends_at: T0 + 3600 + 60,
+                    idle_secs: 600 + 60
+                }
+            );
+            let near = vec![item(class::EXPIRY, "sms", &format!("{:#x}", T0 + 100))];
+            assert_eq!(
+                f.service.lifetime(&near, T0),
+                Lifetime {
+                    ends_at: T0 + 160,
+                    idle_secs: 0
+                }
+            );
+        }
+
+        #[tokio::test]
+        async fn idle_timeout_ends_only_sessions_idle_everywhere() {
+            let f = fixture(Settings {
+                clock_skew_secs: 60,
+                ..Settings::default()
+            });
+            let data = vec![item(class::INACTIVITY_TIMEOUT, "webseal", "0x258")];
+            f.service.handle(create("web", "default", "S", data)).await.unwrap();
+            // 600 s idle timeout less 60 s skew: at 539 s the user may be active elsewhere.
+            f.clock.store(T0 + 539, Ordering::SeqCst);
+            let r = f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
+            assert_eq!(r.result(), ResultCode::Success);
+            let got = f.service.handle(Request::GetSession(session_ref("S"))).await.unwrap();
+            assert_eq!(
+                got.result(),
+                ResultCode::Success,
+                "kept, and the read counts as activity"
+            );
+            f.clock.store(T0 + 539 + 540, Ordering::SeqCst);
+            f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
+            let gone = f.service.handle(Request::GetSession(session_ref("S"))).await.unwrap();
+            assert_eq!(gone.result(), ResultCode::SessionNotFound);
+            let r = f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
+            assert_eq!(r.result(), ResultCode::SessionNotFound);
+        }
+
+        #[tokio::test]
+        async fn strict_membership_refuses_strangers() {
+            let f = fixture(Settings {
+                strict_membership: true,
+                ..Settings::default()
+            });
+            let r = f.service.handle(create("web", "default", "S1", vec![])).await.unwrap();
+            assert_eq!(r.result(), ResultCode::NotRegistered);
+            f.service.handle(join("web", "other")).await.unwrap();
+            let r = f.service.handle(create("web", "default", "S1", vec![])).await.unwrap();
+            assert_eq!(r.result(), ResultCode::ReplicaSetNotJoined);
+            f.service.handle(join("web", "default")).await.unwrap();
+            let r = f.service.handle(create("web", "default", "S1", vec![])).await.unwrap();
+            assert_eq!(r.result(), ResultCode::Success);
+            f.service
+                .handle(Request::ReplicaShutdown { replica: "web".into() })
+                .await
+                .unwrap();
+            let r = f.service.handle(create("web", "default", "S2", vec![])).await.unwrap();
+            assert_eq!(r.result(), ResultCode::NotRegistered);
+        }
+
+        #[tokio::test]
+        async fn a_rotation_wakes_a_waiting_poll_with_the_new_key() {
+            let f = fixture(Settings {
+                key_rotation_secs: Some(10),
+                ..Settings::default()
+            });
+            let joined = f.service.handle(join("web", "default")).await.unwrap();
+            let Response::JoinReplicaSet { keys: Some(keys), .. } = joined else {
+                panic!("{joined:?}")
+            };
+            assert_eq!(keys.current_key_age, 0);
+            let service = f.service.clone();
+            let poll = tokio::spawn(async move {
+                service
+                    .handle(Request::GetUpdates(GetUpdates {
+                        replica: "web".into(),
+                        instance: "uuid:web".into(),
+                        replica_set: None,
+                        response_by_secs: 60,
+                    }))
+                    .await
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!poll.is_finished(), "the poll waits");
+            f.clock.store(T0 + 10, Ordering::SeqCst);
+            assert_eq!(f.service.rotate_due_keys().await.unwrap(), 1);
+            let answer = tokio::time::timeout(Duration::from_secs(2), poll)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let Response::GetUpdates {
+                new_key, new_key_id, ..
+            } = answer
+            else {
+                panic!("{answer:?}")
+            };
+            assert_eq!(new_key_id, keys.current_key_id + 1);
+            assert_ne!(new_key, keys.current_key);
+        }
     }
 
     #[test]

@@ -390,6 +390,11 @@ impl SessionService {
         }
     }
 
+    /// Sessions created before this have outlived any lifetime the shim allows.
+    fn forget_before(&self, now: i64) -> i64 {
+        now - self.settings.max_lifetime_secs - self.settings.clock_skew_secs
+    }
+
     async fn create(&self, r: CreateSession) -> Result<Response, StoreError> {
         self.heard(&r.replica_set, &r.replica);
         let now = self.now();
@@ -404,7 +409,14 @@ impl SessionService {
         let limit = self.effective_limit(r.session_limit);
         let result = match self
             .store
-            .create_session(&r.replica_set, &r.session_id, &session, &limit, now)
+            .create_session(
+                &r.replica_set,
+                &r.session_id,
+                &session,
+                &limit,
+                now,
+                self.forget_before(now),
+            )
             .await?
         {
             CreateOutcome::Created { displaced } => {

@@ -23,8 +23,8 @@ struct State {
     sessions: HashMap<SessionKey, Session>,
     /// (expires_at, key): the expiry queue.
     expiries: BTreeSet<(i64, SessionKey)>,
-    /// (replica set, user) → session IDs, oldest first.
-    users: HashMap<SessionKey, Vec<String>>,
+    /// (replica set, user) → (creation, session ID), oldest first.
+    users: HashMap<SessionKey, Vec<(i64, String)>>,
     /// replica set → capability mask, members, key material.
     sets: HashMap<String, ReplicaSet>,
 }
@@ -113,7 +113,7 @@ impl State {
     fn unindex(&mut self, replica_set: &str, user: &str, id: &str) {
         let ukey = (replica_set.to_string(), user.to_string());
         if let Some(ids) = self.users.get_mut(&ukey) {
-            ids.retain(|i| i != id);
+            ids.retain(|(_, i)| i != id);
             if ids.is_empty() {
                 self.users.remove(&ukey);
             }
@@ -158,6 +158,7 @@ impl Store for MemoryStore {
         session: &Session,
         limit: &SessionLimit,
         now: i64,
+        forget_before: i64,
     ) -> Result<CreateOutcome, StoreError> {
         let mut state = self.lock();
         let k = key(replica_set, session_id);
@@ -167,12 +168,21 @@ impl Store for MemoryStore {
         let mut displaced = Vec::new();
         if let Some(user) = &session.user {
             let ukey = (replica_set.to_string(), user.clone());
-            let ids = state.users.get(&ukey).cloned().unwrap_or_default();
-            let live: Vec<String> = ids
-                .into_iter()
-                .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
-                .collect();
+            if let Some(ids) = state.users.get_mut(&ukey) {
+                let dead = ids.iter().take_while(|(created, _)| *created < forget_before).count();
+                ids.drain(..dead);
+            }
             let max = limit.max as usize;
+            // Counting live sessions costs one look-up per index entry: only with a limit.
+            let live: Vec<String> = if max > 0 {
+                let ids = state.users.get(&ukey).cloned().unwrap_or_default();
+                ids.into_iter()
+                    .map(|(_, id)| id)
+                    .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             if max > 0 && live.len() >= max {
                 if !limit.displace {
                     return Ok(CreateOutcome::LimitReached);
@@ -182,7 +192,11 @@ impl Store for MemoryStore {
                     displaced.push(id.clone());
                 }
             }
-            state.users.entry(ukey).or_default().push(session_id.to_string());
+            state
+                .users
+                .entry(ukey)
+                .or_default()
+                .push((session.created, session_id.to_string()));
         }
         state.insert_session(k, session.clone());
         Ok(CreateOutcome::Created { displaced })
@@ -233,7 +247,7 @@ impl Store for MemoryStore {
                     .users
                     .entry((replica_set.to_string(), new.clone()))
                     .or_default()
-                    .push(session_id.to_string());
+                    .push((session.created, session_id.to_string()));
             }
         }
         state.insert_session(k, session.clone());
@@ -245,12 +259,18 @@ impl Store for MemoryStore {
     }
 
     async fn user_sessions(&self, replica_set: &str, user: &str) -> Result<Vec<String>, StoreError> {
-        let state = self.lock();
-        Ok(state
+        let mut state = self.lock();
+        let ids = state
             .users
             .get(&(replica_set.to_string(), user.to_string()))
             .cloned()
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let now = crate::clock::now();
+        Ok(ids
+            .into_iter()
+            .map(|(_, id)| id)
+            .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
+            .collect())
     }
 
     async fn all_sessions(&self, replica_set: &str) -> Result<Vec<(String, Session)>, StoreError> {

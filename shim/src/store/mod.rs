@@ -110,7 +110,9 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new session unless the ID exists; with a user and a limit, counts the user's
-    /// live sessions and refuses or displaces the oldest, all in one atomic step.
+    /// live sessions and refuses or displaces the oldest, all in one atomic step. Index
+    /// entries of sessions created before `forget_before` (past any session's maximum
+    /// lifetime) are dropped, so a user's index never keeps dead entries without bound.
     async fn create_session(
         &self,
         replica_set: &str,
@@ -118,6 +120,7 @@ pub trait Store: Send + Sync + 'static {
         session: &Session,
         limit: &SessionLimit,
         now: i64,
+        forget_before: i64,
     ) -> Result<CreateOutcome, StoreError>;
 
     /// Reads a session. With `touch`, records activity at `now` and extends its expiry.

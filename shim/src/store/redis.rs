@@ -297,6 +297,7 @@ impl Store for RedisStore {
         session: &Session,
         limit: &SessionLimit,
         now: i64,
+        forget_before: i64,
     ) -> Result<CreateOutcome, StoreError> {
         let mut conn = self.conn().await?;
         let mut call = self.scripts.create.key(self.session_key(replica_set, session_id));
@@ -317,7 +318,8 @@ impl Store for RedisStore {
             .arg(self.session_key_prefix(replica_set))
             // Milliseconds, so sessions of one second keep their creation order.
             .arg(now * 1000 + unix_millis() % 1000)
-            .arg(session.lifetime.ends_at * 1000);
+            .arg(session.lifetime.ends_at * 1000)
+            .arg(forget_before * 1000);
         let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
         let status: i64 = answer
             .first()
@@ -626,21 +628,25 @@ fn glob_escape(s: &str) -> String {
 }
 
 /// KEYS: session, [user index]. ARGV: items, ends_at, idle, touched, created, user,
-/// expires_ms, limit, displace, id, session key prefix, now_ms, ends_ms.
+/// expires_ms, limit, displace, id, session key prefix, now_ms, ends_ms, forget_before_ms.
 /// Answers {0} ID in use, {1} limit reached, {2, displaced...} created.
+/// Without a limit this is O(log n) in the user's index; with one, O(the user's sessions).
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local displaced = {}
 if #KEYS > 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[14])
+  local limit = tonumber(ARGV[8])
   local live = {}
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    if redis.call('EXISTS', ARGV[11] .. id .. '}') == 1 then
-      live[#live + 1] = id
-    else
-      redis.call('ZREM', KEYS[2], id)
+  if limit > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+      if redis.call('EXISTS', ARGV[11] .. id .. '}') == 1 then
+        live[#live + 1] = id
+      else
+        redis.call('ZREM', KEYS[2], id)
+      end
     end
   end
-  local limit = tonumber(ARGV[8])
   if limit > 0 and #live >= limit then
     if ARGV[9] ~= '1' then return {1} end
     for n = 1, #live - limit + 1 do

@@ -1,0 +1,429 @@
+//! From a user's `SessionCache` to a validated plan the builders can use without further
+//! checks. Every error names the field, so it can become a status condition and an event.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
+
+use crate::crd::{ClientKind, PersistenceMode, SessionCache, ShimMode};
+use crate::names;
+
+/// Longest SessionCache name: the longest derived name (`<name>-redis-headless`, pod
+/// ordinals, label values) must stay within Kubernetes' 63 characters.
+pub const MAX_NAME: usize = 40;
+
+/// redis.conf settings the operator owns; `spec.redis.config` cannot set them.
+const MANAGED_REDIS_SETTINGS: &[&str] = &[
+    "port",
+    "bind",
+    "dir",
+    "appendonly",
+    "appendfsync",
+    "save",
+    "aclfile",
+    "user",
+    "requirepass",
+    "masterauth",
+    "masteruser",
+    "replicaof",
+    "slaveof",
+    "protected-mode",
+    "daemonize",
+    "include",
+    "rename-command",
+    "logfile",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ValidationError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// A validated SessionCache: what the builders emit objects from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub namespace: String,
+    pub redis: RedisPlan,
+    /// Present when Redis is replicated.
+    pub sentinel: Option<SentinelPlan>,
+    pub shim: ShimPlan,
+    pub clients: Vec<ClientPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisPlan {
+    pub replicas: i32,
+    pub image: String,
+    pub resources: Option<ResourceRequirements>,
+    /// `None` = ephemeral (emptyDir).
+    pub volume: Option<VolumePlan>,
+    pub persistence: PersistenceMode,
+    /// Secret holding the shim's ACL password (key `password`).
+    pub password_secret: String,
+    /// The operator creates that Secret (the user named none).
+    pub generate_password: bool,
+    pub affinity: Option<Affinity>,
+    pub tolerations: Vec<Toleration>,
+    pub node_selector: BTreeMap<String, String>,
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    pub extra_config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumePlan {
+    pub size: Quantity,
+    pub storage_class_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelPlan {
+    pub replicas: i32,
+    pub quorum: i32,
+    pub down_after_ms: u64,
+    pub failover_timeout_ms: u64,
+    pub image: String,
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShimPlan {
+    pub replicas: i32,
+    pub image: String,
+    pub resources: Option<ResourceRequirements>,
+    pub realm: String,
+    pub replica_sets: Vec<String>,
+    pub max_lifetime: String,
+    pub clock_skew: String,
+    pub max_sessions_per_user: i32,
+    pub displace: bool,
+    pub tls_secret: Option<String>,
+    pub client_ca_secret: Option<String>,
+    /// Secret with `username` and `password` for HTTP Basic.
+    pub basic_auth_secret: String,
+    pub generate_basic_auth: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientPlan {
+    pub name: String,
+    pub kind: ClientKind,
+    pub replica_set: String,
+}
+
+/// Parses `500ms`, `5s`, `3m`, `12h`, `1d` (and bare seconds).
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ValidationError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| invalid(field, format!("{text:?} is not a duration (like 5s, 3m, 12h)")))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => {
+            return Err(invalid(
+                field,
+                format!("{text:?} has an unknown unit (use ms, s, m, h or d)"),
+            ))
+        }
+    })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Checks a SessionCache and fills in what it leaves to the operator.
+pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
+    let name = sc.name_any();
+    let namespace = sc.namespace().unwrap_or_else(|| "default".into());
+    if name.len() > MAX_NAME || !is_dns_label(&name) {
+        return Err(invalid(
+            "metadata.name",
+            format!("must be a DNS label of at most {MAX_NAME} characters (derived names add suffixes)"),
+        ));
+    }
+    let spec = &sc.spec;
+
+    let redis = &spec.redis;
+    if !(1..=9).contains(&redis.replicas) {
+        return Err(invalid("spec.redis.replicas", "must be between 1 and 9"));
+    }
+    if redis.image.trim().is_empty() {
+        return Err(invalid("spec.redis.image", "must not be empty"));
+    }
+    let volume = if redis.storage.ephemeral {
+        if redis.storage.size.is_some() || redis.storage.storage_class_name.is_some() {
+            return Err(invalid(
+                "spec.redis.storage",
+                "ephemeral: true runs without volumes; remove size and storageClassName",
+            ));
+        }
+        None
+    } else {
+        if redis.persistence == PersistenceMode::None {
+            return Err(invalid(
+                "spec.redis.persistence",
+                "None keeps nothing on disk: set spec.redis.storage.ephemeral: true to confirm running without volumes",
+            ));
+        }
+        Some(VolumePlan {
+            size: redis.storage.size.clone().unwrap_or_else(|| Quantity("1Gi".into())),
+            storage_class_name: redis.storage.storage_class_name.clone(),
+        })
+    };
+    for key in redis.config.keys() {
+        let lower = key.to_ascii_lowercase();
+        if MANAGED_REDIS_SETTINGS.contains(&lower.as_str()) {
+            return Err(invalid(
+                format!("spec.redis.config.{key}"),
+                "is managed by the operator and cannot be set here",
+            ));
+        }
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(invalid(
+                format!("spec.redis.config.{key}"),
+                "is not a redis.conf setting name",
+            ));
+        }
+    }
+    for (key, value) in &redis.config {
+        if value.contains(['\n', '\r']) {
+            return Err(invalid(format!("spec.redis.config.{key}"), "must be one line"));
+        }
+    }
+
+    let sentinel = if redis.replicas >= 2 {
+        let s = &spec.sentinel;
+        if !(1..=9).contains(&s.replicas) {
+            return Err(invalid("spec.sentinel.replicas", "must be between 1 and 9"));
+        }
+        if s.quorum < 1 || s.quorum > s.replicas {
+            return Err(invalid(
+                "spec.sentinel.quorum",
+                format!("must be between 1 and spec.sentinel.replicas ({})", s.replicas),
+            ));
+        }
+        let down_after = parse_duration("spec.sentinel.downAfter", &s.down_after)?;
+        let failover = parse_duration("spec.sentinel.failoverTimeout", &s.failover_timeout)?;
+        if down_after < Duration::from_millis(500) {
+            return Err(invalid("spec.sentinel.downAfter", "must be at least 500ms"));
+        }
+        Some(SentinelPlan {
+            replicas: s.replicas,
+            quorum: s.quorum,
+            down_after_ms: down_after.as_millis() as u64,
+            failover_timeout_ms: failover.as_millis() as u64,
+            image: redis.image.clone(),
+            resources: s.resources.clone(),
+        })
+    } else {
+        None
+    };
+
+    let shim = &spec.shim;
+    if shim.mode == ShimMode::Sidecar {
+        return Err(invalid(
+            "spec.shim.mode",
+            "Sidecar is reserved and not yet available; use Deployment",
+        ));
+    }
+    if !(1..=100).contains(&shim.replicas) {
+        return Err(invalid("spec.shim.replicas", "must be between 1 and 100"));
+    }
+    if shim.replica_sets.is_empty() {
+        return Err(invalid("spec.shim.replicaSets", "must name at least one replica set"));
+    }
+    for (i, set) in shim.replica_sets.iter().enumerate() {
+        if set.trim().is_empty() || set.contains([',', ' ', '{', '}']) {
+            return Err(invalid(
+                format!("spec.shim.replicaSets[{i}]"),
+                "must be a name without spaces, commas or braces",
+            ));
+        }
+    }
+    let max_lifetime = parse_duration("spec.shim.session.maxLifetime", &shim.session.max_lifetime)?;
+    if max_lifetime < Duration::from_secs(60) {
+        return Err(invalid("spec.shim.session.maxLifetime", "must be at least 1m"));
+    }
+    parse_duration("spec.shim.session.clockSkew", &shim.session.clock_skew)?;
+    if shim.session.max_sessions_per_user < 0 {
+        return Err(invalid("spec.shim.session.maxSessionsPerUser", "must not be negative"));
+    }
+    if shim.security.client_ca_secret.is_some() && shim.security.tls_secret.is_none() {
+        return Err(invalid(
+            "spec.shim.security.clientCaSecret",
+            "client certificates need HTTPS: set spec.shim.security.tlsSecret too",
+        ));
+    }
+
+    let mut clients = Vec::new();
+    for (i, c) in spec.clients.iter().enumerate() {
+        if !is_dns_label(&c.name) || c.name.len() > 40 {
+            return Err(invalid(
+                format!("spec.clients[{i}].name"),
+                "must be a DNS label of at most 40 characters",
+            ));
+        }
+        if clients.iter().any(|p: &ClientPlan| p.name == c.name) {
+            return Err(invalid(
+                format!("spec.clients[{i}].name"),
+                format!("{} is used twice", c.name),
+            ));
+        }
+        let replica_set = c.replica_set.clone().unwrap_or_else(|| shim.replica_sets[0].clone());
+        if !shim.replica_sets.contains(&replica_set) {
+            return Err(invalid(
+                format!("spec.clients[{i}].replicaSet"),
+                format!("{replica_set} is not one of spec.shim.replicaSets"),
+            ));
+        }
+        clients.push(ClientPlan {
+            name: c.name.clone(),
+            kind: c.kind,
+            replica_set,
+        });
+    }
+
+    Ok(Plan {
+        redis: RedisPlan {
+            replicas: redis.replicas,
+            image: redis.image.clone(),
+            resources: redis.resources.clone(),
+            volume,
+            persistence: redis.persistence,
+            password_secret: redis
+                .password_secret
+                .clone()
+                .unwrap_or_else(|| names::redis_auth_secret(&name)),
+            generate_password: redis.password_secret.is_none(),
+            affinity: redis.scheduling.affinity.clone(),
+            tolerations: redis.scheduling.tolerations.clone(),
+            node_selector: redis.scheduling.node_selector.clone(),
+            topology_spread_constraints: redis.scheduling.topology_spread_constraints.clone(),
+            extra_config: redis.config.clone(),
+        },
+        sentinel,
+        shim: ShimPlan {
+            replicas: shim.replicas,
+            image: shim.image.clone(),
+            resources: shim.resources.clone(),
+            realm: shim.realm.clone(),
+            replica_sets: shim.replica_sets.clone(),
+            max_lifetime: shim.session.max_lifetime.clone(),
+            clock_skew: shim.session.clock_skew.clone(),
+            max_sessions_per_user: shim.session.max_sessions_per_user,
+            displace: shim.session.displace,
+            tls_secret: shim.security.tls_secret.clone(),
+            client_ca_secret: shim.security.client_ca_secret.clone(),
+            basic_auth_secret: shim
+                .security
+                .basic_auth_secret
+                .clone()
+                .unwrap_or_else(|| names::shim_auth_secret(&name)),
+            generate_basic_auth: shim.security.basic_auth_secret.is_none(),
+        },
+        clients,
+        name,
+        namespace,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(spec_yaml: &str) -> SessionCache {
+        serde_yaml::from_str(&format!(
+            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam}}\nspec:\n{spec_yaml}"
+        ))
+        .unwrap()
+    }
+
+    fn error(spec_yaml: &str) -> ValidationError {
+        validate(&cache(spec_yaml)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_give_a_standalone_redis_with_a_volume_and_generated_secrets() {
+        let plan = validate(&cache("  {}")).unwrap();
+        assert_eq!(plan.redis.replicas, 1);
+        assert!(plan.sentinel.is_none());
+        assert_eq!(plan.redis.volume.as_ref().unwrap().size, Quantity("1Gi".into()));
+        assert_eq!(plan.redis.password_secret, "cache-redis-auth");
+        assert!(plan.redis.generate_password && plan.shim.generate_basic_auth);
+    }
+
+    #[test]
+    fn replicated_redis_brings_sentinel() {
+        let plan = validate(&cache("  redis: {replicas: 3}\n  sentinel: {downAfter: 2s}")).unwrap();
+        let s = plan.sentinel.unwrap();
+        assert_eq!((s.replicas, s.quorum, s.down_after_ms), (3, 2, 2000));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(error("  shim: {mode: Sidecar}").field, "spec.shim.mode");
+        assert_eq!(error("  redis: {persistence: None}").field, "spec.redis.persistence");
+        assert_eq!(
+            error("  redis: {replicas: 2}\n  sentinel: {quorum: 5}").field,
+            "spec.sentinel.quorum"
+        );
+        assert_eq!(
+            error("  redis: {replicas: 2}\n  sentinel: {downAfter: soon}").field,
+            "spec.sentinel.downAfter"
+        );
+        assert_eq!(
+            error("  redis: {config: {appendonly: 'no'}}").field,
+            "spec.redis.config.appendonly"
+        );
+        assert_eq!(
+            error("  clients: [{name: a, kind: IAG}, {name: a, kind: IAG}]").field,
+            "spec.clients[1].name"
+        );
+        assert_eq!(
+            error("  clients: [{name: a, kind: IAG, replicaSet: other}]").field,
+            "spec.clients[0].replicaSet"
+        );
+        assert_eq!(
+            error("  shim: {security: {clientCaSecret: ca}}").field,
+            "spec.shim.security.clientCaSecret"
+        );
+        assert_eq!(
+            error("  shim: {session: {maxLifetime: 10s}}").field,
+            "spec.shim.session.maxLifetime"
+        );
+    }
+
+    #[test]
+    fn ephemeral_must_be_explicit_and_consistent() {
+        let plan = validate(&cache("  redis: {persistence: None, storage: {ephemeral: true}}")).unwrap();
+        assert!(plan.redis.volume.is_none());
+        assert_eq!(
+            error("  redis: {storage: {ephemeral: true, size: 5Gi}}").field,
+            "spec.redis.storage"
+        );
+    }
+}

@@ -24,6 +24,15 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Comma-separated Sentinels (host:port) to ask for the current primary; the URL then
+    /// supplies only the user, password, database and TLS.
+    #[arg(long, env = "REDSESS_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The primary's name as the Sentinels monitor it.
+    #[arg(long, env = "REDSESS_REDIS_SENTINEL_PRIMARY", default_value = "redsess")]
+    pub redis_sentinel_primary: String,
+
     /// File holding the Redis password (for ACL users, with the user in the URL).
     #[arg(long, env = "REDSESS_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
@@ -184,6 +193,26 @@ impl ServeArgs {
             )
         })?;
 
+        let sentinels: Vec<String> = self
+            .redis_sentinels
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for s in &sentinels {
+            if s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(bad(
+                    "--redis-sentinels (REDSESS_REDIS_SENTINELS)",
+                    format!("{s:?} is not host:port"),
+                ));
+            }
+        }
+        if !sentinels.is_empty() && self.redis_url.is_none() {
+            return Err(bad(
+                "--redis-sentinels (REDSESS_REDIS_SENTINELS)",
+                "needs --redis-url (REDSESS_REDIS_URL) for the user, password and database",
+            ));
+        }
         let store = match &self.redis_url {
             None => StoreConfig::Memory,
             Some(url) => {
@@ -201,6 +230,8 @@ impl ServeArgs {
                     url: url.clone(),
                     password,
                     key_prefix: self.key_prefix.clone(),
+                    sentinels: sentinels.clone(),
+                    sentinel_primary: self.redis_sentinel_primary.clone(),
                     connect_timeout: self.request_timeout,
                     response_timeout: self.request_timeout,
                 })

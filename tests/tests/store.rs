@@ -31,6 +31,8 @@ fn redis_store(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
             url: redis.url(),
             password: None,
             key_prefix: prefix.into(),
+            sentinels: vec![],
+            sentinel_primary: "redsess".into(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
         })
@@ -478,6 +480,8 @@ async fn a_redis_store_starts_while_redis_is_down() {
         url: format!("redis://127.0.0.1:{port}"),
         password: None,
         key_prefix: "late:".into(),
+        sentinels: vec![],
+        sentinel_primary: "redsess".into(),
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_millis(500),
     })

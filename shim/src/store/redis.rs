@@ -28,7 +28,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, Script, Value};
-use tokio::sync::{broadcast, OnceCell};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use tokio::sync::{broadcast, Mutex, RwLock};
 
 use super::record::{decode_items, encode_items};
 use super::{
@@ -44,6 +47,11 @@ pub struct RedisSettings {
     /// Password used when the URL carries none (from a file or the environment).
     pub password: Option<String>,
     pub key_prefix: String,
+    /// Sentinels (`host:port`) to ask for the primary; empty = connect to the URL's host.
+    /// With Sentinel, the URL still supplies the user, password, database and TLS.
+    pub sentinels: Vec<String>,
+    /// The primary's name as Sentinel monitors it.
+    pub sentinel_primary: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
 }
@@ -54,6 +62,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("key_prefix", &self.key_prefix)
+            .field("sentinels", &self.sentinels)
             .finish()
     }
 }
@@ -70,10 +79,20 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// How the store finds the Redis to talk to.
+enum Target {
+    /// The URL's host.
+    Direct(redis::Client),
+    /// Whichever server Sentinel names the primary, asked again after a failure.
+    Sentinel(Mutex<SentinelClient>),
+}
+
 pub struct RedisStore {
-    client: redis::Client,
+    target: Target,
     settings: RedisSettings,
-    connection: OnceCell<ConnectionManager>,
+    connection: RwLock<Option<ConnectionManager>>,
+    /// Set when a failure suggests the primary moved (Sentinel): the next call asks again.
+    rediscover: AtomicBool,
     rotations: broadcast::Sender<Rotation>,
     scripts: Scripts,
 }
@@ -101,12 +120,40 @@ impl RedisStore {
         if info.redis.password.is_none() {
             info.redis.password = settings.password.clone();
         }
-        let client = redis::Client::open(info)
-            .map_err(|e| StoreError::Unavailable(format!("the Redis URL is not usable: {e}")))?;
+        let target = if settings.sentinels.is_empty() {
+            Target::Direct(
+                redis::Client::open(info)
+                    .map_err(|e| StoreError::Unavailable(format!("the Redis URL is not usable: {e}")))?,
+            )
+        } else {
+            let tls_mode = match info.addr {
+                redis::ConnectionAddr::TcpTls { insecure, .. } => Some(if insecure {
+                    redis::TlsMode::Insecure
+                } else {
+                    redis::TlsMode::Secure
+                }),
+                _ => None,
+            };
+            let node = SentinelNodeConnectionInfo {
+                tls_mode,
+                redis_connection_info: Some(info.redis.clone()),
+            };
+            let sentinels: Vec<String> = settings.sentinels.iter().map(|s| format!("redis://{s}")).collect();
+            Target::Sentinel(Mutex::new(
+                SentinelClient::build(
+                    sentinels,
+                    settings.sentinel_primary.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| StoreError::Unavailable(format!("the Sentinel addresses are not usable: {e}")))?,
+            ))
+        };
         Ok(Self {
-            client,
+            target,
             settings,
-            connection: OnceCell::new(),
+            connection: RwLock::new(None),
+            rediscover: AtomicBool::new(false),
             rotations: broadcast::channel(64).0,
             scripts: Scripts {
                 create: Script::new(CREATE),
@@ -129,10 +176,14 @@ impl RedisStore {
             loop {
                 let Some(store) = weak.upgrade() else { return };
                 let channel = store.rotation_channel();
-                let client = store.client.clone();
+                let client = store.client().await;
                 let sender = store.rotations.clone();
                 drop(store);
-                match client.get_async_pubsub().await {
+                let pubsub = match client {
+                    Ok(client) => client.get_async_pubsub().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match pubsub {
                     Ok(mut pubsub) => {
                         if pubsub.subscribe(&channel).await.is_ok() {
                             backoff = Duration::from_millis(200);
@@ -155,25 +206,62 @@ impl RedisStore {
         });
     }
 
+    /// A client for the server to talk to: the URL's, or the primary Sentinel names now.
+    async fn client(&self) -> Result<redis::Client, StoreError> {
+        match &self.target {
+            Target::Direct(client) => Ok(client.clone()),
+            Target::Sentinel(sentinel) => {
+                let mut sentinel = sentinel.lock().await;
+                tokio::time::timeout(self.settings.connect_timeout, sentinel.async_get_client())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("asking Sentinel for the primary timed out".into()))?
+                    .map_err(|e| StoreError::Unavailable(format!("Sentinel names no reachable primary: {e}")))
+            }
+        }
+    }
+
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        if !self.rediscover.load(Ordering::Relaxed) {
+            if let Some(manager) = self.connection.read().await.as_ref() {
+                return Ok(manager.clone());
+            }
+        }
+        let mut slot = self.connection.write().await;
+        if self.rediscover.swap(false, Ordering::Relaxed) {
+            *slot = None;
+        }
+        if let Some(manager) = slot.as_ref() {
+            return Ok(manager.clone());
+        }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.settings.connect_timeout)
             .set_response_timeout(self.settings.response_timeout)
             .set_number_of_retries(2)
             .set_max_delay(2000);
-        let manager = self
-            .connection
-            .get_or_try_init(|| async {
-                tokio::time::timeout(
-                    self.settings.connect_timeout,
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await
-                .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
-                .map_err(unavailable)
-            })
-            .await?;
-        Ok(manager.clone())
+        let client = self.client().await?;
+        let manager = tokio::time::timeout(
+            self.settings.connect_timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+        .map_err(unavailable)?;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// Maps a Redis error; under Sentinel, a failure that suggests the primary moved (lost
+    /// connection, or a replica refusing writes) makes the next call ask Sentinel again.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        let moved = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.kind() == redis::ErrorKind::ReadOnly;
+        if moved && matches!(self.target, Target::Sentinel(_)) {
+            self.rediscover.store(true, Ordering::Relaxed);
+        }
+        unavailable(e)
     }
 
     fn session_key(&self, replica_set: &str, id: &str) -> String {
@@ -215,7 +303,7 @@ impl RedisStore {
             .arg(&["v", "d", "e", "i", "t", "c", "u"])
             .query_async(conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         decode_session(fields)
     }
 }
@@ -320,7 +408,7 @@ impl Store for RedisStore {
             .arg(now * 1000 + unix_millis() % 1000)
             .arg(session.lifetime.ends_at * 1000)
             .arg(forget_before * 1000);
-        let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         let status: i64 = answer
             .first()
             .and_then(|v| redis::from_redis_value(v).ok())
@@ -357,7 +445,7 @@ impl Store for RedisStore {
             .arg(now)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         decode_session(fields)
     }
 
@@ -393,7 +481,7 @@ impl Store for RedisStore {
             .arg(session_id)
             .arg(session.created * 1000 + unix_millis() % 1000)
             .arg(session.lifetime.ends_at * 1000);
-        let answer: Vec<i64> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let answer: Vec<i64> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         match answer.as_slice() {
             [0] => Ok(ReplaceOutcome::NotFound),
             [1, stored] => Ok(ReplaceOutcome::VersionMismatch { stored: *stored as u64 }),
@@ -412,7 +500,7 @@ impl Store for RedisStore {
             .arg(session_id)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(deleted == 1)
     }
 
@@ -421,13 +509,13 @@ impl Store for RedisStore {
         let ids: Vec<String> = conn
             .zrange(self.user_key(replica_set, user), 0, -1)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         // The index may name sessions that ended on their TTL since the last create.
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.exists(self.session_key(replica_set, id));
         }
-        let live: Vec<bool> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let live: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
         Ok(ids
             .into_iter()
             .zip(live)
@@ -451,7 +539,7 @@ impl Store for RedisStore {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -495,7 +583,7 @@ impl Store for RedisStore {
             .arg(replica_set)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         match answer.as_slice() {
             [s] if s == "0" => Ok(JoinOutcome::Joined),
             [s, caps] if s == "1" => Ok(JoinOutcome::CapabilityMismatch {
@@ -516,19 +604,19 @@ impl Store for RedisStore {
             .arg(now)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(member == 1)
     }
 
     async fn leave(&self, replica: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
-        let mut sets: Vec<String> = conn.smembers(self.sets_key()).await.map_err(unavailable)?;
+        let mut sets: Vec<String> = conn.smembers(self.sets_key()).await.map_err(|e| self.failed(e))?;
         sets.sort();
         let mut pipe = redis::pipe();
         for set in &sets {
             pipe.hdel(self.members_key(set), replica);
         }
-        let removed: Vec<i64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let removed: Vec<i64> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
         Ok(sets
             .into_iter()
             .zip(removed)
@@ -540,7 +628,7 @@ impl Store for RedisStore {
     async fn members(&self, replica_set: &str, stale_before: i64) -> Result<Vec<Member>, StoreError> {
         let mut conn = self.conn().await?;
         let key = self.members_key(replica_set);
-        let all: Vec<(String, String)> = conn.hgetall(&key).await.map_err(unavailable)?;
+        let all: Vec<(String, String)> = conn.hgetall(&key).await.map_err(|e| self.failed(e))?;
         let mut members = Vec::new();
         let mut stale = Vec::new();
         for (replica, value) in all {
@@ -550,7 +638,7 @@ impl Store for RedisStore {
             }
         }
         if !stale.is_empty() {
-            let _: i64 = conn.hdel(&key, stale).await.map_err(unavailable)?;
+            let _: i64 = conn.hdel(&key, stale).await.map_err(|e| self.failed(e))?;
         }
         members.sort_by(|a, b| a.joined.cmp(&b.joined).then_with(|| a.replica.cmp(&b.replica)));
         Ok(members)
@@ -558,7 +646,7 @@ impl Store for RedisStore {
 
     async fn replica_sets(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
-        let mut sets: Vec<String> = conn.smembers(self.sets_key()).await.map_err(unavailable)?;
+        let mut sets: Vec<String> = conn.smembers(self.sets_key()).await.map_err(|e| self.failed(e))?;
         sets.sort();
         Ok(sets)
     }
@@ -573,7 +661,7 @@ impl Store for RedisStore {
             .arg(now)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         keys_from(values)
     }
 
@@ -596,7 +684,7 @@ impl Store for RedisStore {
             .arg(replica_set)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         if values.first().map(String::as_str) != Some("1") {
             return Ok(None);
         }
@@ -610,7 +698,10 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod dsc;
+pub mod metrics;
 pub mod probe;
 pub mod server;
 pub mod session;

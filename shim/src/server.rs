@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::{BasicAuth, Config, StoreConfig, TlsConfig};
 use crate::dsc::{self, Endpoint, Request, ResultCode};
+use crate::metrics::Metrics;
 use crate::session::{poll_hold, SessionService};
 use crate::soap::{self, FaultCode};
 use crate::store::memory::MemoryStore;
@@ -47,6 +48,7 @@ struct App {
     basic_token: Option<Arc<[u8]>>,
     max_body_bytes: usize,
     request_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// Builds the store the configuration names.
@@ -82,12 +84,14 @@ pub fn router(
         }),
         max_body_bytes,
         request_timeout,
+        metrics: Arc::new(Metrics::new()),
     };
     Router::new()
         .route(CLIENT_PATH, post(client_endpoint))
         .route(ADMIN_PATH, post(admin_endpoint))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(app)
 }
 
@@ -236,6 +240,17 @@ async fn ready(State(app): State<App>) -> Response {
     }
 }
 
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
 async fn client_endpoint(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
     serve_soap(app, Endpoint::Client, headers, body).await
 }
@@ -273,7 +288,20 @@ fn authorized(app: &App, headers: &HeaderMap) -> bool {
 }
 
 async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
-    if !authorized(&app, &headers) {
+    let response = answer_soap(&app, endpoint, headers, body).await;
+    if response.status() != StatusCode::OK {
+        app.metrics.fault(match response.status() {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "store_unavailable",
+            _ => "bad_request",
+        });
+    }
+    response
+}
+
+async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    if !authorized(app, &headers) {
         let mut r = fault(
             StatusCode::UNAUTHORIZED,
             FaultCode::Client,
@@ -323,10 +351,14 @@ async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body
             tracing::warn!(error = %e, "refused a request");
             return match e.known_operation() {
                 // WebSEAL understands an answer in the operation's own shape best.
-                Some(op) => xml(
-                    StatusCode::OK,
-                    dsc::Response::refusal(op, ResultCode::InvalidParameter).to_xml(),
-                ),
+                Some(op) => {
+                    app.metrics
+                        .answered(op, ResultCode::InvalidParameter.name(), Duration::ZERO);
+                    xml(
+                        StatusCode::OK,
+                        dsc::Response::refusal(op, ResultCode::InvalidParameter).to_xml(),
+                    )
+                }
                 None => fault(StatusCode::BAD_REQUEST, FaultCode::Client, &e.to_string()),
             };
         }
@@ -336,9 +368,20 @@ async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body
         Request::GetUpdates(r) => app.request_timeout + poll_hold(r.response_by_secs),
         _ => app.request_timeout,
     };
-    match tokio::time::timeout(limit, app.service.handle(request)).await {
+    let started = std::time::Instant::now();
+    let polling = matches!(request, Request::GetUpdates(_));
+    if polling {
+        app.metrics.waiting_polls.inc();
+    }
+    let handled = tokio::time::timeout(limit, app.service.handle(request)).await;
+    if polling {
+        app.metrics.waiting_polls.dec();
+    }
+    match handled {
         Ok(Ok(answer)) => {
             tracing::debug!(operation, result = answer.result().name(), "answered");
+            app.metrics
+                .answered(operation, answer.result().name(), started.elapsed());
             xml(StatusCode::OK, answer.to_xml())
         }
         Ok(Err(e)) => {

@@ -1,0 +1,131 @@
+//! Prometheus metrics of the shim, served at `/metrics`: requests by operation and result,
+//! their duration, faults by cause, and the long polls waiting now.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationResult {
+    pub operation: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Operation {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cause {
+    pub cause: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OperationResult, Counter>,
+    durations: Family<Operation, Histogram>,
+    faults: Family<Cause, Counter>,
+    pub waiting_polls: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("redsess_shim");
+        let requests = Family::<OperationResult, Counter>::default();
+        registry.register(
+            "requests",
+            "DSC requests answered, by operation and result code",
+            requests.clone(),
+        );
+        // 50 µs .. ~1.6 s; long polls are counted but their hold time is not a latency.
+        let durations = Family::<Operation, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a DSC request (getUpdates excluded)",
+            durations.clone(),
+        );
+        let faults = Family::<Cause, Counter>::default();
+        registry.register(
+            "faults",
+            "Requests answered with a SOAP fault or an HTTP error, by cause",
+            faults.clone(),
+        );
+        let waiting_polls = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "waiting_polls",
+            "getUpdates long polls waiting now",
+            waiting_polls.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            durations,
+            faults,
+            waiting_polls,
+        }
+    }
+
+    pub fn answered(&self, operation: &str, result: &str, took: Duration) {
+        self.requests
+            .get_or_create(&OperationResult {
+                operation: operation.into(),
+                result: result.into(),
+            })
+            .inc();
+        if operation != "getUpdates" {
+            self.durations
+                .get_or_create(&Operation {
+                    operation: operation.into(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn fault(&self, cause: &str) {
+        self.faults.get_or_create(&Cause { cause: cause.into() }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_in_the_exposition() {
+        let m = Metrics::new();
+        m.answered("getSession", "success", Duration::from_micros(300));
+        m.fault("store_unavailable");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"redsess_shim_requests_total{operation="getSession",result="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"redsess_shim_faults_total{cause="store_unavailable"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("redsess_shim_request_duration_seconds_bucket"), "{text}");
+    }
+}

@@ -390,11 +390,6 @@ impl SessionService {
         }
     }
 
-    /// Sessions created before this have outlived any lifetime the shim allows.
-    fn forget_before(&self, now: i64) -> i64 {
-        now - self.settings.max_lifetime_secs - self.settings.clock_skew_secs
-    }
-
     async fn create(&self, r: CreateSession) -> Result<Response, StoreError> {
         self.heard(&r.replica_set, &r.replica);
         let now = self.now();
@@ -409,14 +404,7 @@ impl SessionService {
         let limit = self.effective_limit(r.session_limit);
         let result = match self
             .store
-            .create_session(
-                &r.replica_set,
-                &r.session_id,
-                &session,
-                &limit,
-                now,
-                self.forget_before(now),
-            )
+            .create_session(&r.replica_set, &r.session_id, &session, &limit, now)
             .await?
         {
             CreateOutcome::Created { displaced } => {
@@ -633,7 +621,9 @@ impl SessionService {
     }
 
     /// Sessions holding an item of `data_class`/`data_instance` whose value matches the
-    /// pattern: through the user index for an exact user name, else by a scan.
+    /// pattern. An exact user name is looked up in the user index first (one read per
+    /// candidate, each checked against its item); only when that finds nothing, because the
+    /// sessions count users by another item, does it fall back to a scan of the replica set.
     async fn matching_sessions(
         &self,
         replica_set: &str,
@@ -641,23 +631,31 @@ impl SessionService {
         data_instance: &str,
         pattern: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
+        let matching = |s: Session| -> Option<String> {
+            s.items
+                .into_iter()
+                .find(|i| i.data_class == data_class && i.instance == data_instance)
+                .and_then(|i| i.value)
+                .filter(|v| wildcard_match(pattern, v))
+        };
         if data_class == class::USER_NAME && data_instance == "sms" && !pattern.contains('*') {
-            let ids = self.store.user_sessions(replica_set, pattern).await?;
-            return Ok(ids.into_iter().map(|id| (id, pattern.to_string())).collect());
+            let mut found = Vec::new();
+            for id in self.store.user_sessions(replica_set, pattern).await? {
+                let session = self.store.get_session(replica_set, &id, false, self.now()).await?;
+                if let Some(value) = session.and_then(matching) {
+                    found.push((id, value));
+                }
+            }
+            if !found.is_empty() {
+                return Ok(found);
+            }
         }
         Ok(self
             .store
             .all_sessions(replica_set)
             .await?
             .into_iter()
-            .filter_map(|(id, s)| {
-                s.items
-                    .into_iter()
-                    .find(|i| i.data_class == data_class && i.instance == data_instance)
-                    .and_then(|i| i.value)
-                    .filter(|v| wildcard_match(pattern, v))
-                    .map(|v| (id, v))
-            })
+            .filter_map(|(id, s)| matching(s).map(|v| (id, v)))
             .collect())
     }
 }

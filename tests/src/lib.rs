@@ -320,3 +320,100 @@ pub fn webseal_session(user: &str) -> Vec<DataItem> {
 }
 
 pub const SUCCESS: u32 = 952467756;
+
+pub use redsess_shim::client::ClientError;
+
+impl Shim {
+    /// Waits (at most `within`) for the process to exit on its own; its status, or `None`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` on the shim's (plain HTTP) listener: `(status, body)`.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.addr, path)
+    }
+}
+
+/// A plain HTTP/1.1 `GET`, one connection, no keep-alive: `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The bulk strings of a raw RESP answer (an array of them, or a single one), in order.
+pub fn resp_strings(answer: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = answer.split("\r\n");
+    while let Some(line) = lines.next() {
+        if let Some(len) = line.strip_prefix('$') {
+            if len.parse::<i64>().is_ok_and(|n| n >= 0) {
+                out.push(lines.next().unwrap_or_default().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The integer of a raw RESP integer answer (`:42`).
+pub fn resp_integer(answer: &str) -> Option<i64> {
+    answer.trim().strip_prefix(':')?.parse().ok()
+}
+
+/// A shim whose log is printed when the test fails (dropped while panicking).
+pub struct Traced(pub Shim);
+
+impl std::ops::Deref for Traced {
+    type Target = Shim;
+    fn deref(&self) -> &Shim {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Traced {
+    fn deref_mut(&mut self) -> &mut Shim {
+        &mut self.0
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of the shim on {}:\n{}", self.0.addr, self.0.logs());
+        }
+    }
+}
+
+/// Sleeps until shortly after the wall clock starts a new second, so that what follows runs
+/// within one second as the shim counts time (unix seconds).
+pub fn start_of_second() {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_millis())
+        .unwrap_or(0);
+    if into > 100 {
+        std::thread::sleep(Duration::from_millis(u64::from(1000 - into) + 20));
+    }
+}

@@ -80,10 +80,7 @@ fn items() -> Vec<DataItem> {
 }
 
 async fn created(store: &dyn Store, id: &str, s: &Session, limit: &SessionLimit) -> CreateOutcome {
-    store
-        .create_session("default", id, s, limit, now(), now() - 7200)
-        .await
-        .unwrap()
+    store.create_session("default", id, s, limit, now()).await.unwrap()
 }
 
 async fn create_then_get_round_trips(store: Arc<dyn Store>) {
@@ -260,14 +257,14 @@ async fn ended_sessions_leave_no_index_entries_behind(store: Arc<dyn Store>) {
     assert_eq!(store.user_sessions("default", "carol").await.unwrap(), ["new"]);
 }
 
-async fn the_index_forgets_entries_older_than_any_lifetime(store: Arc<dyn Store>) {
-    let s = session(Some("dave"), items(), 3600, 0);
-    created(&*store, "early", &s, &NO_LIMIT).await;
-    // A create whose horizon lies after "early" was made drops its entry without a look-up.
-    store
-        .create_session("default", "late", &s, &NO_LIMIT, now(), now() + 1)
-        .await
-        .unwrap();
+async fn a_create_without_a_limit_drops_ended_entries(store: Arc<dyn Store>) {
+    let short = session(Some("dave"), items(), 1, 0);
+    created(&*store, "short", &short, &NO_LIMIT).await;
+    let idle = session(Some("dave"), items(), 3600, 1);
+    created(&*store, "idle", &idle, &NO_LIMIT).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let long = session(Some("dave"), items(), 3600, 0);
+    created(&*store, "late", &long, &NO_LIMIT).await;
     assert_eq!(store.user_sessions("default", "dave").await.unwrap(), ["late"]);
 }
 
@@ -275,10 +272,7 @@ async fn all_sessions_lists_one_replica_set(store: Arc<dyn Store>) {
     let s = session(Some("alice"), items(), 3600, 0);
     created(&*store, "A", &s, &NO_LIMIT).await;
     created(&*store, "B", &s, &NO_LIMIT).await;
-    store
-        .create_session("other", "C", &s, &NO_LIMIT, now(), 0)
-        .await
-        .unwrap();
+    store.create_session("other", "C", &s, &NO_LIMIT, now()).await.unwrap();
     let ids: Vec<String> = store
         .all_sessions("default")
         .await
@@ -413,7 +407,7 @@ store_suite!(
     sessions_expire_at_their_lifetime_end,
     activity_extends_an_idle_timeout,
     ended_sessions_leave_no_index_entries_behind,
-    the_index_forgets_entries_older_than_any_lifetime,
+    a_create_without_a_limit_drops_ended_entries,
     all_sessions_lists_one_replica_set,
     membership_rules,
     key_material_is_shared_and_rotates_once,
@@ -425,7 +419,7 @@ async fn two_redis_stores_share_sessions_keys_and_rotations() {
     let a = redis_store(&server, "shared:");
     let b = redis_store(&server, "shared:");
     let s = session(Some("alice"), items(), 3600, 0);
-    a.create_session("default", "S", &s, &NO_LIMIT, now(), 0).await.unwrap();
+    a.create_session("default", "S", &s, &NO_LIMIT, now()).await.unwrap();
     assert_eq!(
         b.get_session("default", "S", true, now()).await.unwrap().unwrap().items,
         s.items

@@ -158,7 +158,6 @@ impl Store for MemoryStore {
         session: &Session,
         limit: &SessionLimit,
         now: i64,
-        forget_before: i64,
     ) -> Result<CreateOutcome, StoreError> {
         let mut state = self.lock();
         let k = key(replica_set, session_id);
@@ -168,21 +167,14 @@ impl Store for MemoryStore {
         let mut displaced = Vec::new();
         if let Some(user) = &session.user {
             let ukey = (replica_set.to_string(), user.clone());
-            if let Some(ids) = state.users.get_mut(&ukey) {
-                let dead = ids.iter().take_while(|(created, _)| *created < forget_before).count();
-                ids.drain(..dead);
-            }
+            let ids = state.users.get(&ukey).cloned().unwrap_or_default();
+            // In process, checking every entry is cheap: the index only ever names live sessions.
+            let live: Vec<String> = ids
+                .into_iter()
+                .map(|(_, id)| id)
+                .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
+                .collect();
             let max = limit.max as usize;
-            // Counting live sessions costs one look-up per index entry: only with a limit.
-            let live: Vec<String> = if max > 0 {
-                let ids = state.users.get(&ukey).cloned().unwrap_or_default();
-                ids.into_iter()
-                    .map(|(_, id)| id)
-                    .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
-                    .collect()
-            } else {
-                Vec::new()
-            };
             if max > 0 && live.len() >= max {
                 if !limit.displace {
                     return Ok(CreateOutcome::LimitReached);

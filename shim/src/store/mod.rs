@@ -110,9 +110,9 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new session unless the ID exists; with a user and a limit, counts the user's
-    /// live sessions and refuses or displaces the oldest, all in one atomic step. Index
-    /// entries of sessions created before `forget_before` (past any session's maximum
-    /// lifetime) are dropped, so a user's index never keeps dead entries without bound.
+    /// live sessions and refuses or displaces the oldest, all in one atomic step. Each create
+    /// also drops the user's index entries whose sessions ended, so an index never keeps dead
+    /// entries without bound.
     async fn create_session(
         &self,
         replica_set: &str,
@@ -120,7 +120,6 @@ pub trait Store: Send + Sync + 'static {
         session: &Session,
         limit: &SessionLimit,
         now: i64,
-        forget_before: i64,
     ) -> Result<CreateOutcome, StoreError>;
 
     /// Reads a session. With `touch`, records activity at `now` and extends its expiry.

@@ -10,7 +10,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P s:{<n>:<rs>:<id>}` | hash | one session: `v` version, `d` items (see `record`), `e` lifetime end, `i` idle seconds, `t` last activity, `c` creation, `u` user |
-//! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs scored by creation time (ms); pruned of ended sessions at every create, and itself expiring with its longest-lived session |
+//! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs scored by lifetime end (ms, so oldest first); every create drops entries whose lifetime ended and looks for sessions that ended early; the set itself expires with its longest-lived session |
 //! | `P rs:{<rs>}` | hash | the set's capability mask `caps` and key material `cur`, `cur_id`, `old`, `old_id`, `created` |
 //! | `P m:{<rs>}` | hash | members: replica → `instance \t joined \t last_seen` |
 //! | `P sets` | set | every replica set ever joined |
@@ -308,6 +308,12 @@ impl RedisStore {
     }
 }
 
+/// A user index entry's score: the session's lifetime end in milliseconds, plus the
+/// milliseconds of the current second so that sessions made in one second keep their order.
+fn index_score(lifetime: &Lifetime) -> i64 {
+    lifetime.ends_at * 1000 + unix_millis() % 1000
+}
+
 fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -385,7 +391,6 @@ impl Store for RedisStore {
         session: &Session,
         limit: &SessionLimit,
         now: i64,
-        forget_before: i64,
     ) -> Result<CreateOutcome, StoreError> {
         let mut conn = self.conn().await?;
         let mut call = self.scripts.create.key(self.session_key(replica_set, session_id));
@@ -404,10 +409,8 @@ impl Store for RedisStore {
             .arg(if limit.displace { 1 } else { 0 })
             .arg(session_id)
             .arg(self.session_key_prefix(replica_set))
-            // Milliseconds, so sessions of one second keep their creation order.
-            .arg(now * 1000 + unix_millis() % 1000)
-            .arg(session.lifetime.ends_at * 1000)
-            .arg(forget_before * 1000);
+            .arg(now * 1000)
+            .arg(index_score(&session.lifetime));
         let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         let status: i64 = answer
             .first()
@@ -459,9 +462,15 @@ impl Store for RedisStore {
     ) -> Result<ReplaceOutcome, StoreError> {
         let mut conn = self.conn().await?;
         let mut call = self.scripts.replace.key(self.session_key(replica_set, session_id));
+        // The index entry follows the session: its user, and its lifetime end (the score).
         let user_changed = previous_user != session.user.as_deref();
-        if user_changed {
-            call.key(previous_user.map(|u| self.user_key(replica_set, u)).unwrap_or_default());
+        if user_changed || session.user.is_some() {
+            call.key(
+                previous_user
+                    .filter(|_| user_changed)
+                    .map(|u| self.user_key(replica_set, u))
+                    .unwrap_or_default(),
+            );
             call.key(
                 session
                     .user
@@ -479,8 +488,8 @@ impl Store for RedisStore {
             .arg(session.user.as_deref().unwrap_or(""))
             .arg(session.lifetime.expires_at(session.touched) * 1000)
             .arg(session_id)
-            .arg(session.created * 1000 + unix_millis() % 1000)
-            .arg(session.lifetime.ends_at * 1000);
+            .arg(index_score(&session.lifetime))
+            .arg(crate::clock::now() * 1000);
         let answer: Vec<i64> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         match answer.as_slice() {
             [0] => Ok(ReplaceOutcome::NotFound),
@@ -719,23 +728,25 @@ fn glob_escape(s: &str) -> String {
 }
 
 /// KEYS: session, [user index]. ARGV: items, ends_at, idle, touched, created, user,
-/// expires_ms, limit, displace, id, session key prefix, now_ms, ends_ms, forget_before_ms.
+/// expires_ms, limit, displace, id, session key prefix, now_ms, index score (lifetime end ms).
 /// Answers {0} ID in use, {1} limit reached, {2, displaced...} created.
-/// Without a limit this is O(log n) in the user's index; with one, O(the user's sessions).
+/// Index entries whose lifetime ended go by score; entries of sessions that ended early
+/// (idle) are found by looking: all of them under a limit, else the eight nearest their end,
+/// which keeps a create O(log n) in the user's index while dead entries still drain.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local displaced = {}
 if #KEYS > 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[14])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[12])
   local limit = tonumber(ARGV[8])
+  local last = 7
+  if limit > 0 then last = -1 end
   local live = {}
-  if limit > 0 then
-    for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-      if redis.call('EXISTS', ARGV[11] .. id .. '}') == 1 then
-        live[#live + 1] = id
-      else
-        redis.call('ZREM', KEYS[2], id)
-      end
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, last)) do
+    if redis.call('EXISTS', ARGV[11] .. id .. '}') == 1 then
+      live[#live + 1] = id
+    else
+      redis.call('ZREM', KEYS[2], id)
     end
   end
   if limit > 0 and #live >= limit then
@@ -746,8 +757,8 @@ if #KEYS > 1 then
       displaced[#displaced + 1] = live[n]
     end
   end
-  redis.call('ZADD', KEYS[2], ARGV[12], ARGV[10])
-  local keep = tonumber(ARGV[13]) - tonumber(ARGV[12])
+  redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10])
+  local keep = tonumber(ARGV[2]) * 1000 - tonumber(ARGV[12])
   if redis.call('PTTL', KEYS[2]) < keep then redis.call('PEXPIRE', KEYS[2], keep) end
 end
 redis.call('HSET', KEYS[1], 'v', 0, 'd', ARGV[1], 'e', ARGV[2], 'i', ARGV[3], 't', ARGV[4], 'c', ARGV[5], 'u', ARGV[6])
@@ -770,8 +781,9 @@ redis.call('PEXPIREAT', KEYS[1], at * 1000)
 return r
 "#;
 
-/// KEYS: session, [old user index, new user index]. ARGV: expected version, new version,
-/// items, ends_at, idle, touched, user, expires_ms, id, created_ms, ends_ms.
+/// KEYS: session, [old user index (when the user changed, else ''), new user index].
+/// ARGV: expected version, new version, items, ends_at, idle, touched, user, expires_ms, id,
+/// index score (lifetime end ms), now_ms.
 /// Answers {0} not found, {1, stored} version mismatch, {2} replaced.
 const REPLACE: &str = r#"
 local v = redis.call('HGET', KEYS[1], 'v')
@@ -783,7 +795,7 @@ if #KEYS > 1 then
   if KEYS[2] ~= '' then redis.call('ZREM', KEYS[2], ARGV[9]) end
   if KEYS[3] ~= '' then
     redis.call('ZADD', KEYS[3], ARGV[10], ARGV[9])
-    local keep = tonumber(ARGV[11]) - tonumber(ARGV[10])
+    local keep = tonumber(ARGV[4]) * 1000 - tonumber(ARGV[11])
     if redis.call('PTTL', KEYS[3]) < keep then redis.call('PEXPIRE', KEYS[3], keep) end
   end
 end

@@ -4,6 +4,18 @@
 //! A reconcile is a pipeline: observe → validate → build (pure, one module per emitted kind)
 //! → apply (server-side apply, one field manager) → status.
 
+pub mod apply;
+pub mod build;
+pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod names;
+pub mod observe;
+pub mod render;
+pub mod status;
 pub mod validate;
+
+#[cfg(test)]
+mod fixtures;

@@ -1,1 +1,158 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use kube::runtime::events::Reporter;
+use redsess_operator::{controller, http, leader, metrics::Metrics, names};
+
+/// Kubernetes operator for SessionCache resources: Redis, Sentinel, redsess-shim, and the
+/// configuration WebSEAL and IBM Application Gateway need.
+#[derive(Parser)]
+#[command(name = "redsess-operator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the SessionCache CRD as YAML.
+    Crd,
+    /// Print every object a SessionCache file would produce, offline.
+    Render {
+        /// A SessionCache YAML file (`-` for standard input).
+        file: PathBuf,
+    },
+    /// Run the operator in a cluster (in-cluster config or KUBECONFIG).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "REDSESS_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease so only one replica reconciles (`false` for a single
+    /// replica or local development).
+    #[arg(long, env = "REDSESS_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+    /// The operator's namespace (holds the leader Lease); default: the service account's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Log format.
+    #[arg(long, env = "REDSESS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let namespace = args
+        .namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let identity = leader::identity();
+    tracing::info!(%namespace, %identity, leader_election = args.leader_election, "starting");
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(http::Health::default());
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown_signal(),
+    ));
+    let reporter = Reporter {
+        controller: names::MANAGER.into(),
+        instance: Some(identity.clone()),
+    };
+
+    if args.leader_election {
+        let mut elector = leader::LeaderElector::new(client.clone(), &namespace, identity);
+        tokio::select! {
+            _ = elector.acquire(&health) => {},
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down before leading");
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            _ = controller::run(client, metrics, reporter, health) => {
+                elector.release().await;
+            }
+            lost = elector.hold() => {
+                // Another replica may lead now: stop reconciling at once; Kubernetes restarts
+                // this process as a candidate.
+                tracing::error!(reason = %lost, "lost the leader Lease; exiting");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        controller::run(client, metrics, reporter, health).await;
+    }
+    server.abort();
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => print!("{}", redsess_operator::crd::crd_yaml()),
+        Command::Render { file } => {
+            let yaml = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            print!("{}", redsess_operator::render::render(&yaml)?);
+        }
+        Command::Run(args) => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")?
+            .block_on(run(args))?,
+    }
+    Ok(())
+}

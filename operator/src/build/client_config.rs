@@ -1,0 +1,777 @@
+//! One ConfigMap per `spec.clients` entry, holding the configuration fragment that proxy needs
+//! to use this SessionCache: WebSEAL speaking DSC to the shim, WebSEAL 10.0.1+ using Redis
+//! natively, or IBM Application Gateway. Fragments name Secrets and keys, never their values.
+//! The status reports `fragment_hash` of each fragment so consumers can roll when it changes;
+//! the fragments are deterministic (no timestamps) so the hash moves only with the plan.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde_yaml::{Mapping, Value};
+use sha2::{Digest, Sha256};
+
+use super::network_policy::CLIENT_LABEL;
+use super::secrets::BASIC_AUTH_USER;
+use super::{metadata, shim, Emitted};
+use crate::crd::ClientKind;
+use crate::names;
+use crate::validate::{ClientPlan, Plan};
+
+/// Annotation on each client ConfigMap: the SHA-256 of its fragment, as in the status.
+pub const FRAGMENT_HASH_ANNOTATION: &str = "redsess.io/fragment-sha256";
+
+/// Data keys of the three kinds of fragment.
+pub const WEBSEAL_DSC_KEY: &str = "webseald-dsess.conf";
+pub const WEBSEAL_REDIS_KEY: &str = "webseald-redis.conf";
+pub const IAG_KEY: &str = "iag-redis.yaml";
+
+/// `[dsess-cluster]` tuning written for WebSEAL (PROTOCOL.md's values).
+const RESPONSE_BY: u32 = 60;
+const HANDLE_POOL_SIZE: u32 = 10;
+const DSC_TIMEOUT: u32 = 30;
+
+/// Redis pool and timeouts written for WebSEAL and IAG (IAG's documented defaults).
+const MAX_POOLED_CONNECTIONS: u32 = 50;
+const IDLE_TIMEOUT: u32 = 10;
+const CONNECT_TIMEOUT: u32 = 2;
+const IO_TIMEOUT: u32 = 30;
+const HEALTH_CHECK_INTERVAL: u32 = 10;
+const CLIENT_LIST_CACHE_LIFETIME: u32 = 10;
+/// The credential attribute IAG counts concurrent sessions by.
+const USER_IDENTITY_ATTRIBUTE: &str = "AZN_CRED_PRINCIPAL_NAME";
+
+/// One ConfigMap per client, in the order of `plan.clients`.
+pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
+    plan.clients
+        .iter()
+        .map(|client| {
+            let (key, content) = fragment(plan, client);
+            let mut meta = metadata(
+                plan,
+                names::client_config(&plan.name, &client.name),
+                names::component::CLIENT_CONFIG,
+                owner,
+            );
+            meta.annotations = Some(BTreeMap::from([(
+                FRAGMENT_HASH_ANNOTATION.to_string(),
+                fragment_hash(&content),
+            )]));
+            Emitted::ConfigMap(ConfigMap {
+                metadata: meta,
+                data: Some(BTreeMap::from([(key, content)])),
+                ..ConfigMap::default()
+            })
+        })
+        .collect()
+}
+
+/// The client's data key and fragment.
+pub fn fragment(plan: &Plan, client: &ClientPlan) -> (String, String) {
+    match client.kind {
+        ClientKind::WebSealDsc => (WEBSEAL_DSC_KEY.into(), webseal_dsc(plan, client)),
+        ClientKind::WebSealRedis => (WEBSEAL_REDIS_KEY.into(), webseal_redis(plan, client)),
+        ClientKind::Iag => (IAG_KEY.into(), iag(plan, client)),
+    }
+}
+
+/// Hex SHA-256 of a fragment.
+pub fn fragment_hash(content: &str) -> String {
+    Sha256::digest(content.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
+/// Key prefix of WebSEAL's native Redis sessions for this cache. Distinct from the shim's
+/// `redsess:`, so the Redis ACL of the shared user must allow both.
+pub fn webseal_key_prefix(plan: &Plan) -> String {
+    format!("webseal-{}:", plan.name)
+}
+
+/// Key prefix of IAG's Redis sessions for this cache.
+pub fn iag_key_prefix(plan: &Plan) -> String {
+    format!("iag-{}:", plan.name)
+}
+
+/// Every key prefix clients of this plan write under (the shim's included), for the Redis ACL.
+pub fn key_prefixes(plan: &Plan) -> Vec<String> {
+    let mut prefixes = vec![shim::KEY_PREFIX.to_string()];
+    if plan.clients.iter().any(|c| c.kind == ClientKind::WebSealRedis) {
+        prefixes.push(webseal_key_prefix(plan));
+    }
+    if plan.clients.iter().any(|c| c.kind == ClientKind::Iag) {
+        prefixes.push(iag_key_prefix(plan));
+    }
+    prefixes
+}
+
+/// A Redis endpoint as a native client is given it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisEndpoint {
+    /// Name of the server entry (`[redis-server:<name>]`, IAG `servers[].name`).
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+}
+
+/// The Redis endpoints native clients connect to: the client Service when standalone; with
+/// Sentinel, every Redis pod by its stable name under the headless Service
+/// (`<redis>-N.<headless>.<ns>.svc`), because neither WebSEAL nor IAG speaks Sentinel: they
+/// find the writable primary among the servers of a collection themselves.
+pub fn redis_endpoints(plan: &Plan) -> Vec<RedisEndpoint> {
+    let redis = names::redis(&plan.name);
+    if plan.sentinel.is_none() {
+        return vec![RedisEndpoint {
+            host: names::service_host(&redis, &plan.namespace),
+            name: redis,
+            port: names::REDIS_PORT,
+        }];
+    }
+    let headless = names::service_host(&names::redis_headless(&plan.name), &plan.namespace);
+    (0..plan.redis.replicas)
+        .map(|i| {
+            let pod = format!("{redis}-{i}");
+            RedisEndpoint {
+                host: format!("{pod}.{headless}"),
+                name: pod,
+                port: names::REDIS_PORT,
+            }
+        })
+        .collect()
+}
+
+fn header(out: &mut String, plan: &Plan, client: &ClientPlan, kind: &str, target: &str) {
+    let _ = writeln!(
+        out,
+        "# Generated by redsess-operator from SessionCache {}/{}, client {} ({kind}).",
+        plan.namespace, plan.name, client.name
+    );
+    let _ = writeln!(
+        out,
+        "# Merge into {target}. The operator rewrites this ConfigMap; edit the SessionCache instead."
+    );
+    let _ = writeln!(
+        out,
+        "# Secrets are named here, never copied: set their values where the proxy keeps secrets."
+    );
+}
+
+/// Native clients talk to Redis directly; the NetworkPolicy admits only labelled pods.
+fn native_access(out: &mut String, plan: &Plan) {
+    let _ = writeln!(
+        out,
+        "# Network: the proxy pods must run in namespace {} with the label {CLIENT_LABEL}={}; the",
+        plan.namespace, plan.name
+    );
+    out.push_str("# NetworkPolicy admits no other pods to Redis.\n");
+}
+
+fn secret_comment(entry: &str, secret: &str, key: &str) -> String {
+    format!("# {entry}: from Secret {secret}, key {key} (never written here)")
+}
+
+/// WebSEAL speaking the DSC protocol to the shim Service.
+fn webseal_dsc(plan: &Plan, client: &ClientPlan) -> String {
+    let shim = &plan.shim;
+    let mut out = String::new();
+    header(&mut out, plan, client, "WebSEALDSC", "webseald-<instance>.conf");
+    out.push_str("\n[session]\n");
+    out.push_str("dsess-enabled = yes\n");
+    let _ = writeln!(out, "standard-junction-replica-set = {}", client.replica_set);
+    out.push_str("\n[replica-sets]\n");
+    for set in &shim.replica_sets {
+        let _ = writeln!(out, "replica-set = {set}");
+    }
+    out.push_str("\n[dsess]\n");
+    out.push_str("dsess-cluster-name = dsess\n");
+    out.push_str("\n[dsess-cluster]\n");
+    // No replica count here: scaling the shim must not change the hash and roll the proxies.
+    out.push_str("# Every shim pod is behind this one Service (active-active): one server line.\n");
+    let _ = writeln!(out, "server = 9,{}", shim::dsc_url(plan));
+    let _ = writeln!(out, "response-by = {RESPONSE_BY}");
+    let _ = writeln!(out, "handle-pool-size = {HANDLE_POOL_SIZE}");
+    let _ = writeln!(out, "timeout = {DSC_TIMEOUT}");
+    out.push_str("load-balance = yes\n");
+    if shim.generate_basic_auth {
+        let _ = writeln!(
+            out,
+            "# The user and password are in Secret {}, generated by the operator.",
+            shim.basic_auth_secret
+        );
+        let _ = writeln!(out, "basic-auth-user = {BASIC_AUTH_USER}");
+    } else {
+        out.push_str(&secret_comment("basic-auth-user", &shim.basic_auth_secret, "username"));
+        out.push('\n');
+    }
+    out.push_str(&secret_comment(
+        "basic-auth-passwd",
+        &shim.basic_auth_secret,
+        "password",
+    ));
+    out.push('\n');
+    match &shim.tls_secret {
+        Some(tls) => {
+            let _ = writeln!(
+                out,
+                "# The shim serves HTTPS with the certificate in Secret {tls} (key tls.crt)."
+            );
+            let _ = writeln!(
+                out,
+                "# ssl-keyfile: a key database (with its ssl-keyfile-stash) that trusts the issuer of that certificate"
+            );
+            out.push_str("# ssl-valid-server-dn: the subject DN of that certificate, to accept no other server\n");
+            if let Some(ca) = &shim.client_ca_secret {
+                let _ = writeln!(
+                    out,
+                    "# ssl-keyfile-label: a client certificate in that key database signed by the CA in Secret {ca} (key ca.crt); the shim refuses connections without one"
+                );
+            }
+        }
+        None => {
+            out.push_str("# Plain HTTP: the Basic-auth password and the sessions cross the network unencrypted;\n");
+            out.push_str("# set spec.shim.security.tlsSecret to serve HTTPS.\n");
+        }
+    }
+    out
+}
+
+/// WebSEAL 10.0.1+ using this Redis natively.
+fn webseal_redis(plan: &Plan, client: &ClientPlan) -> String {
+    let collection = &plan.name;
+    let endpoints = redis_endpoints(plan);
+    let mut out = String::new();
+    header(
+        &mut out,
+        plan,
+        client,
+        "WebSEALRedis",
+        "webseald-<instance>.conf (WebSEAL 10.0.1 or later)",
+    );
+    native_access(&mut out, plan);
+    out.push_str("\n[session]\n");
+    out.push_str("dsess-enabled = yes\n");
+    out.push_str("dsess-server-type = redis\n");
+    let _ = writeln!(out, "standard-junction-replica-set = {}", client.replica_set);
+    out.push_str("\n[redis]\n");
+    let _ = writeln!(out, "key-prefix = {}", webseal_key_prefix(plan));
+    let _ = writeln!(out, "default-collection-name = {collection}");
+    let _ = writeln!(out, "client-list-cache-lifetime = {CLIENT_LIST_CACHE_LIFETIME}");
+    let _ = writeln!(out, "\n[redis-collection:{collection}]");
+    if plan.sentinel.is_some() {
+        out.push_str("# Redis is replicated and Sentinel promotes a replica when the primary fails. WebSEAL\n");
+        out.push_str("# does not ask Sentinel: it is given every Redis pod by its stable DNS name and finds the\n");
+        out.push_str("# writable primary among them itself (ROLE), so a failover needs no change here. The\n");
+        out.push_str("# client Service is not listed because it may route to a read-only replica.\n");
+    }
+    for e in &endpoints {
+        let _ = writeln!(out, "server = {}", e.name);
+    }
+    let _ = writeln!(out, "max-pooled-connections = {MAX_POOLED_CONNECTIONS}");
+    let _ = writeln!(out, "idle-timeout = {IDLE_TIMEOUT}");
+    let _ = writeln!(out, "connect-timeout = {CONNECT_TIMEOUT}");
+    let _ = writeln!(out, "io-timeout = {IO_TIMEOUT}");
+    let _ = writeln!(out, "health-check-interval = {HEALTH_CHECK_INTERVAL}");
+    for e in &endpoints {
+        let _ = writeln!(out, "\n[redis-server:{}]", e.name);
+        let _ = writeln!(out, "server = {}", e.host);
+        let _ = writeln!(out, "port = {}", e.port);
+        let _ = writeln!(out, "username = {}", names::REDIS_USER);
+        out.push_str(&secret_comment("password", &plan.redis.password_secret, "password"));
+        out.push('\n');
+    }
+    out
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    let mut m = Mapping::new();
+    for (k, v) in entries {
+        m.insert(Value::String(k.into()), v);
+    }
+    Value::Mapping(m)
+}
+
+fn string(s: impl Into<String>) -> Value {
+    Value::String(s.into())
+}
+
+fn number(n: impl Into<i64>) -> Value {
+    Value::Number(n.into().into())
+}
+
+/// IBM Application Gateway: `services.redis` (current releases) and `server.session.redis`.
+fn iag(plan: &Plan, client: &ClientPlan) -> String {
+    let collection = plan.name.clone();
+    let password = format!("secret:{}/password", plan.redis.password_secret);
+    let servers = redis_endpoints(plan)
+        .into_iter()
+        .map(|e| {
+            map(vec![
+                ("name", string(e.name)),
+                ("host", string(e.host)),
+                ("port", number(e.port)),
+                ("username", string(names::REDIS_USER)),
+                ("password", string(password.clone())),
+            ])
+        })
+        .collect();
+    let limit = plan.shim.max_sessions_per_user;
+    let document = map(vec![
+        (
+            "services",
+            map(vec![(
+                "redis",
+                map(vec![
+                    ("key_prefix", string(iag_key_prefix(plan))),
+                    ("default_collection", string(collection.clone())),
+                    (
+                        "collections",
+                        Value::Sequence(vec![map(vec![
+                            ("name", string(collection)),
+                            ("max_pooled_connections", number(MAX_POOLED_CONNECTIONS)),
+                            ("idle_timeout", number(IDLE_TIMEOUT)),
+                            ("connect_timeout", number(CONNECT_TIMEOUT)),
+                            ("io_timeout", number(IO_TIMEOUT)),
+                            ("health_check_interval", number(HEALTH_CHECK_INTERVAL)),
+                            ("servers", Value::Sequence(servers)),
+                        ])]),
+                    ),
+                ]),
+            )]),
+        ),
+        (
+            "server",
+            map(vec![(
+                "session",
+                map(vec![(
+                    "redis",
+                    map(vec![
+                        ("enabled", Value::Bool(true)),
+                        ("client_list_cache_lifetime", number(CLIENT_LIST_CACHE_LIFETIME)),
+                        (
+                            "concurrent_sessions",
+                            map(vec![
+                                ("enabled", Value::Bool(limit > 0)),
+                                ("prompt_for_displacement", Value::Bool(!plan.shim.displace)),
+                                ("max_user_sessions", number(limit)),
+                                ("user_identity_attribute_name", string(USER_IDENTITY_ATTRIBUTE)),
+                            ]),
+                        ),
+                    ]),
+                )]),
+            )]),
+        ),
+    ]);
+
+    let mut out = String::new();
+    header(
+        &mut out,
+        plan,
+        client,
+        "IAG",
+        "the IBM Application Gateway configuration",
+    );
+    native_access(&mut out, plan);
+    let _ = writeln!(
+        out,
+        "# password: a reference to Secret {} (key password); IAG resolves secret:<name>/<key> from its own",
+        plan.redis.password_secret
+    );
+    out.push_str("# namespace, so it must run in this namespace or hold a copy of that Secret.\n");
+    if plan.sentinel.is_some() {
+        out.push_str("# Redis is replicated: every Redis pod is listed by its stable DNS name; IAG finds the\n");
+        out.push_str("# writable primary among them after a Sentinel failover.\n");
+    }
+    out.push_str("# concurrent_sessions follows spec.shim.session: maxSessionsPerUser (0 = off) and displace\n");
+    out.push_str("# (displace ends older sessions without asking; otherwise the user is asked).\n");
+    out.push_str(&serde_yaml::to_string(&document).expect("YAML values serialize"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SessionCache;
+    use crate::validate::validate;
+
+    fn plan(spec_yaml: &str) -> Plan {
+        let sc: SessionCache = serde_yaml::from_str(&format!(
+            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam}}\nspec:\n{spec_yaml}"
+        ))
+        .unwrap();
+        validate(&sc).unwrap()
+    }
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "redsess.io/v1alpha1".into(),
+            kind: "SessionCache".into(),
+            name: "cache".into(),
+            uid: "0000".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn client<'a>(plan: &'a Plan, name: &str) -> &'a ClientPlan {
+        plan.clients.iter().find(|c| c.name == name).unwrap()
+    }
+
+    /// A WebSEAL stanza file: `[stanza]` headers, `key = value` entries, `#` comments.
+    #[derive(Debug)]
+    struct Stanzas {
+        entries: Vec<(String, String, String)>,
+        comments: Vec<String>,
+    }
+
+    impl Stanzas {
+        fn parse(text: &str) -> Stanzas {
+            let mut stanza: Option<String> = None;
+            let mut entries = Vec::new();
+            let mut comments = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                if let Some(comment) = line.strip_prefix('#') {
+                    comments.push(comment.trim().to_string());
+                } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    assert!(!name.is_empty(), "line {}: empty stanza name", n + 1);
+                    stanza = Some(name.to_string());
+                } else {
+                    let (key, value) = line
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("line {}: not `key = value`: {line}", n + 1));
+                    let stanza = stanza
+                        .clone()
+                        .unwrap_or_else(|| panic!("line {}: entry outside a stanza", n + 1));
+                    let (key, value) = (key.trim(), value.trim());
+                    assert!(!key.is_empty() && !key.contains(' '), "line {}: bad key {key:?}", n + 1);
+                    entries.push((stanza, key.to_string(), value.to_string()));
+                }
+            }
+            Stanzas { entries, comments }
+        }
+
+        fn stanzas(&self) -> Vec<&str> {
+            let mut names: Vec<&str> = Vec::new();
+            for (s, _, _) in &self.entries {
+                if !names.contains(&s.as_str()) {
+                    names.push(s);
+                }
+            }
+            names
+        }
+
+        fn all(&self, stanza: &str, key: &str) -> Vec<&str> {
+            self.entries
+                .iter()
+                .filter(|(s, k, _)| s == stanza && k == key)
+                .map(|(_, _, v)| v.as_str())
+                .collect()
+        }
+
+        fn one(&self, stanza: &str, key: &str) -> &str {
+            match self.all(stanza, key).as_slice() {
+                [v] => v,
+                other => panic!("[{stanza}] {key}: expected one value, found {other:?}"),
+            }
+        }
+
+        fn has_key(&self, key: &str) -> bool {
+            self.entries.iter().any(|(_, k, _)| k == key)
+        }
+    }
+
+    fn webseal_dsc(spec: &str) -> (Plan, Stanzas) {
+        let p = plan(spec);
+        let (key, content) = fragment(&p, client(&p, "web"));
+        assert_eq!(key, "webseald-dsess.conf");
+        (p, Stanzas::parse(&content))
+    }
+
+    #[test]
+    fn webseal_dsc_points_at_the_shim_service() {
+        let (_, s) = webseal_dsc(
+            "  shim: {replicaSets: [default, admin]}\n  clients: [{name: web, kind: WebSEALDSC, replicaSet: admin}]",
+        );
+        assert_eq!(s.stanzas(), ["session", "replica-sets", "dsess", "dsess-cluster"]);
+        assert_eq!(s.one("session", "dsess-enabled"), "yes");
+        assert_eq!(s.one("session", "standard-junction-replica-set"), "admin");
+        assert_eq!(s.all("replica-sets", "replica-set"), ["default", "admin"]);
+        assert_eq!(s.one("dsess", "dsess-cluster-name"), "dsess");
+        assert_eq!(
+            s.one("dsess-cluster", "server"),
+            "9,http://cache-shim.isam.svc:8443/DSess/services/DSess"
+        );
+        assert_eq!(s.one("dsess-cluster", "response-by"), "60");
+        assert_eq!(s.one("dsess-cluster", "handle-pool-size"), "10");
+        assert_eq!(s.one("dsess-cluster", "timeout"), "30");
+        assert_eq!(s.one("dsess-cluster", "load-balance"), "yes");
+        assert_eq!(s.one("dsess-cluster", "basic-auth-user"), "webseal");
+        // The password is only named, never written.
+        assert!(!s.has_key("basic-auth-passwd"));
+        assert!(s
+            .comments
+            .iter()
+            .any(|c| c.starts_with("basic-auth-passwd: from Secret cache-shim-auth, key password")));
+        assert!(s.comments.iter().any(|c| c.starts_with("Plain HTTP")));
+        assert!(!s.has_key("ssl-keyfile"));
+    }
+
+    #[test]
+    fn webseal_dsc_with_the_users_own_secret_and_tls() {
+        let (p, s) = webseal_dsc(
+            "  shim: {security: {basicAuthSecret: dsc-auth, tlsSecret: shim-tls, clientCaSecret: ca}}\n  clients: [{name: web, kind: WebSEALDSC}]",
+        );
+        assert_eq!(s.one("session", "standard-junction-replica-set"), "default");
+        assert_eq!(s.one("dsess-cluster", "server"), format!("9,{}", shim::dsc_url(&p)));
+        assert!(s.one("dsess-cluster", "server").starts_with("9,https://"));
+        // The user is in the user's Secret: named in a comment, not guessed.
+        assert!(!s.has_key("basic-auth-user"));
+        assert!(s
+            .comments
+            .iter()
+            .any(|c| c.starts_with("basic-auth-user: from Secret dsc-auth, key username")));
+        assert!(s
+            .comments
+            .iter()
+            .any(|c| c.starts_with("basic-auth-passwd: from Secret dsc-auth, key password")));
+        assert!(s.comments.iter().any(|c| c.starts_with("ssl-keyfile:")));
+        assert!(s.comments.iter().any(|c| c.starts_with("ssl-valid-server-dn:")));
+        assert!(s.comments.iter().any(|c| c.contains("Secret ca (key ca.crt)")));
+        assert!(!s.comments.iter().any(|c| c.starts_with("Plain HTTP")));
+    }
+
+    #[test]
+    fn webseal_redis_standalone_uses_the_client_service() {
+        let p = plan("  clients: [{name: web, kind: WebSEALRedis}]");
+        let (key, content) = fragment(&p, client(&p, "web"));
+        assert_eq!(key, "webseald-redis.conf");
+        let s = Stanzas::parse(&content);
+        assert_eq!(
+            s.stanzas(),
+            ["session", "redis", "redis-collection:cache", "redis-server:cache-redis"]
+        );
+        assert_eq!(s.one("session", "dsess-enabled"), "yes");
+        assert_eq!(s.one("session", "dsess-server-type"), "redis");
+        assert_eq!(s.one("session", "standard-junction-replica-set"), "default");
+        assert_eq!(s.one("redis", "key-prefix"), "webseal-cache:");
+        assert_eq!(s.one("redis", "default-collection-name"), "cache");
+        assert_eq!(s.one("redis", "client-list-cache-lifetime"), "10");
+        let c = "redis-collection:cache";
+        assert_eq!(s.all(c, "server"), ["cache-redis"]);
+        for key in [
+            "max-pooled-connections",
+            "idle-timeout",
+            "connect-timeout",
+            "io-timeout",
+            "health-check-interval",
+        ] {
+            s.one(c, key).parse::<u32>().unwrap();
+        }
+        let srv = "redis-server:cache-redis";
+        assert_eq!(s.one(srv, "server"), "cache-redis.isam.svc");
+        assert_eq!(s.one(srv, "port"), "6379");
+        assert_eq!(s.one(srv, "username"), "redsess");
+        assert!(!s.has_key("password"));
+        assert!(s
+            .comments
+            .iter()
+            .any(|c| c.starts_with("password: from Secret cache-redis-auth, key password")));
+    }
+
+    #[test]
+    fn webseal_redis_with_sentinel_lists_every_pod() {
+        let p = plan("  redis: {replicas: 3, passwordSecret: rpw}\n  clients: [{name: web, kind: WebSEALRedis}]");
+        let (_, content) = fragment(&p, client(&p, "web"));
+        let s = Stanzas::parse(&content);
+        let servers = s.all("redis-collection:cache", "server");
+        assert_eq!(servers, ["cache-redis-0", "cache-redis-1", "cache-redis-2"]);
+        for (i, name) in servers.iter().enumerate() {
+            let stanza = format!("redis-server:{name}");
+            assert_eq!(
+                s.one(&stanza, "server"),
+                format!("cache-redis-{i}.cache-redis-headless.isam.svc")
+            );
+            assert_eq!(s.one(&stanza, "port"), "6379");
+            assert_eq!(s.one(&stanza, "username"), "redsess");
+        }
+        assert!(s.comments.iter().any(|c| c.contains("writable primary")));
+        assert!(s.comments.iter().any(|c| c.contains("redsess.io/client=cache")));
+        assert!(s.comments.iter().any(|c| c.contains("Secret rpw, key password")));
+        assert!(!s.has_key("password"));
+        // Not the client Service.
+        assert!(!content.contains("server = cache-redis.isam.svc"));
+    }
+
+    fn iag(spec: &str) -> Value {
+        let p = plan(spec);
+        let (key, content) = fragment(&p, client(&p, "gw"));
+        assert_eq!(key, "iag-redis.yaml");
+        serde_yaml::from_str(&content).unwrap()
+    }
+
+    fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
+        path.split('.').fold(v, |v, step| {
+            let found = match step.parse::<usize>() {
+                Ok(i) => v.get(i),
+                Err(_) => v.get(step),
+            };
+            found.unwrap_or_else(|| panic!("{path}: no {step}"))
+        })
+    }
+
+    #[test]
+    fn iag_uses_the_documented_key_paths() {
+        let doc = iag("  shim: {session: {maxSessionsPerUser: 2, displace: true}}\n  clients: [{name: gw, kind: IAG}]");
+        let top: Vec<_> = doc.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
+        assert_eq!(top, ["services", "server"]);
+        let redis_keys: Vec<_> = at(&doc, "services.redis")
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(redis_keys, ["key_prefix", "default_collection", "collections"]);
+        assert_eq!(at(&doc, "services.redis.key_prefix").as_str(), Some("iag-cache:"));
+        assert_eq!(at(&doc, "services.redis.default_collection").as_str(), Some("cache"));
+        let c = "services.redis.collections.0";
+        assert_eq!(at(&doc, &format!("{c}.name")).as_str(), Some("cache"));
+        for key in [
+            "max_pooled_connections",
+            "idle_timeout",
+            "connect_timeout",
+            "io_timeout",
+            "health_check_interval",
+        ] {
+            assert!(at(&doc, &format!("{c}.{key}")).is_u64(), "{key}");
+        }
+        let server = at(&doc, &format!("{c}.servers.0"));
+        assert_eq!(at(server, "name").as_str(), Some("cache-redis"));
+        assert_eq!(at(server, "host").as_str(), Some("cache-redis.isam.svc"));
+        assert_eq!(at(server, "port").as_u64(), Some(6379));
+        assert_eq!(at(server, "username").as_str(), Some("redsess"));
+        assert_eq!(
+            at(server, "password").as_str(),
+            Some("secret:cache-redis-auth/password")
+        );
+
+        let r = "server.session.redis";
+        assert_eq!(at(&doc, &format!("{r}.enabled")).as_bool(), Some(true));
+        assert!(at(&doc, &format!("{r}.client_list_cache_lifetime")).is_u64());
+        let cs = format!("{r}.concurrent_sessions");
+        assert_eq!(at(&doc, &format!("{cs}.enabled")).as_bool(), Some(true));
+        assert_eq!(
+            at(&doc, &format!("{cs}.prompt_for_displacement")).as_bool(),
+            Some(false)
+        );
+        assert_eq!(at(&doc, &format!("{cs}.max_user_sessions")).as_i64(), Some(2));
+        assert_eq!(
+            at(&doc, &format!("{cs}.user_identity_attribute_name")).as_str(),
+            Some("AZN_CRED_PRINCIPAL_NAME")
+        );
+    }
+
+    #[test]
+    fn iag_without_a_limit_and_with_sentinel() {
+        let doc = iag("  redis: {replicas: 2}\n  clients: [{name: gw, kind: IAG}]");
+        let cs = "server.session.redis.concurrent_sessions";
+        assert_eq!(at(&doc, &format!("{cs}.enabled")).as_bool(), Some(false));
+        assert_eq!(at(&doc, &format!("{cs}.max_user_sessions")).as_i64(), Some(0));
+        let servers = at(&doc, "services.redis.collections.0.servers").as_sequence().unwrap();
+        let hosts: Vec<_> = servers.iter().map(|s| at(s, "host").as_str().unwrap()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "cache-redis-0.cache-redis-headless.isam.svc",
+                "cache-redis-1.cache-redis-headless.isam.svc"
+            ]
+        );
+        for s in servers {
+            assert!(at(s, "password").as_str().unwrap().starts_with("secret:"));
+        }
+    }
+
+    #[test]
+    fn one_config_map_per_client_with_its_hash() {
+        let p = plan(
+            "  clients: [{name: web, kind: WebSEALDSC}, {name: native, kind: WebSEALRedis}, {name: gw, kind: IAG}]",
+        );
+        let objects = build(&p, &owner());
+        assert_eq!(objects.len(), 3);
+        let expected = [
+            ("cache-client-web", "webseald-dsess.conf"),
+            ("cache-client-native", "webseald-redis.conf"),
+            ("cache-client-gw", "iag-redis.yaml"),
+        ];
+        for ((object, (name, key)), client) in objects.iter().zip(expected).zip(&p.clients) {
+            let Emitted::ConfigMap(cm) = object else {
+                panic!("not a ConfigMap: {}", object.kind())
+            };
+            assert_eq!(cm.metadata.name.as_deref(), Some(name));
+            assert_eq!(cm.metadata.namespace.as_deref(), Some("isam"));
+            assert_eq!(
+                cm.metadata.labels,
+                Some(names::labels("cache", names::component::CLIENT_CONFIG))
+            );
+            let data = cm.data.as_ref().unwrap();
+            assert_eq!(data.keys().collect::<Vec<_>>(), [key]);
+            let (_, content) = fragment(&p, client);
+            assert_eq!(data[key], content);
+            assert_eq!(
+                cm.metadata.annotations.as_ref().unwrap()[FRAGMENT_HASH_ANNOTATION],
+                fragment_hash(&content)
+            );
+        }
+        assert!(build(&plan("  {}"), &owner()).is_empty());
+    }
+
+    #[test]
+    fn the_hash_follows_the_plan() {
+        assert_eq!(
+            fragment_hash(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let hash = |spec: &str, name: &str| {
+            let p = plan(spec);
+            fragment_hash(&fragment(&p, client(&p, name)).1)
+        };
+        let dsc = "  clients: [{name: web, kind: WebSEALDSC}]";
+        assert_eq!(hash(dsc, "web"), hash(dsc, "web"), "deterministic");
+        // What the proxy does not see must not roll it.
+        assert_eq!(
+            hash(dsc, "web"),
+            hash(&format!("  shim: {{replicas: 5, image: other:1}}\n{dsc}"), "web")
+        );
+        assert_ne!(
+            hash(dsc, "web"),
+            hash(&format!("  shim: {{security: {{tlsSecret: t}}}}\n{dsc}"), "web")
+        );
+        let native = "  clients: [{name: web, kind: WebSEALRedis}]";
+        assert_ne!(
+            hash(native, "web"),
+            hash(&format!("  redis: {{replicas: 3}}\n{native}"), "web")
+        );
+        let gw = "  clients: [{name: gw, kind: IAG}]";
+        assert_ne!(
+            hash(gw, "gw"),
+            hash(&format!("  shim: {{session: {{maxSessionsPerUser: 1}}}}\n{gw}"), "gw")
+        );
+    }
+
+    #[test]
+    fn key_prefixes_cover_every_writer() {
+        assert_eq!(key_prefixes(&plan("  {}")), ["redsess:"]);
+        assert_eq!(
+            key_prefixes(&plan(
+                "  clients: [{name: a, kind: WebSEALRedis}, {name: b, kind: IAG}, {name: c, kind: WebSEALDSC}]"
+            )),
+            ["redsess:", "webseal-cache:", "iag-cache:"]
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! The NetworkPolicy that fences in Redis: only this SessionCache's own pods (shim, Sentinel,
+//! the other Redis pods for replication), the operator, and the reverse proxies that opted in
+//! with [`CLIENT_LABEL`] may open connections to port 6379. The ACL password is still required;
+//! this keeps everyone else from even trying.
+//!
+//! Only the Redis pods are fenced: Sentinel hands out addresses, not data, and must stay
+//! reachable by the shim and the native clients that ask it for the primary.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::build::{metadata, Emitted};
+use crate::names::{self, component};
+use crate::validate::Plan;
+
+/// The label a reverse-proxy pod carries, with the SessionCache's name as value, to use this
+/// SessionCache's Redis natively (WebSEAL `[redis]` clients, IBM Application Gateway):
+/// `redsess.io/client: <sessioncache name>`, on pods in the SessionCache's namespace. Proxies
+/// that talk DSC to the shim need no label: only the shim talks to Redis for them.
+pub const CLIENT_LABEL: &str = "redsess.io/client";
+
+/// Label of the operator's own pods (any namespace).
+const OPERATOR_NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", names::MANAGER);
+
+pub fn build(plan: &Plan, owner: &OwnerReference) -> Emitted {
+    let pods = |labels: BTreeMap<String, String>| NetworkPolicyPeer {
+        pod_selector: Some(match_labels(labels)),
+        ..NetworkPolicyPeer::default()
+    };
+    let own = |component: &str| pods(names::selector(&plan.name, component));
+    let redis_port = || {
+        Some(vec![NetworkPolicyPort {
+            protocol: Some("TCP".into()),
+            port: Some(IntOrString::Int(names::REDIS_PORT)),
+            ..NetworkPolicyPort::default()
+        }])
+    };
+
+    let components = NetworkPolicyIngressRule {
+        from: Some(vec![
+            own(component::SHIM),
+            own(component::SENTINEL),
+            // Replicas connect to the primary.
+            own(component::REDIS),
+            // The operator, wherever it runs (it reads replication roles).
+            NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                pod_selector: Some(match_labels(BTreeMap::from([(
+                    OPERATOR_NAME_LABEL.0.to_string(),
+                    OPERATOR_NAME_LABEL.1.to_string(),
+                )]))),
+                ..NetworkPolicyPeer::default()
+            },
+        ]),
+        ports: redis_port(),
+    };
+    let native_clients = NetworkPolicyIngressRule {
+        from: Some(vec![pods(BTreeMap::from([(
+            CLIENT_LABEL.to_string(),
+            plan.name.clone(),
+        )]))]),
+        ports: redis_port(),
+    };
+
+    Emitted::NetworkPolicy(NetworkPolicy {
+        metadata: metadata(plan, names::redis(&plan.name), component::REDIS, owner),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels(names::selector(&plan.name, component::REDIS))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![components, native_clients]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
+fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::redis::tests::{owner, plan};
+
+    #[test]
+    fn only_own_pods_the_operator_and_labelled_clients_reach_redis() {
+        let policy = build(&plan("  {}"), &owner());
+        let expected: serde_json::Value = serde_yaml::from_str(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: cache-redis
+  namespace: isam
+  labels:
+    app.kubernetes.io/name: redsess
+    app.kubernetes.io/instance: cache
+    app.kubernetes.io/component: redis
+    app.kubernetes.io/managed-by: redsess-operator
+  ownerReferences:
+  - apiVersion: redsess.io/v1alpha1
+    kind: SessionCache
+    name: cache
+    uid: 5f1c2d3e-0000-4000-8000-000000000001
+    controller: true
+    blockOwnerDeletion: true
+spec:
+  podSelector:
+    matchLabels: {app.kubernetes.io/name: redsess, app.kubernetes.io/instance: cache, app.kubernetes.io/component: redis}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {app.kubernetes.io/name: redsess, app.kubernetes.io/instance: cache, app.kubernetes.io/component: shim}
+    - podSelector:
+        matchLabels: {app.kubernetes.io/name: redsess, app.kubernetes.io/instance: cache, app.kubernetes.io/component: sentinel}
+    - podSelector:
+        matchLabels: {app.kubernetes.io/name: redsess, app.kubernetes.io/instance: cache, app.kubernetes.io/component: redis}
+    - namespaceSelector: {}
+      podSelector:
+        matchLabels: {app.kubernetes.io/name: redsess-operator}
+    ports: [{protocol: TCP, port: 6379}]
+  - from:
+    - podSelector:
+        matchLabels: {redsess.io/client: cache}
+    ports: [{protocol: TCP, port: 6379}]
+"#,
+        )
+        .unwrap();
+        assert_eq!(policy.to_json(), expected);
+    }
+}

@@ -1,0 +1,206 @@
+//! The Secrets a SessionCache generates when the user names none: the Redis ACL password
+//! (`<name>-redis-auth`, key `password`) and the shim's HTTP Basic credentials
+//! (`<name>-shim-auth`, keys `username` and `password`).
+//!
+//! A generated Secret is emitted only while it does not exist. Once created it is never
+//! emitted again, so its value is never regenerated: Redis, the shim and every client keep
+//! working across reconciles and operator restarts. (Whoever prunes objects this resource no
+//! longer needs must therefore keep these Secrets even though they are no longer emitted.)
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::build::{metadata, Emitted, Observed};
+use crate::names;
+use crate::validate::Plan;
+
+/// The user name WebSEAL sends with HTTP Basic (its `basic-auth-user`).
+pub const BASIC_AUTH_USER: &str = "webseal";
+
+/// Length of a generated secret value: 32 alphanumeric characters, about 190 bits.
+const SECRET_LENGTH: usize = 32;
+
+/// A fresh random secret value. Alphanumeric only, so that it needs no quoting in redis.conf,
+/// URLs, WebSEAL stanzas or shell scripts.
+pub fn random_secret() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), SECRET_LENGTH)
+}
+
+pub fn build(
+    plan: &Plan,
+    owner: &OwnerReference,
+    observed: &Observed,
+    new_secret: &mut dyn FnMut() -> String,
+) -> Vec<Emitted> {
+    let mut out = Vec::new();
+    let missing = |name: &str| !observed.existing_secrets.contains(name);
+
+    if plan.redis.generate_password && missing(&plan.redis.password_secret) {
+        out.push(opaque(
+            plan,
+            owner,
+            &plan.redis.password_secret,
+            [("password", new_secret())],
+        ));
+    }
+    if plan.shim.generate_basic_auth && missing(&plan.shim.basic_auth_secret) {
+        out.push(opaque(
+            plan,
+            owner,
+            &plan.shim.basic_auth_secret,
+            [("username", BASIC_AUTH_USER.to_string()), ("password", new_secret())],
+        ));
+    }
+    out
+}
+
+fn opaque<const N: usize>(plan: &Plan, owner: &OwnerReference, name: &str, values: [(&str, String); N]) -> Emitted {
+    Emitted::Secret(Secret {
+        metadata: metadata(plan, name.to_string(), names::component::SECRET, owner),
+        type_: Some("Opaque".into()),
+        // stringData: the API server encodes it into `data`; the values stay readable here.
+        string_data: Some(
+            values
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Secret::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SessionCache;
+    use crate::validate::validate;
+
+    fn plan(spec_yaml: &str) -> Plan {
+        let sc: SessionCache = serde_yaml::from_str(&format!(
+            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam}}\nspec:\n{spec_yaml}"
+        ))
+        .unwrap();
+        validate(&sc).unwrap()
+    }
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "redsess.io/v1alpha1".into(),
+            kind: "SessionCache".into(),
+            name: "cache".into(),
+            uid: "5f1c2d3e-0000-4000-8000-000000000001".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    /// Hands out `secret-1`, `secret-2`, … so tests can see which value went where.
+    fn counter() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("secret-{n}")
+        }
+    }
+
+    fn yaml(objects: &[Emitted]) -> Vec<serde_yaml::Value> {
+        objects
+            .iter()
+            .map(|o| serde_yaml::to_value(o.to_json()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn absent_secrets_are_generated() {
+        let mut next = counter();
+        let out = build(&plan("  {}"), &owner(), &Observed::default(), &mut next);
+        let expected: Vec<serde_yaml::Value> = serde_yaml::from_str(
+            r#"
+- apiVersion: v1
+  kind: Secret
+  type: Opaque
+  metadata:
+    name: cache-redis-auth
+    namespace: isam
+    labels:
+      app.kubernetes.io/name: redsess
+      app.kubernetes.io/instance: cache
+      app.kubernetes.io/component: secret
+      app.kubernetes.io/managed-by: redsess-operator
+    ownerReferences:
+    - apiVersion: redsess.io/v1alpha1
+      kind: SessionCache
+      name: cache
+      uid: 5f1c2d3e-0000-4000-8000-000000000001
+      controller: true
+      blockOwnerDeletion: true
+  stringData:
+    password: secret-1
+- apiVersion: v1
+  kind: Secret
+  type: Opaque
+  metadata:
+    name: cache-shim-auth
+    namespace: isam
+    labels:
+      app.kubernetes.io/name: redsess
+      app.kubernetes.io/instance: cache
+      app.kubernetes.io/component: secret
+      app.kubernetes.io/managed-by: redsess-operator
+    ownerReferences:
+    - apiVersion: redsess.io/v1alpha1
+      kind: SessionCache
+      name: cache
+      uid: 5f1c2d3e-0000-4000-8000-000000000001
+      controller: true
+      blockOwnerDeletion: true
+  stringData:
+    username: webseal
+    password: secret-2
+"#,
+        )
+        .unwrap();
+        assert_eq!(yaml(&out), expected);
+    }
+
+    #[test]
+    fn existing_secrets_are_never_regenerated() {
+        let observed = Observed {
+            existing_secrets: ["cache-redis-auth".to_string(), "cache-shim-auth".to_string()].into(),
+        };
+        let mut calls = 0;
+        let mut next = || {
+            calls += 1;
+            random_secret()
+        };
+        assert!(build(&plan("  {}"), &owner(), &observed, &mut next).is_empty());
+        assert_eq!(calls, 0, "no value is drawn for a Secret that exists");
+
+        // Only the missing one comes back.
+        let observed = Observed {
+            existing_secrets: ["cache-redis-auth".to_string()].into(),
+        };
+        let out = build(&plan("  {}"), &owner(), &observed, &mut counter());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name(), "cache-shim-auth");
+    }
+
+    #[test]
+    fn secrets_the_user_names_are_left_alone() {
+        let p = plan("  redis: {passwordSecret: my-redis}\n  shim: {security: {basicAuthSecret: my-basic}}");
+        // Absent or not, they are the user's to create: the operator only reads them.
+        assert!(build(&p, &owner(), &Observed::default(), &mut counter()).is_empty());
+    }
+
+    #[test]
+    fn random_secrets_are_long_alphanumeric_and_differ() {
+        let a = random_secret();
+        let b = random_secret();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,710 @@
+//! The controller: one reconcile is the pipeline observe → validate → build → apply → cleanup →
+//! observe workloads → status, each step its own module and error type.
+//!
+//! - An invalid spec is not an error: it becomes `Degraded`/`InvalidSpec` (the message names the
+//!   field) and a Warning event, and the object is looked at again in 5 minutes (or as soon as
+//!   its spec changes), never in a hot loop.
+//! - Errors (API calls that fail) go to [`error_policy`]: a failure metric with a reason label,
+//!   and a retry with exponential backoff per object (5 s doubling to 5 min).
+//! - The primary watch only passes changes of `metadata.generation` (spec changes), so the
+//!   operator's own status writes do not trigger reconciles; changes of the owned objects
+//!   (StatefulSets becoming ready, a deleted Service, …) do.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{predicates, reflector, watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::build;
+use crate::crd::SessionCache;
+use crate::metrics::Metrics;
+use crate::names;
+use crate::observe;
+use crate::status::{self, Outcome};
+use crate::validate::validate;
+use crate::{apply, http};
+
+/// How soon an invalid spec is looked at again (its next change triggers a reconcile anyway).
+pub const INVALID_SPEC_REQUEUE: Duration = Duration::from_secs(5 * 60);
+/// Periodic re-reconcile of a healthy object, in case a watch event was missed.
+pub const RESYNC: Duration = Duration::from_secs(10 * 60);
+/// Re-reconcile while a Secret the spec names is missing (user Secrets are not watched).
+pub const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(60);
+/// First retry after an error; doubles per consecutive failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_START: Duration = Duration::from_secs(5);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Observe(#[from] observe::Error),
+    #[error(transparent)]
+    Apply(apply::Error),
+    #[error("cleanup: {0}")]
+    Cleanup(apply::Error),
+    #[error(transparent)]
+    Status(#[from] status::Error),
+    #[error("SessionCache {0} has no UID yet")]
+    MissingUid(String),
+}
+
+impl Error {
+    /// The `reason` label of `redsess_operator_reconcile_failures_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Observe(_) => "observe",
+            Error::Apply(_) => "apply",
+            Error::Cleanup(_) => "cleanup",
+            Error::Status(_) => "status",
+            Error::MissingUid(_) => "missing_uid",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Consecutive failures per object UID, for [`error_policy`]'s backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, reporter: Reporter) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(sc: &SessionCache) -> String {
+        sc.uid()
+            .unwrap_or_else(|| format!("{}/{}", sc.namespace().unwrap_or_default(), sc.name_any()))
+    }
+
+    /// The delay before the next retry of `sc`, counting this failure.
+    pub fn next_backoff(&self, sc: &SessionCache) -> Duration {
+        let mut failures = self.failures.lock().expect("backoff map lock");
+        let n = failures.entry(Self::key(sc)).or_insert(0);
+        let delay = backoff_delay(*n);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    fn reset_backoff(&self, sc: &SessionCache) {
+        self.failures.lock().expect("backoff map lock").remove(&Self::key(sc));
+    }
+
+    async fn publish(&self, sc: &SessionCache, event: Event) {
+        if let Err(error) = self.recorder.publish(&event, &sc.object_ref(&())).await {
+            tracing::warn!(%error, reason = event.reason, "cannot publish an event");
+        }
+    }
+}
+
+/// 5 s, 10 s, 20 s, … up to 5 min after `failures` earlier consecutive failures.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
+    BACKOFF_START.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    }
+}
+
+/// Reconciles one SessionCache.
+pub async fn reconcile(sc: Arc<SessionCache>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconcile_started();
+    let result = reconcile_inner(&sc, &ctx).await;
+    ctx.metrics.reconcile_finished(started.elapsed());
+    if result.is_ok() {
+        ctx.reset_backoff(&sc);
+    }
+    result
+}
+
+async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    if sc.meta().deletion_timestamp.is_some() {
+        // Everything emitted carries an owner reference: Kubernetes deletes it with the cache.
+        return Ok(Action::await_change());
+    }
+    let generation = sc.meta().generation;
+    let previous = sc.status.as_ref();
+
+    // observe
+    let secrets = observe::secrets(client, sc).await?;
+
+    // validate
+    let plan = match validate(sc) {
+        Ok(plan) => plan,
+        Err(invalid) => {
+            tracing::warn!(cache = %sc.name_any(), %invalid, "invalid spec");
+            ctx.metrics.reconcile_failed("invalid_spec");
+            let new = status::compute(generation, previous, Outcome::Invalid(&invalid), Timestamp::now());
+            if Some(&new) != previous {
+                status::write(client, sc, &new).await?;
+            }
+            let note = format!("{invalid}");
+            ctx.publish(
+                sc,
+                event(EventType::Warning, status::reason::INVALID_SPEC, "Validate", note),
+            )
+            .await;
+            return Ok(Action::requeue(INVALID_SPEC_REQUEUE));
+        }
+    };
+
+    // build
+    let owner = sc
+        .controller_owner_ref(&())
+        .filter(|o| !o.uid.is_empty())
+        .ok_or_else(|| Error::MissingUid(sc.name_any()))?;
+    let objects = build::all(&plan, &owner, &secrets.observed, &mut build::secrets::random_secret);
+
+    // apply
+    if let Err(failed) = apply::apply_all(client, &objects).await {
+        let message = failed.to_string();
+        let new = status::compute(
+            generation,
+            previous,
+            Outcome::ApplyFailed {
+                plan: &plan,
+                message: &message,
+            },
+            Timestamp::now(),
+        );
+        if Some(&new) != previous {
+            if let Err(error) = status::write(client, sc, &new).await {
+                tracing::warn!(%error, "cannot report the apply failure in the status");
+            }
+        }
+        ctx.publish(
+            sc,
+            event(EventType::Warning, status::reason::APPLY_FAILED, "Apply", message),
+        )
+        .await;
+        return Err(Error::Apply(failed));
+    }
+    let uid = owner.uid.clone();
+    let deleted = apply::cleanup(
+        client,
+        &apply::Owner {
+            name: &plan.name,
+            namespace: &plan.namespace,
+            uid: &uid,
+        },
+        &objects,
+    )
+    .await
+    .map_err(Error::Cleanup)?;
+
+    // observe the workloads, then status
+    let readiness = observe::workloads(client, &plan).await?;
+    let new = status::compute(
+        generation,
+        previous,
+        Outcome::Applied {
+            plan: &plan,
+            readiness: &readiness,
+            missing_secrets: &secrets.missing,
+        },
+        Timestamp::now(),
+    );
+    if Some(&new) != previous {
+        status::write(client, sc, &new).await?;
+    }
+
+    // events on transitions
+    if !deleted.is_empty() {
+        let list = deleted
+            .iter()
+            .map(|d| format!("{} {}", d.kind, d.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        ctx.publish(
+            sc,
+            event(
+                EventType::Normal,
+                "Pruned",
+                "Cleanup",
+                format!("deleted what the spec no longer needs: {list}"),
+            ),
+        )
+        .await;
+    }
+    let was_available = status::is_true(previous, status::AVAILABLE);
+    let is_available = status::is_true(Some(&new), status::AVAILABLE);
+    if is_available && !was_available {
+        let endpoint = new.endpoints.as_ref().and_then(|e| e.shim.clone()).unwrap_or_default();
+        ctx.publish(
+            sc,
+            event(
+                EventType::Normal,
+                "Available",
+                "Reconcile",
+                format!("every component is ready; the shim serves {endpoint}"),
+            ),
+        )
+        .await;
+    } else if was_available && !is_available {
+        ctx.publish(
+            sc,
+            event(
+                EventType::Warning,
+                "Unavailable",
+                "Reconcile",
+                format!("not ready: {}", readiness.not_ready_summary()),
+            ),
+        )
+        .await;
+    }
+    if !secrets.missing.is_empty()
+        && status::reason_of(previous, status::DEGRADED) != Some(status::reason::SECRET_MISSING)
+    {
+        ctx.publish(
+            sc,
+            event(
+                EventType::Warning,
+                status::reason::SECRET_MISSING,
+                "Observe",
+                status::missing_secrets_message(&secrets.missing),
+            ),
+        )
+        .await;
+    }
+
+    Ok(Action::requeue(if secrets.missing.is_empty() {
+        RESYNC
+    } else {
+        MISSING_SECRET_REQUEUE
+    }))
+}
+
+/// After a failed reconcile: count the failure and retry with per-object exponential backoff.
+pub fn error_policy(sc: Arc<SessionCache>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.metric_reason());
+    let delay = ctx.next_backoff(&sc);
+    tracing::warn!(
+        cache = %sc.name_any(),
+        namespace = sc.namespace().unwrap_or_default(),
+        %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Only objects this operator manages are watched (not every Secret of the cluster).
+fn owned_config() -> watcher::Config {
+    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={}", names::MANAGER))
+}
+
+/// Runs the controller until a shutdown signal (SIGTERM, Ctrl-C). `health` becomes ready once
+/// the SessionCache watch has listed every object.
+pub async fn run(client: Client, metrics: Arc<Metrics>, reporter: Reporter, health: Arc<http::Health>) {
+    let caches: Api<SessionCache> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let ready = health.clone();
+    // The primary stream passes an object only when its generation changed: status writes
+    // (ours included) and metadata-only changes do not trigger a reconcile. The store (`reader`)
+    // still sees every change, so a reconcile reads the latest status.
+    let primary = watcher(caches, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            // Every SessionCache listed: the controller is ready. (Watching the event here rather
+            // than `Store::wait_until_ready`, whose wake-up goes to one waiter only, the
+            // controller's.)
+            if matches!(event, watcher::Event::InitDone) && !ready.controller_ready.swap(true, Ordering::SeqCst) {
+                tracing::info!("SessionCache watch is synchronised");
+            }
+        })
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+
+    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter));
+    Controller::for_stream(primary, reader)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .owns(Api::<StatefulSet>::all(client.clone()), owned_config())
+        .owns(Api::<Deployment>::all(client.clone()), owned_config())
+        .owns(Api::<Service>::all(client.clone()), owned_config())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned_config())
+        .owns(Api::<Secret>::all(client.clone()), owned_config())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned_config())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_config())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => tracing::warn!(%error, "reconcile failed"),
+            }
+        })
+        .await;
+    health.controller_ready.store(false, Ordering::SeqCst);
+    tracing::info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ::http::Method;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::apply::Kind;
+    use crate::build::{Emitted, Observed};
+    use crate::fixtures::*;
+    use crate::validate::Plan;
+
+    fn reporter() -> Reporter {
+        Reporter {
+            controller: names::MANAGER.into(),
+            instance: Some("redsess-operator-0".into()),
+        }
+    }
+
+    /// Reconciles `sc` once against a scripted API server.
+    async fn reconcile_with(
+        sc: &SessionCache,
+        steps: Vec<Step>,
+    ) -> (Result<Action, Error>, Vec<Recorded>, Arc<Context>) {
+        let (client, server) = mock_client();
+        let server = server.run(steps);
+        let ctx = Arc::new(Context::new(client, Arc::new(Metrics::new()), reporter()));
+        let result = reconcile(Arc::new(sc.clone()), ctx.clone()).await;
+        // Keep the metrics and backoff map, drop every client clone so the scenario can end.
+        let (idle, _) = mock_client();
+        let kept = Arc::new(Context {
+            recorder: Recorder::new(idle.clone(), reporter()),
+            client: idle,
+            metrics: ctx.metrics.clone(),
+            failures: Mutex::new(ctx.failures.lock().unwrap().clone()),
+        });
+        drop(ctx);
+        let recorded = server.finish().await;
+        (result, recorded, kept)
+    }
+
+    /// The plan and objects the controller will build for `sc`, given the Secrets that exist.
+    fn expected(sc: &SessionCache, existing: &[&str]) -> (Plan, Vec<Emitted>) {
+        let plan = validate(sc).unwrap();
+        let owner = sc.controller_owner_ref(&()).unwrap();
+        let observed = Observed {
+            existing_secrets: existing.iter().map(|s| s.to_string()).collect(),
+        };
+        let objects = build::all(&plan, &owner, &observed, &mut || "not-random".to_string());
+        (plan, objects)
+    }
+
+    fn secrets_of(objects: &[Emitted]) -> Vec<&str> {
+        objects
+            .iter()
+            .filter(|o| matches!(o, Emitted::Secret(_)))
+            .map(|o| o.name())
+            .collect()
+    }
+
+    fn status_is(body: &Value, generation: i64, available: &str, progressing: &str, degraded: &str) {
+        assert_eq!(body["status"]["observedGeneration"], generation, "{body:#}");
+        assert_eq!(condition(body, status::AVAILABLE)["status"], available, "{body:#}");
+        assert_eq!(condition(body, status::PROGRESSING)["status"], progressing, "{body:#}");
+        assert_eq!(condition(body, status::DEGRADED)["status"], degraded, "{body:#}");
+    }
+
+    #[tokio::test]
+    async fn create_applies_every_object_and_reports_progress() {
+        let sc = session_cache("  clients: [{name: web, kind: WebSEALDSC}]", 1);
+        let (plan, objects) = expected(&sc, &[]);
+        assert_eq!(secrets_of(&objects), ["cache-redis-auth", "cache-shim-auth"]);
+
+        let mut steps = secret_reads(&sc, &[]);
+        steps.extend(applies(&objects));
+        steps.extend(cleanup_lists(&plan, BTreeMap::new()));
+        steps.extend(workload_reads(&plan, Some(0)));
+        steps.push(status_patch(&sc, |body| {
+            assert_eq!(body["apiVersion"], "redsess.io/v1alpha1");
+            assert_eq!(body["kind"], "SessionCache");
+            status_is(body, 1, "False", "True", "False");
+            assert_eq!(condition(body, status::AVAILABLE)["reason"], status::reason::NOT_READY);
+            assert_eq!(body["status"]["redis"]["summary"], "0/1");
+            assert_eq!(body["status"]["shim"]["summary"], "0/2");
+            assert_eq!(body["status"]["endpoints"]["redis"], "cache-redis.isam.svc:6379");
+            assert!(body["status"]["clientConfigHashes"]["web"].is_string());
+        }));
+
+        let (result, recorded, ctx) = reconcile_with(&sc, steps).await;
+        assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+        let patched_secrets = recorded
+            .iter()
+            .filter(|r| r.method == Method::PATCH && r.path.contains("/secrets/"))
+            .count();
+        assert_eq!(patched_secrets, 2, "both generated Secrets are created");
+        assert_eq!(ctx.metrics.reconciles(), 1);
+    }
+
+    #[tokio::test]
+    async fn becoming_available_is_an_event() {
+        let sc = session_cache("  redis: {replicas: 3}", 1);
+        let (plan, objects) = expected(&sc, &[]);
+        assert!(objects
+            .iter()
+            .any(|o| matches!(o, Emitted::StatefulSet(_)) && o.name() == "cache-sentinel"));
+
+        let mut steps = secret_reads(&sc, &[]);
+        steps.extend(applies(&objects));
+        steps.extend(cleanup_lists(&plan, BTreeMap::new()));
+        steps.extend(workload_reads(&plan, None));
+        steps.push(status_patch(&sc, |body| {
+            status_is(body, 1, "True", "False", "False");
+            assert_eq!(body["status"]["sentinel"]["summary"], "3/3");
+            assert_eq!(
+                body["status"]["endpoints"]["sentinel"],
+                "cache-sentinel.isam.svc:26379/redsess"
+            );
+        }));
+        steps.push(event_post(&sc, |body| {
+            assert_eq!(body["type"], "Normal");
+            assert_eq!(body["reason"], "Available");
+            assert_eq!(body["regarding"]["kind"], "SessionCache");
+            assert_eq!(body["regarding"]["name"], "cache");
+        }));
+
+        let (result, _, _) = reconcile_with(&sc, steps).await;
+        assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    }
+
+    #[tokio::test]
+    async fn update_keeps_existing_secrets() {
+        let mut sc = session_cache("  shim: {replicas: 3}", 2);
+        let existing = ["cache-redis-auth", "cache-shim-auth"];
+        let (plan, objects) = expected(&sc, &existing);
+        assert!(secrets_of(&objects).is_empty(), "no Secret is emitted again");
+        // A previous status: available, from generation 1.
+        sc.status = Some(status::compute(
+            Some(1),
+            None,
+            Outcome::Applied {
+                plan: &validate(&session_cache("  {}", 1)).unwrap(),
+                readiness: &observe::Readiness {
+                    redis: observe::WorkloadState {
+                        desired: 1,
+                        ready: 1,
+                        updated: 1,
+                        current: true,
+                    },
+                    sentinel: None,
+                    shim: observe::WorkloadState {
+                        desired: 2,
+                        ready: 2,
+                        updated: 2,
+                        current: true,
+                    },
+                },
+                missing_secrets: &[],
+            },
+            Timestamp::from_second(1_750_000_000).unwrap(),
+        ));
+
+        let mut steps = secret_reads(&sc, &existing);
+        steps.extend(applies(&objects));
+        steps.extend(cleanup_lists(&plan, BTreeMap::new()));
+        steps.extend(workload_reads(&plan, Some(2)));
+        steps.push(status_patch(&sc, |body| {
+            // The third shim pod is not ready yet.
+            status_is(body, 2, "False", "True", "False");
+            assert_eq!(body["status"]["shim"]["summary"], "2/3");
+            // Degraded did not change: its transition time stays.
+            assert_eq!(
+                condition(body, status::DEGRADED)["lastTransitionTime"],
+                json!("2025-06-15T15:06:40Z")
+            );
+        }));
+        steps.push(event_post(&sc, |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], "Unavailable");
+            assert!(body["note"].as_str().unwrap().contains("shim 2/3"), "{body:#}");
+        }));
+
+        let (result, recorded, _) = reconcile_with(&sc, steps).await;
+        result.unwrap();
+        assert!(
+            !recorded
+                .iter()
+                .any(|r| r.method == Method::PATCH && r.path.contains("/secrets/")),
+            "existing Secrets are not patched"
+        );
+    }
+
+    #[tokio::test]
+    async fn objects_no_longer_needed_are_deleted() {
+        // Redis went from 3 replicas to 1 and the client `old` was removed.
+        let sc = session_cache("  clients: [{name: web, kind: IAG}]", 3);
+        let existing = ["cache-redis-auth", "cache-shim-auth"];
+        let (plan, objects) = expected(&sc, &existing);
+        let sentinel = owned_item(&sc, "cache-sentinel", names::component::SENTINEL);
+        let old_client = owned_item(&sc, "cache-client-old", names::component::CLIENT_CONFIG);
+        let web_client = owned_item(&sc, "cache-client-web", names::component::CLIENT_CONFIG);
+        let mut foreign = owned_item(&sc, "cache-client-foreign", names::component::CLIENT_CONFIG);
+        foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-uid");
+
+        let mut steps = secret_reads(&sc, &existing);
+        steps.extend(applies(&objects));
+        for kind in Kind::PRUNED {
+            let list = |items: Vec<Value>| {
+                Step::new(Method::GET, kind.collection_path("isam"))
+                    .query("labelSelector", &names::owned_selector("cache"))
+                    .reply(Reply::list(items))
+            };
+            let delete = |name: &str| {
+                let uid = format!("uid-of-{name}");
+                Step::new(Method::DELETE, format!("{}/{name}", kind.collection_path("isam")))
+                    .check(move |body| {
+                        assert_eq!(body["preconditions"]["uid"], uid);
+                        assert_eq!(body["propagationPolicy"], "Background");
+                    })
+                    .reply(Reply::Json(
+                        json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}}),
+                    ))
+            };
+            match kind {
+                Kind::StatefulSet => {
+                    steps.push(list(vec![sentinel.clone()]));
+                    steps.push(delete("cache-sentinel"));
+                }
+                Kind::ConfigMap => {
+                    steps.push(list(vec![web_client.clone(), old_client.clone(), foreign.clone()]));
+                    steps.push(delete("cache-client-old"));
+                }
+                _ => steps.push(list(vec![])),
+            }
+        }
+        steps.extend(workload_reads(&plan, Some(0)));
+        steps.push(status_patch(&sc, |body| status_is(body, 3, "False", "True", "False")));
+        steps.push(event_post(&sc, |body| {
+            assert_eq!(body["reason"], "Pruned");
+            let note = body["note"].as_str().unwrap();
+            assert!(
+                note.contains("StatefulSet cache-sentinel") && note.contains("ConfigMap cache-client-old"),
+                "{note}"
+            );
+        }));
+
+        let (result, recorded, _) = reconcile_with(&sc, steps).await;
+        result.unwrap();
+        let deleted: Vec<_> = recorded
+            .iter()
+            .filter(|r| r.method == Method::DELETE)
+            .map(|r| r.path.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(deleted, ["cache-sentinel", "cache-client-old"]);
+    }
+
+    #[tokio::test]
+    async fn invalid_spec_is_reported_not_applied() {
+        let sc = session_cache("  shim: {mode: Sidecar}", 4);
+        let mut steps = secret_reads(&sc, &[]);
+        steps.push(status_patch(&sc, |body| {
+            assert_eq!(body["status"]["observedGeneration"], 4);
+            let degraded = condition(body, status::DEGRADED);
+            assert_eq!(degraded["status"], "True");
+            assert_eq!(degraded["reason"], "InvalidSpec");
+            assert!(
+                degraded["message"].as_str().unwrap().starts_with("spec.shim.mode: "),
+                "{degraded:#}"
+            );
+            assert_eq!(condition(body, status::AVAILABLE)["status"], "False");
+        }));
+        steps.push(event_post(&sc, |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], "InvalidSpec");
+            assert!(body["note"].as_str().unwrap().contains("spec.shim.mode"), "{body:#}");
+        }));
+
+        let (result, recorded, ctx) = reconcile_with(&sc, steps).await;
+        assert_eq!(result.unwrap(), Action::requeue(INVALID_SPEC_REQUEUE));
+        assert!(!recorded
+            .iter()
+            .any(|r| r.method == Method::PATCH && !r.path.ends_with("/status")));
+        assert_eq!(ctx.metrics.failures("invalid_spec"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_user_secret_is_degraded() {
+        let sc = session_cache("  shim: {security: {tlsSecret: cache-tls}}", 1);
+        let (plan, objects) = expected(&sc, &[]);
+        let mut steps = secret_reads(&sc, &[]);
+        steps.extend(applies(&objects));
+        steps.extend(cleanup_lists(&plan, BTreeMap::new()));
+        steps.extend(workload_reads(&plan, Some(0)));
+        steps.push(status_patch(&sc, |body| {
+            let degraded = condition(body, status::DEGRADED);
+            assert_eq!(degraded["reason"], "SecretMissing");
+            assert_eq!(
+                degraded["message"],
+                "spec.shim.security.tlsSecret: Secret cache-tls does not exist"
+            );
+        }));
+        steps.push(event_post(&sc, |body| assert_eq!(body["reason"], "SecretMissing")));
+        let (result, _, _) = reconcile_with(&sc, steps).await;
+        assert_eq!(result.unwrap(), Action::requeue(MISSING_SECRET_REQUEUE));
+    }
+
+    #[tokio::test]
+    async fn apply_failure_is_degraded_and_backs_off() {
+        let sc = session_cache("  {}", 1);
+        let (_, objects) = expected(&sc, &[]);
+        let mut steps = secret_reads(&sc, &[]);
+        let first = &objects[0];
+        steps.push(Step::apply(apply::object_path(first)).reply(Reply::Status(403, "Forbidden")));
+        steps.push(status_patch(&sc, |body| {
+            let degraded = condition(body, status::DEGRADED);
+            assert_eq!(degraded["status"], "True");
+            assert_eq!(degraded["reason"], "ApplyFailed");
+        }));
+        steps.push(event_post(&sc, |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], "ApplyFailed");
+        }));
+
+        let (result, _, ctx) = reconcile_with(&sc, steps).await;
+        let error = result.unwrap_err();
+        assert_eq!(error.metric_reason(), "apply");
+        let sc = Arc::new(sc);
+        let delays: Vec<Action> = (0..3).map(|_| error_policy(sc.clone(), &error, ctx.clone())).collect();
+        assert_eq!(delays, [5, 10, 20].map(|s| Action::requeue(Duration::from_secs(s))));
+        assert_eq!(ctx.metrics.failures("apply"), 3);
+        ctx.reset_backoff(&sc);
+        assert_eq!(error_policy(sc, &error, ctx.clone()), Action::requeue(BACKOFF_START));
+    }
+
+    #[test]
+    fn backoff_doubles_from_5s_to_5min() {
+        let delays: Vec<u64> = (0..9).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+    }
+}

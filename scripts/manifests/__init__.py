@@ -1,0 +1,1 @@
+"""Checks of the Kubernetes manifests: see __main__.py and scripts/check-manifests."""

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::names;
 use crate::observe;
 use crate::status::{self, Outcome};
-use crate::validate::validate;
+use crate::validate::{validate, Platform};
 use crate::{apply, http};
 
 /// How soon an invalid spec is looked at again (its next change triggers a reconcile anyway).
@@ -79,6 +79,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per object UID, for [`error_policy`]'s backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// What the emitted pods run on (pod security differs).
+    pub platform: Platform,
 }
 
 impl Context {
@@ -88,7 +90,14 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            platform: Platform::default(),
         }
+    }
+
+    /// The same context for pods on `platform`.
+    pub fn on(mut self, platform: Platform) -> Self {
+        self.platform = platform;
+        self
     }
 
     fn key(sc: &SessionCache) -> String {
@@ -157,7 +166,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
     let secrets = observe::secrets(client, sc).await?;
 
     // validate
-    let plan = match validate(sc) {
+    let plan = match validate(sc).map(|plan| plan.on(ctx.platform)) {
         Ok(plan) => plan,
         Err(invalid) => {
             tracing::warn!(cache = %sc.name_any(), %invalid, "invalid spec");
@@ -323,7 +332,13 @@ fn owned_config() -> watcher::Config {
 
 /// Runs the controller until a shutdown signal (SIGTERM, Ctrl-C). `health` becomes ready once
 /// the SessionCache watch has listed every object.
-pub async fn run(client: Client, metrics: Arc<Metrics>, reporter: Reporter, health: Arc<http::Health>) {
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    health: Arc<http::Health>,
+    platform: Platform,
+) {
     let caches: Api<SessionCache> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let ready = health.clone();
@@ -344,7 +359,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, reporter: Reporter, heal
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter));
+    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter).on(platform));
     Controller::for_stream(primary, reader)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
         .owns(Api::<StatefulSet>::all(client.clone()), owned_config())
@@ -403,6 +418,7 @@ mod tests {
             client: idle,
             metrics: ctx.metrics.clone(),
             failures: Mutex::new(ctx.failures.lock().unwrap().clone()),
+            platform: ctx.platform,
         });
         drop(ctx);
         let recorded = server.finish().await;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use kube::runtime::events::Reporter;
+use redsess_operator::validate::Platform;
 use redsess_operator::{controller, http, leader, metrics::Metrics, names};
 
 /// Kubernetes operator for SessionCache resources: Redis, Sentinel, redsess-shim, and the
@@ -24,6 +25,10 @@ enum Command {
     Render {
         /// A SessionCache YAML file (`-` for standard input).
         file: PathBuf,
+        /// The platform the objects are for (OpenShift assigns UIDs; plain Kubernetes needs
+        /// them set for the Redis image).
+        #[arg(long, value_enum, default_value_t = Platform::Kubernetes)]
+        platform: Platform,
     },
     /// Run the operator in a cluster (in-cluster config or KUBECONFIG).
     Run(RunArgs),
@@ -44,6 +49,36 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "REDSESS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
+    /// `auto` asks the API server whether it serves OpenShift's security API.
+    #[arg(long, env = "REDSESS_PLATFORM", value_enum, default_value_t = PlatformChoice::Auto)]
+    platform: PlatformChoice,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlatformChoice {
+    Auto,
+    Kubernetes,
+    #[value(name = "openshift")]
+    OpenShift,
+}
+
+/// The platform the operator runs on, as configured or as the API server's groups tell.
+async fn platform(client: &kube::Client, choice: PlatformChoice) -> anyhow::Result<Platform> {
+    Ok(match choice {
+        PlatformChoice::Kubernetes => Platform::Kubernetes,
+        PlatformChoice::OpenShift => Platform::OpenShift,
+        PlatformChoice::Auto => {
+            let groups = client
+                .list_api_groups()
+                .await
+                .context("cannot list the API groups to tell OpenShift from Kubernetes (set --platform)")?;
+            if groups.groups.iter().any(|g| g.name == "security.openshift.io") {
+                Platform::OpenShift
+            } else {
+                Platform::Kubernetes
+            }
+        }
+    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,7 +131,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| client.default_namespace().to_string());
     let identity = leader::identity();
-    tracing::info!(%namespace, %identity, leader_election = args.leader_election, "starting");
+    let platform = platform(&client, args.platform).await?;
+    tracing::info!(%namespace, %identity, leader_election = args.leader_election, ?platform, "starting");
 
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(http::Health::default());
@@ -121,7 +157,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         tokio::select! {
-            _ = controller::run(client, metrics, reporter, health) => {
+            _ = controller::run(client, metrics, reporter, health, platform) => {
                 elector.release().await;
             }
             lost = elector.hold() => {
@@ -132,7 +168,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     } else {
-        controller::run(client, metrics, reporter, health).await;
+        controller::run(client, metrics, reporter, health, platform).await;
     }
     server.abort();
     Ok(())
@@ -142,13 +178,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => print!("{}", redsess_operator::crd::crd_yaml()),
-        Command::Render { file } => {
+        Command::Render { file, platform } => {
             let yaml = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
             };
-            print!("{}", redsess_operator::render::render(&yaml)?);
+            print!("{}", redsess_operator::render::render(&yaml, platform)?);
         }
         Command::Run(args) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")?

@@ -6,7 +6,7 @@ use kube::Resource;
 
 use crate::build::{self, Emitted, Observed};
 use crate::crd::SessionCache;
-use crate::validate::{validate, ValidationError};
+use crate::validate::{validate, Platform, ValidationError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -33,9 +33,9 @@ fn offline_owner(sc: &SessionCache) -> OwnerReference {
 }
 
 /// The objects of one SessionCache document, as typed values.
-pub fn objects(yaml: &str) -> Result<Vec<Emitted>, RenderError> {
+pub fn objects(yaml: &str, platform: Platform) -> Result<Vec<Emitted>, RenderError> {
     let sc: SessionCache = serde_yaml::from_str(yaml)?;
-    let plan = validate(&sc)?;
+    let plan = validate(&sc)?.on(platform);
     let owner = offline_owner(&sc);
     let mut no_values = || String::new();
     Ok(build::all(&plan, &owner, &Observed::default(), &mut no_values)
@@ -45,9 +45,9 @@ pub fn objects(yaml: &str) -> Result<Vec<Emitted>, RenderError> {
 }
 
 /// The objects as a multi-document YAML stream.
-pub fn render(yaml: &str) -> Result<String, RenderError> {
+pub fn render(yaml: &str, platform: Platform) -> Result<String, RenderError> {
     let mut out = String::new();
-    for object in objects(yaml)? {
+    for object in objects(yaml, platform)? {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&object.to_json()).expect("JSON values serialize"));
     }

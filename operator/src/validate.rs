@@ -51,11 +51,24 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ValidationEr
     }
 }
 
+/// Where the objects will run: OpenShift assigns each namespace's pods a UID and fsGroup
+/// (restricted-v2 forbids fixed ones); plain Kubernetes runs an image's own user, and the
+/// official Redis image's is root, so its pods need a UID and an fsGroup set for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Platform {
+    #[default]
+    #[value(name = "openshift")]
+    OpenShift,
+    #[value(name = "kubernetes")]
+    Kubernetes,
+}
+
 /// A validated SessionCache: what the builders emit objects from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub name: String,
     pub namespace: String,
+    pub platform: Platform,
     pub redis: RedisPlan,
     /// Present when Redis is replicated.
     pub sentinel: Option<SentinelPlan>,
@@ -348,7 +361,16 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
         clients,
         name,
         namespace,
+        platform: Platform::default(),
     })
+}
+
+impl Plan {
+    /// The same plan for another platform.
+    pub fn on(mut self, platform: Platform) -> Self {
+        self.platform = platform;
+        self
+    }
 }
 
 #[cfg(test)]

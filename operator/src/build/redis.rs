@@ -445,7 +445,7 @@ fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> Statef
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
-                    security_context: Some(pod_security::pod()),
+                    security_context: Some(pod_security::pod_for_root_image(plan.platform)),
                     affinity: Some(redis.affinity.clone().unwrap_or_else(|| soft_anti_affinity(selector))),
                     tolerations: non_empty(redis.tolerations.clone()),
                     node_selector: (!redis.node_selector.is_empty()).then(|| redis.node_selector.clone()),

@@ -200,7 +200,7 @@ fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, ch
                         empty_dir("run", true),
                         empty_dir("tmp", false),
                     ]),
-                    security_context: Some(pod_security::pod()),
+                    security_context: Some(pod_security::pod_for_root_image(plan.platform)),
                     affinity: Some(soft_anti_affinity(selector)),
                     // Sentinels may run where Redis may (dedicated nodes, say); Redis' affinity
                     // and spread constraints name Redis pods, so they are not reused.

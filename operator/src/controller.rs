@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -366,7 +366,8 @@ pub async fn run(
         .owns(Api::<Deployment>::all(client.clone()), owned_config())
         .owns(Api::<Service>::all(client.clone()), owned_config())
         .owns(Api::<ConfigMap>::all(client.clone()), owned_config())
-        .owns(Api::<Secret>::all(client.clone()), owned_config())
+        // Secrets are not watched: that would need list and watch on every Secret in the
+        // cluster. A deleted generated Secret is made again at the next periodic reconcile.
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned_config())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned_config())
         .shutdown_on_signal()

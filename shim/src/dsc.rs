@@ -339,11 +339,17 @@ pub fn parse_integer(text: &str) -> Option<i64> {
         Some(rest) => (true, rest),
         None => (false, t),
     };
+    // One sign at most: Rust's parsers would take another one after it.
     let n = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
-        Some(hex) => i64::from_str_radix(hex, 16).ok()?,
-        None => digits.parse::<i64>().ok()?,
+        Some(hex) if hex.starts_with(|c: char| c.is_ascii_hexdigit()) => i64::from_str_radix(hex, 16).ok()?,
+        None if digits.starts_with(|c: char| c.is_ascii_digit()) => digits.parse::<i64>().ok()?,
+        _ => return None,
     };
-    Some(if neg { -n } else { n })
+    if neg {
+        n.checked_neg()
+    } else {
+        Some(n)
+    }
 }
 
 fn shorten(s: &str) -> String {
@@ -721,6 +727,36 @@ mod tests {
         let e = request(Endpoint::Client, "changeSession", "<ns1:replica>w</ns1:replica><ns1:replicaSet>d</ns1:replicaSet><ns1:sessionID>s</ns1:sessionID><ns1:version>x1</ns1:version>")
         .unwrap_err();
         assert!(e.to_string().contains("version is not a number"), "{e}");
+    }
+
+    /// Regression: "--9223372036854775808" was read as minus i64::MIN, which overflowed
+    /// (a panic in debug builds); a second sign is no number at all.
+    #[test]
+    fn integers_take_one_sign_and_never_overflow() {
+        assert_eq!(parse_integer("600"), Some(600));
+        assert_eq!(parse_integer(" -1 "), Some(-1));
+        assert_eq!(parse_integer("0x258"), Some(600));
+        assert_eq!(parse_integer("-0x10"), Some(-16));
+        assert_eq!(parse_integer("9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            "--9223372036854775808",
+            "-0x-8000000000000000",
+            "--5",
+            "-+5",
+            "+5",
+            "0x-5",
+            "0x+5",
+            "-",
+            "0x",
+            "",
+            "9223372036854775808",
+            "x1",
+        ] {
+            assert_eq!(parse_integer(bad), None, "{bad:?}");
+        }
+        let e = request(Endpoint::Client, "createSession", "<ns1:replica>w</ns1:replica><ns1:replicaSet>d</ns1:replicaSet><ns1:sessionID>s</ns1:sessionID><ns1:sessionLimit>--9223372036854775808</ns1:sessionLimit>")
+        .unwrap_err();
+        assert!(e.to_string().contains("sessionLimit is not a number"), "{e}");
     }
 
     #[test]

@@ -287,6 +287,41 @@ fn authorized(app: &App, headers: &HeaderMap) -> bool {
     scheme.eq_ignore_ascii_case(b"basic") && bool::from(token.trim_ascii().ct_eq(expected))
 }
 
+/// A body somewhat over the limit is read to its end (and dropped) before the 413 goes out:
+/// a client still writing it would otherwise find the connection reset instead of the answer.
+/// Past this many times the limit, or past the request timeout, the shim stops reading.
+const DRAIN_FACTOR: usize = 8;
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// The body, if it holds at most `max` bytes; when it holds more, drains it (see DRAIN_FACTOR).
+async fn read_body(body: Body, max: usize, drain_within: Duration) -> Result<bytes::Bytes, BodyError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Read)?;
+        if buf.len() + chunk.len() > max {
+            let mut seen = buf.len() + chunk.len();
+            let _ = tokio::time::timeout(drain_within, async {
+                while seen <= max.saturating_mul(DRAIN_FACTOR) {
+                    match stream.next().await {
+                        Some(Ok(c)) => seen += c.len(),
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let response = answer_soap(&app, endpoint, headers, body).await;
     if response.status() != StatusCode::OK {
@@ -314,23 +349,27 @@ async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Bo
         return r;
     }
     let too_large = || {
-        fault(
+        let mut r = fault(
             StatusCode::PAYLOAD_TOO_LARGE,
             FaultCode::Client,
             &format!("the request body is larger than {} bytes", app.max_body_bytes),
-        )
+        );
+        // The rest of the body is not read: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > app.max_body_bytes) {
+    if declared.is_some_and(|n| n > app.max_body_bytes.saturating_mul(DRAIN_FACTOR)) {
         return too_large();
     }
-    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
+    let bytes = match read_body(body, app.max_body_bytes, app.request_timeout).await {
         Ok(b) => b,
-        Err(e) if format!("{e:?}").contains("LengthLimit") => return too_large(),
-        Err(e) => {
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Read(e)) => {
             return fault(
                 StatusCode::BAD_REQUEST,
                 FaultCode::Client,
@@ -396,5 +435,46 @@ async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Bo
                 &format!("the session store did not answer within {:?}", app.request_timeout),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A body of `chunks` × 4 KiB that counts how much of it was read.
+    fn counted_body(chunks: usize) -> (Body, Arc<AtomicUsize>) {
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        let stream = futures::stream::iter((0..chunks).map(move |_| {
+            counter.fetch_add(4096, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 4096]))
+        }));
+        (Body::from_stream(stream), read)
+    }
+
+    /// Regression: a body over the limit was left unread, so a client still sending it found
+    /// the connection reset instead of the 413 (and reused a connection about to close).
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_drained_then_refused() {
+        let (body, read) = counted_body(50);
+        let outcome = read_body(body, 65536, Duration::from_secs(5)).await;
+        assert!(matches!(outcome, Err(BodyError::TooLarge)));
+        assert_eq!(
+            read.load(Ordering::SeqCst),
+            50 * 4096,
+            "the rest of the body was not drained"
+        );
+
+        // Far over the limit, draining stops.
+        let (body, read) = counted_body(1000);
+        let outcome = read_body(body, 65536, Duration::from_secs(5)).await;
+        assert!(matches!(outcome, Err(BodyError::TooLarge)));
+        assert!(read.load(Ordering::SeqCst) <= 65536 * DRAIN_FACTOR + 4096);
+
+        let (body, _) = counted_body(16);
+        let bytes = read_body(body, 65536, Duration::from_secs(5)).await.ok().unwrap();
+        assert_eq!(bytes.len(), 65536);
     }
 }

@@ -16,6 +16,12 @@ pub const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
 const MAX_DEPTH: usize = 16;
 /// Bounds the tree built from one body; the byte limit of the listener bounds it first.
 const MAX_ELEMENTS: usize = 100_000;
+/// DSC messages carry at most a handful of attributes per element. Bounded because checking
+/// an element's attributes for duplicates and resolving their prefixes costs the square of
+/// their number.
+const MAX_ATTRIBUTES: usize = 64;
+/// Bounds the namespace bindings in scope, which every element name is resolved against.
+const MAX_NAMESPACE_DECLARATIONS: usize = 256;
 
 /// One element of the operation inside `Body`: its namespace and local name, whether it
 /// carried `xsi:nil="true"`, its text (character data of this element only) and children.
@@ -58,6 +64,10 @@ pub enum EnvelopeError {
     TooDeep,
     #[error("the message holds more than {MAX_ELEMENTS} elements")]
     TooManyElements,
+    #[error("an element carries more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes,
+    #[error("the message declares more than {MAX_NAMESPACE_DECLARATIONS} namespaces")]
+    TooManyNamespaces,
     #[error("the entity reference &{0}; is not one of XML's predefined entities")]
     UnknownEntity(String),
 }
@@ -75,6 +85,9 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
     let mut seen_root = false;
     let mut body_depth: Option<usize> = None;
     let mut count = 0usize;
+    // Open elements of the whole document, also past the operation (`stack` stops there).
+    let mut depth = 0usize;
+    let mut namespace_declarations = 0usize;
 
     loop {
         let (ns, event) = reader
@@ -87,14 +100,29 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
         };
         match event {
             Event::DocType(_) => return Err(EnvelopeError::Doctype),
-            Event::Start(ref start) | Event::Empty(ref start) if operation.is_none() => {
+            Event::Start(ref start) | Event::Empty(ref start) => {
                 let is_empty = matches!(event, Event::Empty(_));
+                if seen_root && depth == 0 {
+                    return Err(EnvelopeError::Malformed(
+                        "an element follows the document element".into(),
+                    ));
+                }
                 count += 1;
                 if count > MAX_ELEMENTS {
                     return Err(EnvelopeError::TooManyElements);
                 }
-                if stack.len() >= MAX_DEPTH {
+                if depth >= MAX_DEPTH {
                     return Err(EnvelopeError::TooDeep);
+                }
+                namespace_declarations += count_attributes(start)?;
+                if namespace_declarations > MAX_NAMESPACE_DECLARATIONS {
+                    return Err(EnvelopeError::TooManyNamespaces);
+                }
+                if !is_empty {
+                    depth += 1;
+                }
+                if operation.is_some() {
+                    continue;
                 }
                 let element = open_element(&reader, namespace, start)?;
                 let in_envelope = element.namespace.as_deref() == Some(ENVELOPE_NS);
@@ -111,8 +139,11 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
                     close_element(&mut stack, body_depth, &mut operation);
                 }
             }
-            Event::End(_) if operation.is_none() => {
-                close_element(&mut stack, body_depth, &mut operation);
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if operation.is_none() {
+                    close_element(&mut stack, body_depth, &mut operation);
+                }
             }
             Event::Text(t) => {
                 if let Some(top) = stack.last_mut() {
@@ -148,6 +179,11 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
     if !seen_root {
         return Err(EnvelopeError::Malformed("the body holds no XML element".into()));
     }
+    if depth > 0 {
+        return Err(EnvelopeError::Malformed(
+            "the document ends before all its elements are closed".into(),
+        ));
+    }
     if body_depth.is_none() {
         return Err(EnvelopeError::NoBody);
     }
@@ -163,6 +199,25 @@ fn owned_namespace(ns: &ResolveResult) -> Result<Option<String>, EnvelopeError> 
             truncate(&String::from_utf8_lossy(p), 40)
         ))),
     }
+}
+
+/// Refuses an element with too many attributes before anything looks at them one by one;
+/// answers how many namespaces it declares.
+fn count_attributes(start: &BytesStart) -> Result<usize, EnvelopeError> {
+    let mut attributes = 0;
+    let mut declarations = 0;
+    for attr in start.attributes().with_checks(false) {
+        // A malformed attribute is reported by the full check in `open_element`.
+        let Ok(attr) = attr else { break };
+        attributes += 1;
+        if attributes > MAX_ATTRIBUTES {
+            return Err(EnvelopeError::TooManyAttributes);
+        }
+        if attr.key.as_namespace_binding().is_some() {
+            declarations += 1;
+        }
+    }
+    Ok(declarations)
 }
 
 fn open_element(
@@ -425,6 +480,63 @@ mod tests {
             read_operation(undeclared.as_bytes()),
             Err(EnvelopeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn unclosed_documents_and_second_roots_are_malformed() {
+        let ping = format!(r#"<a:ping xmlns:a="{OP_NS}"/>"#);
+        let unclosed = format!(r#"<S:Envelope xmlns:S="{ENVELOPE_NS}"><S:Body>{ping}"#);
+        assert!(
+            matches!(read_operation(unclosed.as_bytes()), Err(EnvelopeError::Malformed(m)) if m.contains("closed")),
+            "a truncated envelope must not be served"
+        );
+        let second_root = format!(
+            r#"<S:Envelope xmlns:S="{ENVELOPE_NS}"/><S:Other xmlns:S="{ENVELOPE_NS}"><S:Body>{ping}</S:Body></S:Other>"#
+        );
+        assert!(matches!(
+            read_operation(second_root.as_bytes()),
+            Err(EnvelopeError::Malformed(m)) if m.contains("follows the document element")
+        ));
+        let trailing = format!("{}<x/>", envelope(&ping));
+        assert!(matches!(
+            read_operation(trailing.as_bytes()),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        assert!(read_operation(envelope(&ping).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn limits_hold_past_the_operation_too() {
+        let ping = format!(r#"<a:ping xmlns:a="{OP_NS}"/>"#);
+        let deep_after = envelope(&format!("{ping}{}{}", "<a>".repeat(40), "</a>".repeat(40)));
+        assert_eq!(read_operation(deep_after.as_bytes()), Err(EnvelopeError::TooDeep));
+        let many_after = envelope(&format!("{ping}{}", "<a/>".repeat(MAX_ELEMENTS)));
+        assert_eq!(
+            read_operation(many_after.as_bytes()),
+            Err(EnvelopeError::TooManyElements)
+        );
+    }
+
+    /// Regression: 50,000 attributes on one element (500 KB, under the default body limit)
+    /// took 17 s in a debug build, because every attribute was checked against every other.
+    #[test]
+    fn many_attributes_and_namespaces_are_refused_at_once() {
+        let attrs: String = (0..50_000).map(|i| format!(" a{i}=\"\"")).collect();
+        let body = envelope(&format!(r#"<a:ping xmlns:a="{OP_NS}"{attrs}/>"#));
+        let started = std::time::Instant::now();
+        assert_eq!(read_operation(body.as_bytes()), Err(EnvelopeError::TooManyAttributes));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let attrs: String = (0..MAX_ATTRIBUTES).map(|i| format!(" xmlns:p{i}=\"u\"")).collect();
+        let nested = format!("<a{attrs}>").repeat(8) + &"</a>".repeat(8);
+        let body = envelope(&format!(r#"<a:ping xmlns:a="{OP_NS}">{nested}</a:ping>"#));
+        assert_eq!(read_operation(body.as_bytes()), Err(EnvelopeError::TooManyNamespaces));
+        let attrs: String = (0..MAX_ATTRIBUTES - 2).map(|i| format!(" p{i}=\"\"")).collect();
+        let body = envelope(&format!(r#"<a:ping xmlns:a="{OP_NS}"{attrs}/>"#));
+        assert!(read_operation(body.as_bytes()).is_ok());
     }
 
     #[test]

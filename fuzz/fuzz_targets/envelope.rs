@@ -1,0 +1,72 @@
+//! Feeds arbitrary bytes to the envelope parser as a request body would arrive, then to the
+//! operation parser of both endpoints, and writes the answer the server would send. Besides
+//! "never panics", it checks that what the shim writes reads back unchanged: faults keep their
+//! message, refusals keep their shape, and session items keep nil, empty and every character.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use redsess_shim::dsc::{self, DataItem, Endpoint, Request, Response, ResultCode};
+use redsess_shim::soap::{self, FaultCode};
+
+fuzz_target!(|data: &[u8]| {
+    let op = match soap::read_operation(data) {
+        Ok(op) => op,
+        Err(e) => {
+            fault_reads_back(&e.to_string());
+            return;
+        }
+    };
+    for endpoint in [Endpoint::Client, Endpoint::Admin] {
+        match dsc::parse_request(endpoint, &op) {
+            Ok(request) => {
+                answer_reads_back(request.operation(), endpoint);
+                match &request {
+                    Request::CreateSession(c) => items_read_back(&c.data),
+                    Request::ChangeSession(c) => items_read_back(&c.data),
+                    _ => {}
+                }
+            }
+            Err(e) => match e.known_operation() {
+                Some(operation) => answer_reads_back(operation, endpoint),
+                None => fault_reads_back(&e.to_string()),
+            },
+        }
+    }
+});
+
+fn fault_reads_back(message: &str) {
+    let xml = soap::fault(FaultCode::Client, message);
+    let (code, string) = soap::read_fault(xml.as_bytes()).expect("a written fault reads back");
+    assert_eq!(code, "SOAP-ENV:Client");
+    assert_eq!(string, message);
+}
+
+/// The refusal (result InvalidParameter) that the server answers for `operation`.
+fn answer_reads_back(operation: &'static str, endpoint: Endpoint) {
+    let xml = Response::refusal(operation, ResultCode::InvalidParameter).to_xml();
+    let answer = soap::read_operation(xml.as_bytes()).expect("a written answer reads back");
+    assert_eq!(answer.name, format!("{operation}Response"));
+    assert_eq!(answer.namespace.as_deref(), Some(endpoint.namespace()));
+}
+
+/// Session items, as getSession would answer them, read back unchanged.
+fn items_read_back(items: &[DataItem]) {
+    let xml = Response::GetSession {
+        result: ResultCode::Success,
+        version: 1,
+        data: items.to_vec(),
+    }
+    .to_xml();
+    let answer = soap::read_operation(xml.as_bytes()).expect("a written getSession answer reads back");
+    let ret = answer.child("getSessionReturn").expect("getSessionReturn");
+    let read: Vec<DataItem> = ret
+        .children_named("data")
+        .map(|d| DataItem {
+            data_class: d.child("dataClass").map(|e| e.text.clone()).unwrap_or_default(),
+            instance: d.child("instance").map(|e| e.text.clone()).unwrap_or_default(),
+            value: d.child("value").filter(|v| !v.nil).map(|v| v.text.clone()),
+        })
+        .collect();
+    assert_eq!(read, items);
+}

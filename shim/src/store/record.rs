@@ -1,12 +1,62 @@
 //! The binary form of a session's items as the Redis store keeps them: compact, order kept,
-//! nil kept apart from empty.
+//! nil kept apart from empty, every value returned byte for byte as it was sent.
 //!
-//! Layout: one format byte (1), then per item `class`, `instance` as length-prefixed bytes, a
-//! tag (0 = nil, 1 = value) and, for a value, its length-prefixed bytes. Lengths are LEB128.
+//! Format 2 (written): one format byte, then per item
+//! - the data class: a varint tag; `0` = the name follows (length-prefixed), `1..=3` = one of
+//!   the three `com.tivoli.am.{eb,sms,webseal}.` prefixes then the rest of the name,
+//!   `16 + i` = entry `i` of [`WELL_KNOWN_CLASSES`] (names IBM's WebSEAL sends every time);
+//! - the instance: one byte; `0` = the name follows, `1` = `sms`, `2` = `webseal`;
+//! - the value: one byte; `0` = nil, `1` = text follows, `2` = base64 text stored decoded
+//!   (only when encoding the bytes again gives exactly the text sent: credentials are
+//!   base64 of binary and shrink by a quarter).
+//!
+//! Lengths are LEB128 varints. Format 1 (plain names and values) is still read, so records
+//! written by an earlier shim stay readable during a rolling upgrade.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 
 use crate::dsc::DataItem;
 
-const FORMAT: u8 = 1;
+const FORMAT_PLAIN: u8 = 1;
+const FORMAT_COMPACT: u8 = 2;
+
+/// Append only: a record names a class by its index here.
+pub const WELL_KNOWN_CLASSES: &[&str] = &[
+    "com.tivoli.am.eb.credential",
+    "com.tivoli.am.eb.auth-type",
+    "com.tivoli.am.eb.user-name",
+    "com.tivoli.am.eb.expiry",
+    "com.tivoli.am.eb.is-inactive",
+    "com.tivoli.am.eb.last-access",
+    "com.tivoli.am.eb.version",
+    "com.tivoli.am.sms.class",
+    "com.tivoli.am.sms.concurrent-session-key-class",
+    "com.tivoli.am.sms.concurrent-session-key-instance",
+    "com.tivoli.am.sms.creation-time",
+    "com.tivoli.am.sms.session-index",
+    "com.tivoli.am.sms.user-uuid",
+    "com.tivoli.am.webseal.auth-data",
+    "com.tivoli.am.webseal.cookie-jar.managed-cookies",
+    "com.tivoli.am.webseal.cookie-jar.stored-cookies",
+    "com.tivoli.am.webseal.custom-inactivity-timeout",
+    "com.tivoli.am.webseal.custom-lifetime-timeout",
+    "com.tivoli.am.webseal.flush-sms-session",
+    "com.tivoli.am.webseal.inactivity-timeout",
+    "com.tivoli.am.webseal.lifetime-extended",
+    "com.tivoli.am.webseal.mpa-type",
+    "com.tivoli.am.webseal.multi-domain-session",
+    "com.tivoli.am.webseal.orig-auth-type",
+    "com.tivoli.am.webseal.orig-session-key",
+    "com.tivoli.am.webseal.otp",
+    "com.tivoli.am.webseal.refresh-failover",
+];
+
+const CLASS_PREFIXES: [&str; 3] = ["com.tivoli.am.eb.", "com.tivoli.am.sms.", "com.tivoli.am.webseal."];
+const WELL_KNOWN_BASE: usize = 16;
+const INSTANCES: [&str; 2] = ["sms", "webseal"];
+/// Shorter base64 values are not worth the round-trip check.
+const MIN_BASE64: usize = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -16,56 +66,125 @@ pub enum RecordError {
     Truncated,
     #[error("the record holds text that is not UTF-8")]
     NotUtf8,
+    #[error("the record names an unknown data class or value kind {0}")]
+    UnknownTag(u64),
 }
 
 pub fn encode_items(items: &[DataItem]) -> Vec<u8> {
-    let size: usize = items
-        .iter()
-        .map(|i| i.data_class.len() + i.instance.len() + i.value.as_ref().map_or(0, String::len) + 8)
-        .sum();
+    let size: usize = items.iter().map(|i| i.value.as_ref().map_or(0, String::len) + 8).sum();
     let mut out = Vec::with_capacity(size + 1);
-    out.push(FORMAT);
+    out.push(FORMAT_COMPACT);
     for item in items {
-        put_bytes(&mut out, item.data_class.as_bytes());
-        put_bytes(&mut out, item.instance.as_bytes());
+        put_class(&mut out, &item.data_class);
+        match INSTANCES.iter().position(|i| *i == item.instance) {
+            Some(i) => out.push(i as u8 + 1),
+            None => {
+                out.push(0);
+                put_bytes(&mut out, item.instance.as_bytes());
+            }
+        }
         match &item.value {
             None => out.push(0),
-            Some(v) => {
-                out.push(1);
-                put_bytes(&mut out, v.as_bytes());
-            }
+            Some(v) => match exact_base64(v) {
+                Some(bytes) => {
+                    out.push(2);
+                    put_bytes(&mut out, &bytes);
+                }
+                None => {
+                    out.push(1);
+                    put_bytes(&mut out, v.as_bytes());
+                }
+            },
         }
     }
     out
 }
 
+fn put_class(out: &mut Vec<u8>, class: &str) {
+    if let Some(i) = WELL_KNOWN_CLASSES.iter().position(|c| *c == class) {
+        put_varint(out, (WELL_KNOWN_BASE + i) as u64);
+    } else if let Some((p, rest)) = CLASS_PREFIXES
+        .iter()
+        .enumerate()
+        .find_map(|(p, prefix)| class.strip_prefix(prefix).map(|rest| (p, rest)))
+    {
+        put_varint(out, p as u64 + 1);
+        put_bytes(out, rest.as_bytes());
+    } else {
+        put_varint(out, 0);
+        put_bytes(out, class.as_bytes());
+    }
+}
+
+/// The decoded bytes when `text` is canonical padded base64 of them.
+fn exact_base64(text: &str) -> Option<Vec<u8>> {
+    if text.len() < MIN_BASE64 || text.len() % 4 != 0 {
+        return None;
+    }
+    let bytes = STANDARD.decode(text).ok()?;
+    (STANDARD.encode(&bytes) == text).then_some(bytes)
+}
+
 pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
     let (&format, mut rest) = bytes.split_first().ok_or(RecordError::Truncated)?;
-    if format != FORMAT {
-        return Err(RecordError::UnknownFormat(format));
-    }
     let mut items = Vec::new();
-    while !rest.is_empty() {
-        let data_class = take_string(&mut rest)?;
-        let instance = take_string(&mut rest)?;
-        let (&tag, after) = rest.split_first().ok_or(RecordError::Truncated)?;
-        rest = after;
-        let value = match tag {
-            0 => None,
-            1 => Some(take_string(&mut rest)?),
-            _ => return Err(RecordError::Truncated),
-        };
-        items.push(DataItem {
-            data_class,
-            instance,
-            value,
-        });
+    match format {
+        FORMAT_PLAIN => {
+            while !rest.is_empty() {
+                let data_class = take_string(&mut rest)?;
+                let instance = take_string(&mut rest)?;
+                let value = match take_byte(&mut rest)? {
+                    0 => None,
+                    1 => Some(take_string(&mut rest)?),
+                    tag => return Err(RecordError::UnknownTag(tag.into())),
+                };
+                items.push(DataItem {
+                    data_class,
+                    instance,
+                    value,
+                });
+            }
+        }
+        FORMAT_COMPACT => {
+            while !rest.is_empty() {
+                let data_class = take_class(&mut rest)?;
+                let instance = match take_byte(&mut rest)? {
+                    0 => take_string(&mut rest)?,
+                    i @ 1..=2 => INSTANCES[i as usize - 1].to_string(),
+                    tag => return Err(RecordError::UnknownTag(tag.into())),
+                };
+                let value = match take_byte(&mut rest)? {
+                    0 => None,
+                    1 => Some(take_string(&mut rest)?),
+                    2 => Some(STANDARD.encode(take_bytes(&mut rest)?)),
+                    tag => return Err(RecordError::UnknownTag(tag.into())),
+                };
+                items.push(DataItem {
+                    data_class,
+                    instance,
+                    value,
+                });
+            }
+        }
+        other => return Err(RecordError::UnknownFormat(other)),
     }
     Ok(items)
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut n = bytes.len();
+fn take_class(rest: &mut &[u8]) -> Result<String, RecordError> {
+    let tag = take_varint(rest)?;
+    match tag {
+        0 => take_string(rest),
+        1..=3 => Ok(format!("{}{}", CLASS_PREFIXES[tag as usize - 1], take_string(rest)?)),
+        t => WELL_KNOWN_CLASSES
+            .get((t as usize).wrapping_sub(WELL_KNOWN_BASE))
+            .filter(|_| t as usize >= WELL_KNOWN_BASE)
+            .map(|c| c.to_string())
+            .ok_or(RecordError::UnknownTag(t)),
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     loop {
         let low = (n & 0x7f) as u8;
         n >>= 7;
@@ -75,63 +194,126 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
         }
         out.push(low | 0x80);
     }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
-fn take_string(rest: &mut &[u8]) -> Result<String, RecordError> {
-    let mut len: usize = 0;
-    let mut shift = 0;
-    loop {
-        let (&b, after) = rest.split_first().ok_or(RecordError::Truncated)?;
-        *rest = after;
-        if shift > 56 {
-            return Err(RecordError::Truncated);
-        }
-        len |= ((b & 0x7f) as usize) << shift;
-        shift += 7;
+fn take_byte(rest: &mut &[u8]) -> Result<u8, RecordError> {
+    let (&b, after) = rest.split_first().ok_or(RecordError::Truncated)?;
+    *rest = after;
+    Ok(b)
+}
+
+fn take_varint(rest: &mut &[u8]) -> Result<u64, RecordError> {
+    let mut n: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let b = take_byte(rest)?;
+        n |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
-            break;
+            return Ok(n);
         }
     }
+    Err(RecordError::Truncated)
+}
+
+fn take_bytes<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], RecordError> {
+    let len = usize::try_from(take_varint(rest)?).map_err(|_| RecordError::Truncated)?;
     if rest.len() < len {
         return Err(RecordError::Truncated);
     }
-    let (text, after) = rest.split_at(len);
+    let (bytes, after) = rest.split_at(len);
     *rest = after;
-    String::from_utf8(text.to_vec()).map_err(|_| RecordError::NotUtf8)
+    Ok(bytes)
+}
+
+fn take_string(rest: &mut &[u8]) -> Result<String, RecordError> {
+    String::from_utf8(take_bytes(rest)?.to_vec()).map_err(|_| RecordError::NotUtf8)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn item(c: &str, v: Option<&str>) -> DataItem {
+    fn item(c: &str, i: &str, v: Option<&str>) -> DataItem {
         DataItem {
             data_class: c.into(),
-            instance: "sms".into(),
+            instance: i.into(),
             value: v.map(Into::into),
         }
     }
 
+    fn credential() -> String {
+        let bytes: Vec<u8> = (0..1100u32).map(|i| (i * 7 + 3) as u8).collect();
+        STANDARD.encode(bytes)
+    }
+
     #[test]
-    fn round_trips_order_nil_and_empty() {
+    fn round_trips_order_nil_empty_and_every_kind_of_name() {
         let long = "é".repeat(300);
+        let cred = credential();
         let items = vec![
-            item("a", None),
-            item("b", Some("")),
-            item("c", Some(&long)),
-            item("", Some("x")),
+            item("com.tivoli.am.eb.credential", "sms", Some(&cred)),
+            item("com.tivoli.am.webseal.orig-auth-type", "webseal", None),
+            item("com.tivoli.am.webseal.cookie-jar.stored-cookies", "webseal", Some("")),
+            item("com.tivoli.am.webseal.not-in-the-table", "webseal", Some("x")),
+            item("com.tivoli.am.ebx", "other-instance", Some(&long)),
+            item("", "", Some("")),
+            // Base64-looking text that is not canonical stays text.
+            item("a", "sms", Some(&format!("{}=", &cred[..cred.len() - 1]))),
+            item("b", "sms", Some(&cred.replace('A', "-"))),
         ];
         assert_eq!(decode_items(&encode_items(&items)).unwrap(), items);
         assert_eq!(decode_items(&encode_items(&[])).unwrap(), vec![]);
     }
 
     #[test]
+    fn well_known_names_and_credentials_shrink() {
+        let cred = credential();
+        let items = vec![
+            item("com.tivoli.am.eb.credential", "sms", Some(&cred)),
+            item(
+                "com.tivoli.am.webseal.custom-inactivity-timeout",
+                "webseal",
+                Some("false"),
+            ),
+        ];
+        let sent: usize = items
+            .iter()
+            .map(|i| i.data_class.len() + i.instance.len() + i.value.as_ref().map_or(0, String::len))
+            .sum();
+        let stored = encode_items(&items).len();
+        assert!(stored * 100 < sent * 76, "{stored} of {sent}");
+    }
+
+    #[test]
+    fn reads_the_plain_format_of_earlier_shims() {
+        // Format 1: class, instance, tag, value, all length-prefixed.
+        let mut old = vec![FORMAT_PLAIN];
+        for part in ["c", "sms"] {
+            put_bytes(&mut old, part.as_bytes());
+        }
+        old.push(1);
+        put_bytes(&mut old, b"v");
+        put_bytes(&mut old, b"d");
+        put_bytes(&mut old, b"webseal");
+        old.push(0);
+        assert_eq!(
+            decode_items(&old).unwrap(),
+            vec![item("c", "sms", Some("v")), item("d", "webseal", None)]
+        );
+    }
+
+    #[test]
     fn refuses_damaged_records() {
-        let bytes = encode_items(&[item("class", Some("value"))]);
+        let bytes = encode_items(&[item("class", "sms", Some("value"))]);
         for cut in (0..bytes.len()).filter(|&c| c != 1) {
             assert!(decode_items(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert_eq!(decode_items(&[9]), Err(RecordError::UnknownFormat(9)));
+        assert_eq!(decode_items(&[2, 99, 1, 0]), Err(RecordError::UnknownTag(99)));
+        assert_eq!(decode_items(&[2, 4, 1, 0]), Err(RecordError::UnknownTag(4)));
     }
 }

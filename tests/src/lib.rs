@@ -74,7 +74,8 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if redis_command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            // A server that requires a password answers, but refuses the unauthenticated PING.
+            if redis_command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH")) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

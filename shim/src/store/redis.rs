@@ -236,8 +236,9 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.settings.connect_timeout)
             .set_response_timeout(self.settings.response_timeout)
-            .set_number_of_retries(2)
-            .set_max_delay(2000);
+            // A refused password or a refused connection is reported at once, not retried
+            // until the timeout hides it; the next call connects again.
+            .set_number_of_retries(0);
         let client = self.client().await?;
         let manager = tokio::time::timeout(
             self.settings.connect_timeout,

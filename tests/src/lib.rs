@@ -320,7 +320,29 @@ pub fn webseal_session(user: &str) -> Vec<DataItem> {
     redsess_shim::probe::webseal_like_items(user, now())
 }
 
-pub const SUCCESS: u32 = 952467756;
+/// IBM's result codes in decimal, written out from PROTOCOL.md rather than taken from the
+/// shim, so that a wrong code cannot agree with itself.
+pub mod code {
+    pub const SUCCESS: u32 = 952467756;
+    pub const NOT_REGISTERED: u32 = 952467758;
+    pub const LIMIT_REACHED: u32 = 952467760;
+    pub const ID_IN_USE: u32 = 952467761;
+    pub const SET_NOT_CONFIGURED: u32 = 952467762;
+    pub const SET_NOT_JOINED: u32 = 952467763;
+    pub const STALE_VERSION: u32 = 952467765;
+    pub const CAPABILITY_MISMATCH: u32 = 952467766;
+    pub const NOT_FOUND: u32 = 952467768;
+    pub const INVALID_PARAMETER: u32 = 952467769;
+    pub const INSTANCE_TAKEN: u32 = 952467770;
+}
+pub use code::SUCCESS;
+
+/// The reply, checked to carry `code`.
+pub fn expect(reply: Result<Reply, redsess_shim::client::ClientError>, code: u32, what: &str) -> Reply {
+    let reply = reply.unwrap_or_else(|e| panic!("{what}: the call failed: {e}"));
+    assert_eq!(reply.result(), code, "{what}: unexpected result in {:?}", reply.ret);
+    reply
+}
 
 pub use redsess_shim::client::ClientError;
 

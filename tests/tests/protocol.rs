@@ -8,31 +8,17 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use redsess_tests::{item, now, start_of_second, webseal_session, ClientError, DataItem, Reply, Shim};
-
-const SUCCESS: u32 = 952467756;
-const NOT_REGISTERED: u32 = 952467758;
-const LIMIT_REACHED: u32 = 952467760;
-const ID_IN_USE: u32 = 952467761;
-const SET_NOT_CONFIGURED: u32 = 952467762;
-const SET_NOT_JOINED: u32 = 952467763;
-const STALE_VERSION: u32 = 952467765;
-const CAPABILITY_MISMATCH: u32 = 952467766;
-const NOT_FOUND: u32 = 952467768;
-const INVALID_PARAMETER: u32 = 952467769;
-const INSTANCE_TAKEN: u32 = 952467770;
+use redsess_tests::code::{
+    CAPABILITY_MISMATCH, ID_IN_USE, INSTANCE_TAKEN, INVALID_PARAMETER, LIMIT_REACHED, NOT_FOUND, NOT_REGISTERED,
+    SET_NOT_CONFIGURED, SET_NOT_JOINED, STALE_VERSION, SUCCESS,
+};
+use redsess_tests::expect;
+use redsess_tests::{item, now, start_of_second, webseal_session, DataItem, Reply, Shim};
 
 const RS: &str = "default";
 const USER_NAME: &str = "com.tivoli.am.eb.user-name";
 const EXPIRY: &str = "com.tivoli.am.eb.expiry";
 const INACTIVITY: &str = "com.tivoli.am.webseal.inactivity-timeout";
-
-/// The reply, checked to carry `code`.
-fn expect(reply: Result<Reply, ClientError>, code: u32, what: &str) -> Reply {
-    let reply = reply.unwrap_or_else(|e| panic!("{what}: the call failed: {e}"));
-    assert_eq!(reply.result(), code, "{what}: unexpected result in {:?}", reply.ret);
-    reply
-}
 
 /// The value of the first attribute `name` of an admin group.
 fn attr<'a>(group: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -8,28 +8,18 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use redsess_tests::code::{
+    CAPABILITY_MISMATCH, ID_IN_USE, INSTANCE_TAKEN, LIMIT_REACHED, NOT_FOUND, STALE_VERSION, SUCCESS,
+};
+use redsess_tests::expect;
 use redsess_tests::{
     item, now, resp_integer, resp_strings, start_of_second, webseal_session, ClientError, DataItem, RedisServer, Reply,
     Shim, Traced,
 };
 
-const SUCCESS: u32 = 952467756;
-const LIMIT_REACHED: u32 = 952467760;
-const ID_IN_USE: u32 = 952467761;
-const STALE_VERSION: u32 = 952467765;
-const CAPABILITY_MISMATCH: u32 = 952467766;
-const NOT_FOUND: u32 = 952467768;
-const INSTANCE_TAKEN: u32 = 952467770;
-
 const RS: &str = "default";
 const USER_NAME: &str = "com.tivoli.am.eb.user-name";
 const EXPIRY: &str = "com.tivoli.am.eb.expiry";
-
-fn expect(reply: Result<Reply, ClientError>, code: u32, what: &str) -> Reply {
-    let reply = reply.unwrap_or_else(|e| panic!("{what}: the call failed: {e}"));
-    assert_eq!(reply.result(), code, "{what}: unexpected result in {:?}", reply.ret);
-    reply
-}
 
 fn shim_on(redis: &RedisServer, args: &[&str]) -> Traced {
     Traced(Shim::start(args, &[("REDSESS_REDIS_URL", &redis.url())]))

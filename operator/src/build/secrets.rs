@@ -75,27 +75,7 @@ fn opaque<const N: usize>(plan: &Plan, owner: &OwnerReference, name: &str, value
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::SessionCache;
-    use crate::validate::validate;
-
-    fn plan(spec_yaml: &str) -> Plan {
-        let sc: SessionCache = serde_yaml::from_str(&format!(
-            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam}}\nspec:\n{spec_yaml}"
-        ))
-        .unwrap();
-        validate(&sc).unwrap()
-    }
-
-    fn owner() -> OwnerReference {
-        OwnerReference {
-            api_version: "redsess.io/v1alpha1".into(),
-            kind: "SessionCache".into(),
-            name: "cache".into(),
-            uid: "5f1c2d3e-0000-4000-8000-000000000001".into(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
-    }
+    use crate::build::redis::tests::{owner, plan};
 
     /// Hands out `secret-1`, `secret-2`, … so tests can see which value went where.
     fn counter() -> impl FnMut() -> String {

@@ -391,27 +391,7 @@ fn disruption_budget(plan: &Plan, owner: &OwnerReference) -> PodDisruptionBudget
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::SessionCache;
-    use crate::validate::validate;
-
-    fn plan(spec_yaml: &str) -> Plan {
-        let sc: SessionCache = serde_yaml::from_str(&format!(
-            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam}}\nspec:\n{spec_yaml}"
-        ))
-        .unwrap();
-        validate(&sc).unwrap()
-    }
-
-    fn owner() -> OwnerReference {
-        OwnerReference {
-            api_version: "redsess.io/v1alpha1".into(),
-            kind: "SessionCache".into(),
-            name: "cache".into(),
-            uid: "0000".into(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
-    }
+    use crate::build::redis::tests::{owner, plan};
 
     fn deployment_of(plan: &Plan) -> Deployment {
         build(plan, &owner())

@@ -9,6 +9,11 @@ use redsess_shim::config::ServeArgs;
 use redsess_shim::probe::{self, ProbeOptions};
 use redsess_shim::server;
 
+// glibc's malloc took a fifth of the shim's CPU under load, much of it waiting on its arena
+// locks between the runtime's threads (bench/load --perf); mimalloc keeps per-thread heaps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Speaks WebSEAL's Distributed Session Cache protocol and keeps sessions in Redis (or, with
 /// no Redis configured, in memory). Without a subcommand it serves.
 #[derive(Parser)]

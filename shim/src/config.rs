@@ -86,6 +86,13 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Threads that answer requests; 0 = one per CPU this process may use (a container's CPU
+    /// limit counts). Fewer threads than CPUs suit a shim that shares its CPUs with Redis or
+    /// WebSEAL: less handing of work between threads.
+    #[arg(long, env = "REDSESS_WORKER_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub worker_threads: u16,
+
     /// PEM certificate chain for HTTPS; with --tls-key.
     #[arg(long, env = "REDSESS_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,

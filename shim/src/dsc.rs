@@ -643,6 +643,12 @@ impl Response {
             }
             Response::GetSession { result, version, data } => {
                 let mut w = open("getSession", CLIENT_NS);
+                // Each item's text plus its markup (about 110 bytes with `ns1:` prefixes).
+                w.reserve(
+                    data.iter()
+                        .map(|i| 128 + i.data_class.len() + i.instance.len() + i.value.as_ref().map_or(0, String::len))
+                        .sum(),
+                );
                 w.number("result", result.code());
                 w.number("version", version);
                 for item in data {

@@ -57,7 +57,16 @@ struct ProbeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let workers = match &cli.command {
+        Some(Command::Serve(args)) => args.worker_threads,
+        Some(Command::Probe(_)) => 0,
+        None => cli.serve.worker_threads,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers.into());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("redsess-shim: cannot start the runtime: {e}");

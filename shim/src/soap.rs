@@ -326,6 +326,12 @@ impl MessageWriter {
         Self { out }
     }
 
+    /// Makes room for `additional` more bytes at once, so that a large answer is not copied
+    /// again each time it outgrows its buffer.
+    pub fn reserve(&mut self, additional: usize) {
+        self.out.reserve(additional);
+    }
+
     pub fn open(&mut self, name: &str) {
         self.out.push_str("<ns1:");
         self.out.push_str(name);

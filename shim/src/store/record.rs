@@ -127,7 +127,8 @@ fn exact_base64(text: &str) -> Option<Vec<u8>> {
 
 pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
     let (&format, mut rest) = bytes.split_first().ok_or(RecordError::Truncated)?;
-    let mut items = Vec::new();
+    // A WebSEAL login carries about 27 items.
+    let mut items = Vec::with_capacity(32);
     match format {
         FORMAT_PLAIN => {
             while !rest.is_empty() {

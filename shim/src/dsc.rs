@@ -366,7 +366,7 @@ pub fn parse_request(endpoint: Endpoint, op: &Element) -> Result<Request, Reques
     if op.namespace.as_deref() != Some(expected) {
         return Err(RequestError::WrongNamespace {
             name: shorten(&op.name),
-            namespace: op.namespace.clone().unwrap_or_else(|| "(none)".into()),
+            namespace: op.namespace.as_deref().unwrap_or("(none)").to_string(),
             expected,
         });
     }

@@ -5,6 +5,8 @@
 //! outright: no entity other than XML's five predefined ones and character references is ever
 //! expanded, and nothing is ever fetched.
 
+use std::sync::Arc;
+
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
@@ -27,7 +29,8 @@ const MAX_NAMESPACE_DECLARATIONS: usize = 256;
 /// carried `xsi:nil="true"`, its text (character data of this element only) and children.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
-    pub namespace: Option<String>,
+    /// Shared between elements: a message names one or two namespaces, not one per element.
+    pub namespace: Option<Arc<str>>,
     pub name: String,
     pub nil: bool,
     pub text: String,
@@ -88,6 +91,8 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
     // Open elements of the whole document, also past the operation (`stack` stops there).
     let mut depth = 0usize;
     let mut namespace_declarations = 0usize;
+    // The namespace of the element before: nearly every element shares it.
+    let mut last_namespace: Option<Arc<str>> = None;
 
     loop {
         let (ns, event) = reader
@@ -95,7 +100,7 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
             .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         // Owned now, so that `reader` can resolve attribute names below.
         let namespace = match event {
-            Event::Start(_) | Event::Empty(_) => owned_namespace(&ns)?,
+            Event::Start(_) | Event::Empty(_) => shared_namespace(&ns, &mut last_namespace)?,
             _ => None,
         };
         match event {
@@ -190,9 +195,17 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
     operation.ok_or(EnvelopeError::NoOperation)
 }
 
-fn owned_namespace(ns: &ResolveResult) -> Result<Option<String>, EnvelopeError> {
+/// The element's namespace, the one of the element before when it is the same.
+fn shared_namespace(ns: &ResolveResult, last: &mut Option<Arc<str>>) -> Result<Option<Arc<str>>, EnvelopeError> {
     match ns {
-        ResolveResult::Bound(n) => Ok(Some(String::from_utf8_lossy(n.as_ref()).into_owned())),
+        ResolveResult::Bound(n) => {
+            let uri = n.as_ref();
+            match last {
+                Some(known) if known.as_bytes() == uri => {}
+                _ => *last = Some(Arc::from(String::from_utf8_lossy(uri))),
+            }
+            Ok(last.clone())
+        }
         ResolveResult::Unbound => Ok(None),
         ResolveResult::Unknown(p) => Err(EnvelopeError::Malformed(format!(
             "the prefix {} is not declared",
@@ -222,10 +235,14 @@ fn count_attributes(start: &BytesStart) -> Result<usize, EnvelopeError> {
 
 fn open_element(
     reader: &NsReader<&[u8]>,
-    namespace: Option<String>,
+    namespace: Option<Arc<str>>,
     start: &BytesStart,
 ) -> Result<Element, EnvelopeError> {
-    let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+    // The body was checked to be UTF-8 as a whole, so a name is too.
+    let local = start.local_name();
+    let name = std::str::from_utf8(local.as_ref())
+        .map_err(|_| EnvelopeError::NotUtf8)?
+        .to_owned();
     let mut nil = false;
     for attr in start.attributes() {
         let attr = attr.map_err(|e| EnvelopeError::Malformed(e.to_string()))?;

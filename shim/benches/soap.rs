@@ -10,6 +10,10 @@ use redsess_shim::dsc::{self, DataItem, Endpoint, Request, ResultCode};
 use redsess_shim::soap;
 use std::hint::black_box;
 
+// The allocator the shim's binary runs with, so that these figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The items of one login, as bench/load sends them: a credential of 1 536 random bytes in
 /// base64 (2 048 characters, as large as a captured one) and 26 other items with nil, empty,
 /// boolean, hex time and uuid values.

@@ -217,6 +217,9 @@ fn shared_namespace(ns: &ResolveResult, last: &mut Option<Arc<str>>) -> Result<O
 /// Refuses an element with too many attributes before anything looks at them one by one;
 /// answers how many namespaces it declares.
 fn count_attributes(start: &BytesStart) -> Result<usize, EnvelopeError> {
+    if !has_attributes(start) {
+        return Ok(0);
+    }
     let mut attributes = 0;
     let mut declarations = 0;
     for attr in start.attributes().with_checks(false) {
@@ -233,6 +236,11 @@ fn count_attributes(start: &BytesStart) -> Result<usize, EnvelopeError> {
     Ok(declarations)
 }
 
+/// Most elements of a DSC message carry none: this spares them two passes over nothing.
+fn has_attributes(start: &BytesStart) -> bool {
+    !start.attributes_raw().iter().all(u8::is_ascii_whitespace)
+}
+
 fn open_element(
     reader: &NsReader<&[u8]>,
     namespace: Option<Arc<str>>,
@@ -243,6 +251,17 @@ fn open_element(
     let name = std::str::from_utf8(local.as_ref())
         .map_err(|_| EnvelopeError::NotUtf8)?
         .to_owned();
+    Ok(Element {
+        namespace,
+        name,
+        nil: has_attributes(start) && is_nil(reader, start)?,
+        text: String::new(),
+        children: Vec::new(),
+    })
+}
+
+/// Whether the element carries `xsi:nil="true"` (or `"1"`).
+fn is_nil(reader: &NsReader<&[u8]>, start: &BytesStart) -> Result<bool, EnvelopeError> {
     let mut nil = false;
     for attr in start.attributes() {
         let attr = attr.map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
@@ -258,13 +277,7 @@ fn open_element(
             }
         }
     }
-    Ok(Element {
-        namespace,
-        name,
-        nil,
-        text: String::new(),
-        children: Vec::new(),
-    })
+    Ok(nil)
 }
 
 /// Pops the innermost open element into its parent; the first element closed directly inside

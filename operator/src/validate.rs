@@ -137,6 +137,8 @@ pub struct ClientPlan {
 }
 
 /// Parses `500ms`, `5s`, `3m`, `12h`, `1d` (and bare seconds).
+const MAX_DURATION_MS: u64 = 100 * 365 * 86_400_000;
+
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ValidationError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -144,19 +146,24 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ValidationErr
     let n: u64 = digits
         .parse()
         .map_err(|_| invalid(field, format!("{text:?} is not a duration (like 5s, 3m, 12h)")))?;
-    Ok(match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(invalid(
                 field,
                 format!("{text:?} has an unknown unit (use ms, s, m, h or d)"),
             ))
         }
-    })
+    };
+    // Bounded so that every use (milliseconds as u64, seconds as i64) stays far from overflow.
+    match n.checked_mul(millis_per_unit) {
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(invalid(field, format!("{text:?} is longer than 100 years"))),
+    }
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -437,6 +444,10 @@ mod tests {
             error("  shim: {session: {maxLifetime: 10s}}").field,
             "spec.shim.session.maxLifetime"
         );
+        // A huge number is refused, not wrapped around into a short duration.
+        let huge = error("  shim: {session: {clockSkew: 213503982334602d}}");
+        assert_eq!(huge.field, "spec.shim.session.clockSkew");
+        assert!(huge.to_string().contains("longer than 100 years"), "{huge}");
     }
 
     #[test]

@@ -379,6 +379,8 @@ impl ServeArgs {
 }
 
 /// `90`, `90s`, `500ms`, `5m`, `12h`, `1d`.
+const MAX_DURATION_MS: u64 = 100 * 365 * 86_400_000;
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -386,15 +388,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (like 90s, 5m, 12h)"))?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
     };
-    Ok(d)
+    // Bounded so that every use (seconds as i64, added to a unix time) stays far from overflow.
+    match n.checked_mul(millis_per_unit) {
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("{text:?} is longer than 100 years")),
+    }
 }
 
 #[cfg(test)]
@@ -424,6 +430,12 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 weeks").is_err());
+        // Huge numbers are refused, not wrapped around.
+        assert!(parse_duration("213503982334602d")
+            .unwrap_err()
+            .contains("longer than 100 years"));
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert_eq!(parse_duration("36500d").unwrap(), Duration::from_secs(36500 * 86400));
         assert!(parse_duration("m").is_err());
     }
 

@@ -362,7 +362,10 @@ impl SessionService {
     /// inactivity timeout, each with the clock-skew tolerance added.
     fn lifetime(&self, items: &[DataItem], created: i64) -> Lifetime {
         let cap = created.saturating_add(self.settings.max_lifetime_secs);
-        let end = item_number(items, class::EXPIRY).map_or(cap, |e| e.min(cap));
+        // An expiry before the creation (a clock far off, or a hostile value) counts as the
+        // creation: the session lives out the skew tolerance. Clamped, later arithmetic on it
+        // (milliseconds for Redis) cannot overflow.
+        let end = item_number(items, class::EXPIRY).map_or(cap, |e| e.clamp(created.min(cap), cap));
         let idle = item_number(items, class::INACTIVITY_TIMEOUT).unwrap_or(0).max(0);
         Lifetime {
             ends_at: end.saturating_add(self.settings.clock_skew_secs),
@@ -939,6 +942,19 @@ mod tests {
                     idle_secs: 0
                 }
             );
+            // The ends of the integer range: clamped, never overflowing.
+            let extremes = vec![
+                item(class::EXPIRY, "sms", "-0x7fffffffffffffff"),
+                item(class::INACTIVITY_TIMEOUT, "webseal", "0x7fffffffffffffff"),
+            ];
+            assert_eq!(
+                f.service.lifetime(&extremes, T0),
+                Lifetime {
+                    ends_at: T0 + 60,
+                    idle_secs: i64::MAX
+                }
+            );
+            assert_eq!(f.service.lifetime(&extremes, T0).expires_at(T0), T0 + 60);
         }
 
         #[tokio::test]

@@ -606,3 +606,43 @@ async fn sessions_carry_a_ttl_no_longer_than_their_life() {
         assert!(ttl > 0 && ttl <= 60_000, "{id}: PTTL {ttl}, expected at most 60 s");
     }
 }
+
+/// Lifetime items at the ends of the integer range are clamped into the session's bounds:
+/// the shim answers each create, overflows nothing, and the TTLs stay sane.
+#[tokio::test]
+async fn lifetime_items_at_the_ends_of_the_integer_range_are_clamped() {
+    let redis = RedisServer::start();
+    let mut shim = shim_on(&redis, &["--max-lifetime", "1h", "--clock-skew", "1m"]);
+    let c = shim.client();
+    let timeout = "com.tivoli.am.webseal.inactivity-timeout";
+    let cases: [(&str, DataItem); 4] = [
+        ("past", item(EXPIRY, "sms", Some("-0x7fffffffffffffff"))),
+        ("future", item(EXPIRY, "sms", Some("0x7fffffffffffffff"))),
+        ("idle-forever", item(timeout, "webseal", Some("0x7fffffffffffffff"))),
+        ("idle-negative", item(timeout, "webseal", Some("-0x7fffffffffffffff"))),
+    ];
+    for (id, hostile) in &cases {
+        expect(
+            c.create_session("web-a", RS, id, 0, &[user(id), hostile.clone()]).await,
+            SUCCESS,
+            &format!("create {id}"),
+        );
+    }
+    // An expiry long past counts as the creation: the session lives out the 1m skew.
+    expect(c.get_session("web-a", RS, "past").await, SUCCESS, "get past");
+    let ttl = pttl(&redis, &session_key("past"));
+    assert!(
+        (55_000..=60_000).contains(&ttl),
+        "past: PTTL {ttl}, expected the 1m skew"
+    );
+    // The others live at most the 1h cap plus the skew.
+    for id in ["future", "idle-forever", "idle-negative"] {
+        expect(c.get_session("web-a", RS, id).await, SUCCESS, &format!("get {id}"));
+        let ttl = pttl(&redis, &session_key(id));
+        assert!(
+            (3_600_000..=3_660_000).contains(&ttl),
+            "{id}: PTTL {ttl}, expected the 1h cap plus the 1m skew"
+        );
+    }
+    assert!(shim.is_running(), "the shim exited:\n{}", shim.logs());
+}

@@ -331,10 +331,7 @@ mod tests {
     use crate::validate::validate;
 
     fn cache(spec_yaml: &str) -> SessionCache {
-        serde_yaml::from_str(&format!(
-            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam, generation: 3}}\nspec:\n{spec_yaml}"
-        ))
-        .unwrap()
+        crate::fixtures::session_cache(spec_yaml, 3)
     }
 
     fn at(seconds: i64) -> Timestamp {

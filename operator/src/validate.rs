@@ -385,10 +385,7 @@ mod tests {
     use super::*;
 
     fn cache(spec_yaml: &str) -> SessionCache {
-        serde_yaml::from_str(&format!(
-            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam}}\nspec:\n{spec_yaml}"
-        ))
-        .unwrap()
+        crate::fixtures::session_cache(spec_yaml, 1)
     }
 
     fn error(spec_yaml: &str) -> ValidationError {

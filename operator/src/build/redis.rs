@@ -647,15 +647,10 @@ pub(crate) fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::crd::SessionCache;
     use crate::validate::validate;
 
     pub(crate) fn plan(spec_yaml: &str) -> Plan {
-        let sc: SessionCache = serde_yaml::from_str(&format!(
-            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {{name: cache, namespace: isam}}\nspec:\n{spec_yaml}"
-        ))
-        .unwrap();
-        validate(&sc).unwrap()
+        validate(&crate::fixtures::session_cache(spec_yaml, 1)).unwrap()
     }
 
     pub(crate) fn owner() -> OwnerReference {

@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "REDSESS_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// After SIGTERM, go on serving this long before shutting down, so that the removal of the
+    /// pod's endpoint reaches every proxy first (a few seconds on Kubernetes).
+    #[arg(long, env = "REDSESS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
 }
 
 /// Where sessions are kept.
@@ -157,6 +162,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    pub shutdown_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -374,6 +380,7 @@ impl ServeArgs {
             request_timeout: self.request_timeout,
             max_body_bytes: self.max_body_bytes,
             shutdown_grace: self.shutdown_grace,
+            shutdown_delay: self.shutdown_delay,
         })
     }
 }

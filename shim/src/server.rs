@@ -124,10 +124,18 @@ pub async fn run(
 
     let handle = axum_server::Handle::new();
     let grace = config.shutdown_grace;
+    let delay = config.shutdown_delay;
     {
         let handle = handle.clone();
         tokio::spawn(async move {
             shutdown.await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutdown signalled: serving on while the endpoint removal spreads"
+                );
+                tokio::time::sleep(delay).await;
+            }
             tracing::info!("shutting down: answering long polls, finishing in-flight requests");
             let _ = stop_polls.send(true);
             handle.graceful_shutdown(Some(grace));

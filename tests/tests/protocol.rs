@@ -1308,3 +1308,26 @@ on_both_stores! {
     sigterm_answers_long_polls_and_exits();
     health_and_readiness();
 }
+
+/// `--shutdown-delay`: after SIGTERM the shim goes on answering for the delay (while Kubernetes
+/// spreads the endpoint removal), then shuts down as usual.
+#[tokio::test]
+async fn shutdown_delay_serves_on_after_sigterm() {
+    let mut shim = Shim::start(&["--shutdown-delay", "2s"], &[]);
+    let c = shim.client();
+    expect(c.ping().await, SUCCESS, "ping before SIGTERM");
+    let signalled = Instant::now();
+    shim.signal_term();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    expect(c.ping().await, SUCCESS, "ping within the delay");
+    assert!(shim.is_running(), "the shim left before its delay");
+    let status = shim
+        .wait_exit(Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("the shim did not exit within 6 s of SIGTERM"));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "exited after {:?}, before its 2 s delay",
+        signalled.elapsed()
+    );
+}

@@ -15,10 +15,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -49,11 +48,13 @@ pub const TLS_KEY_FILE: &str = "/etc/redsess/tls/tls.key";
 pub const CLIENT_CA_DIR: &str = "/etc/redsess/client-ca";
 pub const CLIENT_CA_FILE: &str = "/etc/redsess/client-ca/ca.crt";
 
-/// Shutdown budget: the preStop sleep lets the endpoint removal reach every proxy before
-/// SIGTERM; the shim then answers its long polls at once and finishes in-flight requests
-/// within `SHUTDOWN_GRACE`; the sum stays under the pod's grace period.
-const PRE_STOP_SLEEP_SECONDS: i64 = 5;
-const SHUTDOWN_GRACE: &str = "20s";
+/// Shutdown budget: after SIGTERM the shim serves on for `SHUTDOWN_DELAY`, so the endpoint
+/// removal reaches every proxy first, then answers its long polls at once and finishes
+/// in-flight requests within `SHUTDOWN_GRACE`; the sum stays under the pod's grace period.
+/// (The shim waits itself rather than through a preStop `sleep` hook: that field needs
+/// Kubernetes 1.30, and older servers refuse the whole Deployment in a server-side apply.)
+const SHUTDOWN_DELAY_SECONDS: u64 = 5;
+const SHUTDOWN_GRACE_SECONDS: u64 = 20;
 const TERMINATION_GRACE_SECONDS: i64 = 30;
 
 /// Secret files are world-readable inside the pod: the operator sets no fsGroup (OpenShift
@@ -129,7 +130,8 @@ pub fn env(plan: &Plan) -> Vec<EnvVar> {
         plain("REDSESS_CLOCK_SKEW", shim.clock_skew.clone()),
         plain("REDSESS_MAX_SESSIONS_PER_USER", shim.max_sessions_per_user.to_string()),
         plain("REDSESS_DISPLACE_SESSIONS", shim.displace.to_string()),
-        plain("REDSESS_SHUTDOWN_GRACE", SHUTDOWN_GRACE),
+        plain("REDSESS_SHUTDOWN_DELAY", format!("{SHUTDOWN_DELAY_SECONDS}s")),
+        plain("REDSESS_SHUTDOWN_GRACE", format!("{SHUTDOWN_GRACE_SECONDS}s")),
         plain("REDSESS_KEY_PREFIX", KEY_PREFIX),
         plain("REDSESS_REDIS_URL", redis_url(plan)),
     ];
@@ -303,15 +305,6 @@ fn deployment(plan: &Plan, owner: &OwnerReference) -> Deployment {
         }]),
         readiness_probe: Some(readiness),
         liveness_probe: Some(liveness),
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: PRE_STOP_SLEEP_SECONDS,
-                }),
-                ..LifecycleHandler::default()
-            }),
-            ..Lifecycle::default()
-        }),
         resources: Some(resources(plan)),
         security_context: Some(pod_security::container(true)),
         volume_mounts: Some(mounts),
@@ -633,19 +626,13 @@ mod tests {
             .unwrap()
             .required_during_scheduling_ignored_during_execution
             .is_none());
-        // The preStop pause plus the shim's own grace fit in the pod's grace period.
-        let sleep = c
-            .lifecycle
-            .as_ref()
-            .unwrap()
-            .pre_stop
-            .as_ref()
-            .unwrap()
-            .sleep
-            .as_ref()
-            .unwrap();
-        assert!(sleep.seconds + 20 < 30);
-        assert_eq!(value(&env_map(c), "REDSESS_SHUTDOWN_GRACE"), SHUTDOWN_GRACE);
+        // The shim's own shutdown delay plus its grace fit in the pod's grace period; no
+        // lifecycle hook (a preStop sleep would need Kubernetes 1.30).
+        assert!(c.lifecycle.is_none());
+        assert_eq!(value(&env_map(c), "REDSESS_SHUTDOWN_DELAY"), "5s");
+        assert_eq!(value(&env_map(c), "REDSESS_SHUTDOWN_GRACE"), "20s");
+        let grace = pod.termination_grace_period_seconds.unwrap();
+        assert!(SHUTDOWN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS < grace as u64);
     }
 
     #[test]

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ExecAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
-    PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    ExecAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -374,6 +374,9 @@ fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> Statef
         empty_dir("run", true),
         empty_dir("tmp", false),
     ];
+    // The claim template is written as the API server stores it, defaults included (see
+    // `Emitted::to_json`): a template without them counts as a change at every server-side
+    // apply, and the server writes the StatefulSet again each time.
     let volume_claim_templates = match &redis.volume {
         Some(volume) => Some(vec![PersistentVolumeClaim {
             metadata: ObjectMeta {
@@ -388,9 +391,13 @@ fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> Statef
                     requests: Some(BTreeMap::from([("storage".to_string(), volume.size.clone())])),
                     ..VolumeResourceRequirements::default()
                 }),
+                volume_mode: Some("Filesystem".into()),
                 ..PersistentVolumeClaimSpec::default()
             }),
-            ..PersistentVolumeClaim::default()
+            status: Some(PersistentVolumeClaimStatus {
+                phase: Some("Pending".into()),
+                ..PersistentVolumeClaimStatus::default()
+            }),
         }]),
         None => {
             volumes.push(empty_dir("data", false));
@@ -742,6 +749,31 @@ metadata:
 "#,
             );
         }
+    }
+
+    /// Applying a claim template without the server's defaults made the server write the
+    /// StatefulSet at every reconcile (seen on kube-apiserver 1.20); it is sent as stored.
+    #[test]
+    fn the_claim_template_is_sent_as_the_server_stores_it() {
+        let out = build(&plan("  {}"), &owner());
+        let template = &stateful_set(&out)["spec"]["volumeClaimTemplates"][0];
+        assert_eq!(template["metadata"]["creationTimestamp"], serde_json::Value::Null);
+        assert!(template["metadata"]
+            .as_object()
+            .unwrap()
+            .contains_key("creationTimestamp"));
+        assert_eq!(template["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(template["status"]["phase"], "Pending");
+        // Without persistence there is no template, and no `volumeClaimTemplates: null` either.
+        let out = build(
+            &plan("  redis: {persistence: None, storage: {ephemeral: true}}"),
+            &owner(),
+        );
+        let spec = stateful_set(&out)["spec"].clone();
+        assert!(
+            !spec.as_object().unwrap().contains_key("volumeClaimTemplates"),
+            "{spec:#}"
+        );
     }
 
     #[test]

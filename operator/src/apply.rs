@@ -3,45 +3,45 @@
 //! what this SessionCache emitted earlier but its current plan no longer needs (the Sentinel
 //! StatefulSet after `redis.replicas` went down to 1, the ConfigMap of a removed client, …).
 //!
+//! One object the server refuses does not stop the others: every object is applied and each
+//! failure is returned, for the status to report. A kind whose API version the server does not
+//! serve (PodDisruptionBudget `policy/v1` before Kubernetes 1.21) is not sent at all and is
+//! reported once, as such.
+//!
 //! Deletion only touches objects that carry this SessionCache's labels
 //! ([`names::owned_selector`]) *and* an owner reference to it, and never Secrets: a generated
 //! Secret holds credentials clients may already use; it goes away with the SessionCache through
 //! its owner reference.
 
 use std::collections::BTreeSet;
-use std::fmt::Debug;
+use std::fmt;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
-use kube::core::PartialObjectMeta;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
 use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
 
+use crate::api_error::one_line;
 use crate::build::Emitted;
+use crate::discovery::ServedKinds;
 use crate::names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot apply {kind} {namespace}/{name}: {source}")]
-    Apply {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("cannot list {kind}s in {namespace}: {source}")]
+    #[error("{}", join(.0))]
+    Refused(Vec<Failure>),
+    #[error("cannot list {kind}s in {namespace}: {}", one_line(.source))]
     List {
         kind: &'static str,
         namespace: String,
         #[source]
         source: kube::Error,
     },
-    #[error("cannot delete {kind} {namespace}/{name}: {source}")]
+    #[error("cannot delete {kind} {namespace}/{name}: {}", one_line(.source))]
     Delete {
         kind: &'static str,
         namespace: String,
@@ -63,7 +63,39 @@ pub enum Kind {
     NetworkPolicy,
 }
 
+/// What the API needs to know of a kind, read off its k8s-openapi type.
+struct KindInfo {
+    kind: &'static str,
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    /// The first Kubernetes version that serves this API version.
+    since: &'static str,
+}
+
+impl KindInfo {
+    const fn of<K: k8s_openapi::Resource>(since: &'static str) -> Self {
+        Self {
+            kind: K::KIND,
+            group: K::GROUP,
+            version: K::VERSION,
+            plural: K::URL_PATH_SEGMENT,
+            since,
+        }
+    }
+}
+
 impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::StatefulSet,
+        Kind::Deployment,
+        Kind::Service,
+        Kind::ConfigMap,
+        Kind::Secret,
+        Kind::PodDisruptionBudget,
+        Kind::NetworkPolicy,
+    ];
+
     /// Kinds cleaned up when no longer planned, in deletion order (workloads first, so no pod
     /// is left without its configuration). Secrets are never among them.
     pub const PRUNED: [Kind; 6] = [
@@ -87,31 +119,62 @@ impl Kind {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    const fn info(self) -> KindInfo {
         match self {
-            Kind::StatefulSet => <StatefulSet as k8s_openapi::Resource>::KIND,
-            Kind::Deployment => <Deployment as k8s_openapi::Resource>::KIND,
-            Kind::Service => <Service as k8s_openapi::Resource>::KIND,
-            Kind::ConfigMap => <ConfigMap as k8s_openapi::Resource>::KIND,
-            Kind::Secret => <Secret as k8s_openapi::Resource>::KIND,
-            Kind::PodDisruptionBudget => <PodDisruptionBudget as k8s_openapi::Resource>::KIND,
-            Kind::NetworkPolicy => <NetworkPolicy as k8s_openapi::Resource>::KIND,
+            Kind::StatefulSet => KindInfo::of::<StatefulSet>("1.9"),
+            Kind::Deployment => KindInfo::of::<Deployment>("1.9"),
+            Kind::Service => KindInfo::of::<Service>("1.0"),
+            Kind::ConfigMap => KindInfo::of::<ConfigMap>("1.2"),
+            Kind::Secret => KindInfo::of::<Secret>("1.0"),
+            Kind::PodDisruptionBudget => KindInfo::of::<PodDisruptionBudget>("1.21"),
+            Kind::NetworkPolicy => KindInfo::of::<NetworkPolicy>("1.7"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().kind
+    }
+
+    /// `policy/v1`, `v1`.
+    pub fn api_version(self) -> String {
+        let info = self.info();
+        if info.group.is_empty() {
+            info.version.to_string()
+        } else {
+            format!("{}/{}", info.group, info.version)
+        }
+    }
+
+    pub fn group(self) -> &'static str {
+        self.info().group
+    }
+
+    /// The resource name in URLs: `statefulsets`.
+    pub fn plural(self) -> &'static str {
+        self.info().plural
+    }
+
+    /// The first Kubernetes version that serves this kind's API version.
+    pub fn since(self) -> &'static str {
+        self.info().since
+    }
+
+    /// For the dynamic API: one code path for every kind.
+    pub fn api_resource(self) -> ApiResource {
+        let info = self.info();
+        ApiResource {
+            group: info.group.into(),
+            version: info.version.into(),
+            api_version: self.api_version(),
+            kind: info.kind.into(),
+            plural: info.plural.into(),
         }
     }
 
     /// The REST path of this kind's collection in a namespace, e.g.
     /// `/apis/apps/v1/namespaces/isam/statefulsets`.
     pub fn collection_path(self, namespace: &str) -> String {
-        let ns = Some(namespace);
-        match self {
-            Kind::StatefulSet => StatefulSet::url_path(&(), ns),
-            Kind::Deployment => Deployment::url_path(&(), ns),
-            Kind::Service => Service::url_path(&(), ns),
-            Kind::ConfigMap => ConfigMap::url_path(&(), ns),
-            Kind::Secret => Secret::url_path(&(), ns),
-            Kind::PodDisruptionBudget => PodDisruptionBudget::url_path(&(), ns),
-            Kind::NetworkPolicy => NetworkPolicy::url_path(&(), ns),
-        }
+        DynamicObject::url_path(&self.api_resource(), Some(namespace))
     }
 }
 
@@ -121,52 +184,95 @@ pub fn object_path(object: &Emitted) -> String {
     format!("{}/{}", Kind::of(object).collection_path(namespace), object.name())
 }
 
+/// What could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The API server does not serve this kind's API version: nothing of it was sent.
+    NotServed(Kind),
+    /// The server refused this object, for this reason (one line).
+    Refused { kind: Kind, name: String, reason: String },
+}
+
+impl Failure {
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Failure::Refused { .. })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NotServed(kind) => write!(
+                f,
+                "this cluster does not serve {} {}; Kubernetes {} or newer is needed",
+                kind.api_version(),
+                kind.name(),
+                kind.since()
+            ),
+            Failure::Refused { kind, name, reason } => {
+                write!(f, "cannot apply {} {name}: {reason}", kind.name())
+            }
+        }
+    }
+}
+
+/// The failures as one line.
+pub fn join(failures: &[Failure]) -> String {
+    failures.iter().map(Failure::to_string).collect::<Vec<_>>().join("; ")
+}
+
 /// The parameters of every apply: one field manager, forced.
 pub fn apply_params() -> PatchParams {
     PatchParams::apply(names::FIELD_MANAGER).force()
 }
 
-async fn apply_typed<K>(client: &Client, namespace: &str, name: &str, body: &serde_json::Value) -> kube::Result<()>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(name, &apply_params(), &Patch::Apply(body)).await.map(|_| ())
+fn namespace_of<'a>(client: &'a Client, object: &'a Emitted) -> &'a str {
+    object
+        .metadata()
+        .namespace
+        .as_deref()
+        .unwrap_or_else(|| client.default_namespace())
 }
 
 /// Server-side applies one object.
-pub async fn apply(client: &Client, object: &Emitted) -> Result<(), Error> {
-    let namespace = object
-        .metadata()
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
-    let name = object.name();
-    let body = object.to_json();
-    let result = match object {
-        Emitted::StatefulSet(_) => apply_typed::<StatefulSet>(client, &namespace, name, &body).await,
-        Emitted::Deployment(_) => apply_typed::<Deployment>(client, &namespace, name, &body).await,
-        Emitted::Service(_) => apply_typed::<Service>(client, &namespace, name, &body).await,
-        Emitted::ConfigMap(_) => apply_typed::<ConfigMap>(client, &namespace, name, &body).await,
-        Emitted::Secret(_) => apply_typed::<Secret>(client, &namespace, name, &body).await,
-        Emitted::PodDisruptionBudget(_) => apply_typed::<PodDisruptionBudget>(client, &namespace, name, &body).await,
-        Emitted::NetworkPolicy(_) => apply_typed::<NetworkPolicy>(client, &namespace, name, &body).await,
-    };
-    result.map_err(|source| Error::Apply {
-        kind: object.kind(),
-        namespace,
-        name: name.to_string(),
-        source,
-    })
+pub async fn apply(client: &Client, object: &Emitted) -> Result<(), kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace_of(client, object),
+        &Kind::of(object).api_resource(),
+    );
+    api.patch(object.name(), &apply_params(), &Patch::Apply(object.to_json()))
+        .await
+        .map(|_| ())
 }
 
-/// Server-side applies every object, in order; stops at the first failure.
-pub async fn apply_all(client: &Client, objects: &[Emitted]) -> Result<(), Error> {
+/// Server-side applies every object the server serves, in order, whatever the others do; the
+/// kinds it does not serve (once each) and the objects it refused.
+pub async fn apply_all(client: &Client, objects: &[Emitted], served: &ServedKinds) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    let mut not_served = BTreeSet::new();
     for object in objects {
-        apply(client, object).await?;
-        tracing::debug!(kind = object.kind(), name = object.name(), "applied");
+        let kind = Kind::of(object);
+        if !served.serves(kind) {
+            if not_served.insert(kind) {
+                failures.push(Failure::NotServed(kind));
+            }
+            continue;
+        }
+        match apply(client, object).await {
+            Ok(()) => tracing::debug!(kind = kind.name(), name = object.name(), "applied"),
+            Err(error) => {
+                let reason = one_line(&error);
+                tracing::warn!(kind = kind.name(), name = object.name(), %reason, "the API server refused an object");
+                failures.push(Failure::Refused {
+                    kind,
+                    name: object.name().to_string(),
+                    reason,
+                });
+            }
+        }
     }
-    Ok(())
+    failures
 }
 
 /// Which SessionCache a cleanup is for.
@@ -191,11 +297,8 @@ fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, o
     })
 }
 
-async fn prune<K>(client: &Client, owner: &Owner<'_>, keep: &BTreeSet<&str>, kind: Kind) -> Result<Vec<Deleted>, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), owner.namespace);
+async fn prune(client: &Client, owner: &Owner<'_>, keep: &BTreeSet<&str>, kind: Kind) -> Result<Vec<Deleted>, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), owner.namespace, &kind.api_resource());
     let listed = api
         .list_metadata(&ListParams::default().labels(&names::owned_selector(owner.name)))
         .await
@@ -206,7 +309,6 @@ where
         })?;
     let mut deleted = Vec::new();
     for item in listed.items {
-        let item: PartialObjectMeta<K> = item;
         let meta = &item.metadata;
         let Some(name) = meta.name.as_deref() else { continue };
         if keep.contains(name) || meta.deletion_timestamp.is_some() || !owned_by(meta, owner) {
@@ -247,25 +349,22 @@ where
 }
 
 /// Deletes what this SessionCache emitted earlier and `desired` no longer contains: for each
-/// kind of [`Kind::PRUNED`], a list by label selector, then a `DELETE` of each unwanted item.
-pub async fn cleanup(client: &Client, owner: &Owner<'_>, desired: &[Emitted]) -> Result<Vec<Deleted>, Error> {
+/// served kind of [`Kind::PRUNED`], a list by label selector, then a `DELETE` of each unwanted
+/// item.
+pub async fn cleanup(
+    client: &Client,
+    owner: &Owner<'_>,
+    desired: &[Emitted],
+    served: &ServedKinds,
+) -> Result<Vec<Deleted>, Error> {
     let mut deleted = Vec::new();
-    for kind in Kind::PRUNED {
+    for kind in Kind::PRUNED.into_iter().filter(|k| served.serves(*k)) {
         let keep: BTreeSet<&str> = desired
             .iter()
             .filter(|o| Kind::of(o) == kind)
             .map(|o| o.name())
             .collect();
-        let gone = match kind {
-            Kind::StatefulSet => prune::<StatefulSet>(client, owner, &keep, kind).await?,
-            Kind::Deployment => prune::<Deployment>(client, owner, &keep, kind).await?,
-            Kind::Service => prune::<Service>(client, owner, &keep, kind).await?,
-            Kind::ConfigMap => prune::<ConfigMap>(client, owner, &keep, kind).await?,
-            Kind::PodDisruptionBudget => prune::<PodDisruptionBudget>(client, owner, &keep, kind).await?,
-            Kind::NetworkPolicy => prune::<NetworkPolicy>(client, owner, &keep, kind).await?,
-            Kind::Secret => unreachable!("Secrets are never pruned"),
-        };
-        deleted.extend(gone);
+        deleted.extend(prune(client, owner, &keep, kind).await?);
     }
     Ok(deleted)
 }
@@ -297,5 +396,23 @@ mod tests {
             Kind::NetworkPolicy.collection_path("isam"),
             "/apis/networking.k8s.io/v1/namespaces/isam/networkpolicies"
         );
+    }
+
+    #[test]
+    fn failures_read_as_one_line() {
+        let failures = [
+            Failure::NotServed(Kind::PodDisruptionBudget),
+            Failure::Refused {
+                kind: Kind::ConfigMap,
+                name: "cache-client-web".into(),
+                reason: "exceeded quota (HTTP 403 Forbidden)".into(),
+            },
+        ];
+        assert_eq!(
+            join(&failures),
+            "this cluster does not serve policy/v1 PodDisruptionBudget; Kubernetes 1.21 or newer is needed; \
+             cannot apply ConfigMap cache-client-web: exceeded quota (HTTP 403 Forbidden)"
+        );
+        assert!(!failures[0].is_refusal() && failures[1].is_refusal());
     }
 }

@@ -1,14 +1,22 @@
 //! The controller: one reconcile is the pipeline observe → validate → build → apply → cleanup →
 //! observe workloads → status, each step its own module and error type.
 //!
+//! - SessionCaches are watched as untyped objects and read into the typed spec per reconcile,
+//!   so one object that does not deserialize (written before a schema change, or with the
+//!   schema off) is reported on that object (`Degraded`/`UnreadableSpec`, naming the field, and
+//!   a Warning event) and never stops the watch for the others.
 //! - An invalid spec is not an error: it becomes `Degraded`/`InvalidSpec` (the message names the
 //!   field) and a Warning event, and the object is looked at again in 5 minutes (or as soon as
 //!   its spec changes), never in a hot loop.
-//! - Errors (API calls that fail) go to [`error_policy`]: a failure metric with a reason label,
-//!   and a retry with exponential backoff per object (5 s doubling to 5 min).
+//! - Every object is applied even when the server refuses some: the refusals (and kinds the
+//!   cluster does not serve, found once at start) are reported in `Degraded`; refusals are
+//!   errors for [`error_policy`]: a failure metric with a reason label, and a retry with
+//!   exponential backoff per object (5 s doubling to 5 min). A Warning event goes out when
+//!   `Degraded` changes, not at every retry.
 //! - The primary watch only passes changes of `metadata.generation` (spec changes), so the
 //!   operator's own status writes do not trigger reconciles; changes of the owned objects
 //!   (StatefulSets becoming ready, a deleted Service, …) do.
+//! - Every reconcile runs in a tracing span naming the namespace and the cache.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,24 +24,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{predicates, reflector, watcher, WatchStreamExt};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{predicates, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
+use tracing::Instrument;
 
+use crate::apply::{self, Failure, Kind};
 use crate::build;
-use crate::crd::SessionCache;
+use crate::crd::{SessionCache, SessionCacheStatus};
+use crate::discovery::{self, ServedKinds};
+use crate::http;
 use crate::metrics::Metrics;
 use crate::names;
 use crate::observe;
 use crate::status::{self, Outcome};
 use crate::validate::{validate, Platform};
-use crate::{apply, http};
 
 /// How soon an invalid spec is looked at again (its next change triggers a reconcile anyway).
 pub const INVALID_SPEC_REQUEUE: Duration = Duration::from_secs(5 * 60);
@@ -81,6 +90,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// What the emitted pods run on (pod security differs).
     pub platform: Platform,
+    /// The emitted kinds this cluster serves.
+    pub served: ServedKinds,
 }
 
 impl Context {
@@ -91,6 +102,7 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             platform: Platform::default(),
+            served: ServedKinds::default(),
         }
     }
 
@@ -100,26 +112,36 @@ impl Context {
         self
     }
 
-    fn key(sc: &SessionCache) -> String {
-        sc.uid()
-            .unwrap_or_else(|| format!("{}/{}", sc.namespace().unwrap_or_default(), sc.name_any()))
+    /// The same context for a cluster that serves only `served`.
+    pub fn serving(mut self, served: ServedKinds) -> Self {
+        self.served = served;
+        self
     }
 
-    /// The delay before the next retry of `sc`, counting this failure.
-    pub fn next_backoff(&self, sc: &SessionCache) -> Duration {
+    fn key(object: &impl ResourceExt) -> String {
+        object
+            .uid()
+            .unwrap_or_else(|| format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any()))
+    }
+
+    /// The delay before the next retry of `object`, counting this failure.
+    pub fn next_backoff(&self, object: &impl ResourceExt) -> Duration {
         let mut failures = self.failures.lock().expect("backoff map lock");
-        let n = failures.entry(Self::key(sc)).or_insert(0);
+        let n = failures.entry(Self::key(object)).or_insert(0);
         let delay = backoff_delay(*n);
         *n = n.saturating_add(1);
         delay
     }
 
-    fn reset_backoff(&self, sc: &SessionCache) {
-        self.failures.lock().expect("backoff map lock").remove(&Self::key(sc));
+    fn reset_backoff(&self, object: &impl ResourceExt) {
+        self.failures
+            .lock()
+            .expect("backoff map lock")
+            .remove(&Self::key(object));
     }
 
-    async fn publish(&self, sc: &SessionCache, event: Event) {
-        if let Err(error) = self.recorder.publish(&event, &sc.object_ref(&())).await {
+    async fn publish(&self, object: &k8s_openapi::api::core::v1::ObjectReference, event: Event) {
+        if let Err(error) = self.recorder.publish(&event, object).await {
             tracing::warn!(%error, reason = event.reason, "cannot publish an event");
         }
     }
@@ -141,6 +163,72 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
     }
 }
 
+/// The SessionCache API resource, for the untyped watch and API.
+fn session_cache_resource() -> ApiResource {
+    ApiResource::erase::<SessionCache>(&())
+}
+
+/// Reads an untyped object as a SessionCache; the error names the field that does not read.
+pub fn read_session_cache(object: &DynamicObject) -> Result<SessionCache, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        crate::api_error::flatten(&if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
+}
+
+/// Reconciles one watched object: read as a SessionCache, or reported as unreadable.
+pub async fn reconcile_object(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = object.namespace().unwrap_or_default(),
+        cache = object.name_any()
+    );
+    async move {
+        match read_session_cache(&object) {
+            Ok(sc) => reconcile(Arc::new(sc), ctx).await,
+            Err(message) => report_unreadable(&object, &message, &ctx).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// An object that does not read as a SessionCache: `Degraded`/`UnreadableSpec` and a Warning
+/// event, each naming the field. Servers that validate a status write against the whole object
+/// (before Kubernetes 1.30's ratcheting) refuse the status then: the event still says it.
+async fn report_unreadable(object: &DynamicObject, message: &str, ctx: &Context) -> Result<Action, Error> {
+    tracing::warn!(problem = %message, "the SessionCache does not read; fix its spec");
+    ctx.metrics.reconcile_failed("unreadable_spec");
+    let previous: Option<SessionCacheStatus> = object
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    let new = status::compute(
+        object.metadata.generation,
+        previous.as_ref(),
+        Outcome::Unreadable(message),
+        Timestamp::now(),
+    );
+    if Some(&new) != previous.as_ref() {
+        if let Err(error) = status::write(&ctx.client, object, &new).await {
+            tracing::warn!(%error, "cannot report the unreadable spec in the status");
+        }
+    }
+    let note = format!("cannot read this SessionCache: {message}");
+    ctx.publish(
+        &object.object_ref(&session_cache_resource()),
+        event(EventType::Warning, status::reason::UNREADABLE, "Read", note),
+    )
+    .await;
+    Ok(Action::requeue(INVALID_SPEC_REQUEUE))
+}
+
 /// Reconciles one SessionCache.
 pub async fn reconcile(sc: Arc<SessionCache>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -148,7 +236,7 @@ pub async fn reconcile(sc: Arc<SessionCache>, ctx: Arc<Context>) -> Result<Actio
     let result = reconcile_inner(&sc, &ctx).await;
     ctx.metrics.reconcile_finished(started.elapsed());
     if result.is_ok() {
-        ctx.reset_backoff(&sc);
+        ctx.reset_backoff(sc.as_ref());
     }
     result
 }
@@ -161,6 +249,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
     }
     let generation = sc.meta().generation;
     let previous = sc.status.as_ref();
+    let regarding = sc.object_ref(&());
 
     // observe
     let secrets = observe::secrets(client, sc).await?;
@@ -169,7 +258,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
     let plan = match validate(sc).map(|plan| plan.on(ctx.platform)) {
         Ok(plan) => plan,
         Err(invalid) => {
-            tracing::warn!(cache = %sc.name_any(), %invalid, "invalid spec");
+            tracing::warn!(%invalid, "invalid spec");
             ctx.metrics.reconcile_failed("invalid_spec");
             let new = status::compute(generation, previous, Outcome::Invalid(&invalid), Timestamp::now());
             if Some(&new) != previous {
@@ -177,7 +266,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
             }
             let note = format!("{invalid}");
             ctx.publish(
-                sc,
+                &regarding,
                 event(EventType::Warning, status::reason::INVALID_SPEC, "Validate", note),
             )
             .await;
@@ -192,30 +281,8 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
         .ok_or_else(|| Error::MissingUid(sc.name_any()))?;
     let objects = build::all(&plan, &owner, &secrets.observed, &mut build::secrets::random_secret);
 
-    // apply
-    if let Err(failed) = apply::apply_all(client, &objects).await {
-        let message = failed.to_string();
-        let new = status::compute(
-            generation,
-            previous,
-            Outcome::ApplyFailed {
-                plan: &plan,
-                message: &message,
-            },
-            Timestamp::now(),
-        );
-        if Some(&new) != previous {
-            if let Err(error) = status::write(client, sc, &new).await {
-                tracing::warn!(%error, "cannot report the apply failure in the status");
-            }
-        }
-        ctx.publish(
-            sc,
-            event(EventType::Warning, status::reason::APPLY_FAILED, "Apply", message),
-        )
-        .await;
-        return Err(Error::Apply(failed));
-    }
+    // apply every object, then delete what is no longer planned
+    let failures = apply::apply_all(client, &objects, &ctx.served).await;
     let uid = owner.uid.clone();
     let deleted = apply::cleanup(
         client,
@@ -225,6 +292,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
             uid: &uid,
         },
         &objects,
+        &ctx.served,
     )
     .await
     .map_err(Error::Cleanup)?;
@@ -238,6 +306,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
             plan: &plan,
             readiness: &readiness,
             missing_secrets: &secrets.missing,
+            failures: &failures,
         },
         Timestamp::now(),
     );
@@ -253,7 +322,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
             .collect::<Vec<_>>()
             .join(", ");
         ctx.publish(
-            sc,
+            &regarding,
             event(
                 EventType::Normal,
                 "Pruned",
@@ -268,7 +337,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
     if is_available && !was_available {
         let endpoint = new.endpoints.as_ref().and_then(|e| e.shim.clone()).unwrap_or_default();
         ctx.publish(
-            sc,
+            &regarding,
             event(
                 EventType::Normal,
                 "Available",
@@ -279,7 +348,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
         .await;
     } else if was_available && !is_available {
         ctx.publish(
-            sc,
+            &regarding,
             event(
                 EventType::Warning,
                 "Unavailable",
@@ -289,21 +358,17 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
         )
         .await;
     }
-    if !secrets.missing.is_empty()
-        && status::reason_of(previous, status::DEGRADED) != Some(status::reason::SECRET_MISSING)
-    {
+    if let Some((reason, message)) = status::newly_degraded(previous, &new) {
         ctx.publish(
-            sc,
-            event(
-                EventType::Warning,
-                status::reason::SECRET_MISSING,
-                "Observe",
-                status::missing_secrets_message(&secrets.missing),
-            ),
+            &regarding,
+            event(EventType::Warning, reason, "Reconcile", message.to_string()),
         )
         .await;
     }
 
+    if failures.iter().any(Failure::is_refusal) {
+        return Err(Error::Apply(apply::Error::Refused(failures)));
+    }
     Ok(Action::requeue(if secrets.missing.is_empty() {
         RESYNC
     } else {
@@ -312,12 +377,12 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
 }
 
 /// After a failed reconcile: count the failure and retry with per-object exponential backoff.
-pub fn error_policy(sc: Arc<SessionCache>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_reason());
-    let delay = ctx.next_backoff(&sc);
+    let delay = ctx.next_backoff(object.as_ref());
     tracing::warn!(
-        cache = %sc.name_any(),
-        namespace = sc.namespace().unwrap_or_default(),
+        cache = %object.name_any(),
+        namespace = object.namespace().unwrap_or_default(),
         %error,
         retry_in = ?delay,
         "reconcile failed"
@@ -338,9 +403,15 @@ pub async fn run(
     reporter: Reporter,
     health: Arc<http::Health>,
     platform: Platform,
-) {
-    let caches: Api<SessionCache> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
+) -> Result<(), discovery::Error> {
+    let served = discovery::served_kinds(&client).await?;
+    for missing in served.missing() {
+        tracing::warn!("{missing}: such objects are not made, and every SessionCache reports it in Degraded");
+    }
+    let resource = session_cache_resource();
+    let caches: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let writer = Writer::new(resource.clone());
+    let reader = writer.as_reader();
     let ready = health.clone();
     // The primary stream passes an object only when its generation changed: status writes
     // (ours included) and metadata-only changes do not trigger a reconcile. The store (`reader`)
@@ -359,28 +430,39 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics, reporter).on(platform));
-    Controller::for_stream(primary, reader)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
-        .owns(Api::<StatefulSet>::all(client.clone()), owned_config())
-        .owns(Api::<Deployment>::all(client.clone()), owned_config())
-        .owns(Api::<Service>::all(client.clone()), owned_config())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned_config())
-        // Secrets are not watched: that would need list and watch on every Secret in the
-        // cluster. A deleted generated Secret is made again at the next periodic reconcile.
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned_config())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_config())
+    let mut controller = Controller::for_stream_with(primary, reader, resource)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
+    // Secrets are not watched: that would need list and watch on every Secret in the cluster. A
+    // deleted generated Secret is made again at the next periodic reconcile.
+    for kind in Kind::ALL
+        .into_iter()
+        .filter(|k| *k != Kind::Secret && served.serves(*k))
+    {
+        let owned = kind.api_resource();
+        controller = controller.owns_with(
+            Api::<DynamicObject>::all_with(client.clone(), &owned),
+            owned,
+            owned_config(),
+        );
+    }
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics, reporter)
+            .on(platform)
+            .serving(served),
+    );
+    controller
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_object, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => tracing::warn!(%error, "reconcile failed"),
+                Err(error) => tracing::debug!(%error, "reconcile failed"),
             }
         })
         .await;
     health.controller_ready.store(false, Ordering::SeqCst);
     tracing::info!("controller stopped");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -391,7 +473,6 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::apply::Kind;
     use crate::build::{Emitted, Observed};
     use crate::fixtures::*;
     use crate::validate::Plan;
@@ -420,6 +501,7 @@ mod tests {
             metrics: ctx.metrics.clone(),
             failures: Mutex::new(ctx.failures.lock().unwrap().clone()),
             platform: ctx.platform,
+            served: ctx.served.clone(),
         });
         drop(ctx);
         let recorded = server.finish().await;
@@ -542,6 +624,7 @@ mod tests {
                     },
                 },
                 missing_secrets: &[],
+                failures: &[],
             },
             Timestamp::from_second(1_750_000_000).unwrap(),
         ));
@@ -691,31 +774,122 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn apply_failure_is_degraded_and_backs_off() {
+    async fn a_refused_object_does_not_stop_the_others() {
         let sc = session_cache("  {}", 1);
-        let (_, objects) = expected(&sc, &[]);
+        let (plan, objects) = expected(&sc, &[]);
+        let refused = objects
+            .iter()
+            .position(|o| matches!(o, Emitted::StatefulSet(_)))
+            .unwrap();
         let mut steps = secret_reads(&sc, &[]);
-        let first = &objects[0];
-        steps.push(Step::apply(apply::object_path(first)).reply(Reply::Status(403, "Forbidden")));
+        for (i, step) in applies(&objects).into_iter().enumerate() {
+            steps.push(if i == refused {
+                Step::apply(apply::object_path(&objects[i])).reply(Reply::Status(403, "Forbidden"))
+            } else {
+                step
+            });
+        }
+        steps.extend(cleanup_lists(&plan, BTreeMap::new()));
+        steps.extend(workload_reads(&plan, Some(0)));
         steps.push(status_patch(&sc, |body| {
             let degraded = condition(body, status::DEGRADED);
             assert_eq!(degraded["status"], "True");
             assert_eq!(degraded["reason"], "ApplyFailed");
+            let message = degraded["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("cannot apply StatefulSet cache-redis: ")
+                    && message.ends_with("(HTTP 403 Forbidden)"),
+                "{message}"
+            );
+            assert!(!message.contains("Status {"), "no Debug dump: {message}");
+            // What was observed is still reported.
+            assert_eq!(body["status"]["shim"]["summary"], "0/2");
         }));
         steps.push(event_post(&sc, |body| {
             assert_eq!(body["type"], "Warning");
             assert_eq!(body["reason"], "ApplyFailed");
         }));
 
-        let (result, _, ctx) = reconcile_with(&sc, steps).await;
+        let (result, recorded, ctx) = reconcile_with(&sc, steps).await;
+        let applied = recorded
+            .iter()
+            .filter(|r| r.method == Method::PATCH && !r.path.ends_with("/status"))
+            .count();
+        assert_eq!(applied, objects.len(), "every object was sent");
         let error = result.unwrap_err();
         assert_eq!(error.metric_reason(), "apply");
         let sc = Arc::new(sc);
         let delays: Vec<Action> = (0..3).map(|_| error_policy(sc.clone(), &error, ctx.clone())).collect();
         assert_eq!(delays, [5, 10, 20].map(|s| Action::requeue(Duration::from_secs(s))));
         assert_eq!(ctx.metrics.failures("apply"), 3);
-        ctx.reset_backoff(&sc);
+        ctx.reset_backoff(sc.as_ref());
         assert_eq!(error_policy(sc, &error, ctx.clone()), Action::requeue(BACKOFF_START));
+    }
+
+    #[tokio::test]
+    async fn a_kind_the_cluster_does_not_serve_is_reported_not_sent() {
+        let sc = session_cache("  {}", 1);
+        let (plan, objects) = expected(&sc, &[]);
+        let served = ServedKinds::from_kinds(Kind::ALL.into_iter().filter(|k| *k != Kind::PodDisruptionBudget));
+        let sent: Vec<Emitted> = objects
+            .iter()
+            .filter(|o| !matches!(o, Emitted::PodDisruptionBudget(_)))
+            .cloned()
+            .collect();
+        assert!(sent.len() < objects.len(), "the plan has PodDisruptionBudgets");
+        let mut steps = secret_reads(&sc, &[]);
+        steps.extend(applies(&sent));
+        let pruned: Vec<Step> = cleanup_lists(&plan, BTreeMap::new())
+            .into_iter()
+            .filter(|s| !s.describe().contains("poddisruptionbudgets"))
+            .collect();
+        steps.extend(pruned);
+        steps.extend(workload_reads(&plan, Some(0)));
+        steps.push(status_patch(&sc, |body| {
+            let degraded = condition(body, status::DEGRADED);
+            assert_eq!(degraded["reason"], "KindNotServed");
+            assert_eq!(
+                degraded["message"],
+                "this cluster does not serve policy/v1 PodDisruptionBudget; Kubernetes 1.21 or newer is needed"
+            );
+        }));
+        steps.push(event_post(&sc, |body| assert_eq!(body["reason"], "KindNotServed")));
+
+        let (client, server) = mock_client();
+        let server = server.run(steps);
+        let ctx = Arc::new(Context::new(client, Arc::new(Metrics::new()), reporter()).serving(served));
+        let result = reconcile(Arc::new(sc), ctx.clone()).await;
+        drop(ctx);
+        server.finish().await;
+        assert_eq!(
+            result.unwrap(),
+            Action::requeue(RESYNC),
+            "not an error: retrying cannot help"
+        );
+    }
+
+    #[test]
+    fn an_object_that_does_not_read_names_the_field() {
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "redsess.io/v1alpha1",
+            "kind": "SessionCache",
+            "metadata": {"name": "broken", "namespace": "isam", "uid": "u1", "generation": 1},
+            "spec": {"redis": {"replicas": "three"}}
+        }))
+        .unwrap();
+        let message = read_session_cache(&object).unwrap_err();
+        assert!(
+            message.starts_with("spec.redis.replicas: invalid type: string \"three\""),
+            "{message}"
+        );
+        let fine: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "redsess.io/v1alpha1",
+            "kind": "SessionCache",
+            "metadata": {"name": "fine", "namespace": "isam", "uid": "u2", "generation": 1},
+            "spec": {}
+        }))
+        .unwrap();
+        assert_eq!(read_session_cache(&fine).unwrap().name_any(), "fine");
     }
 
     #[test]

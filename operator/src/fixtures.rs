@@ -109,7 +109,7 @@ impl Step {
         self
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
 }

@@ -213,7 +213,10 @@ impl LeaderElector {
                         tracing::info!(%holder, "another replica leads; standing by");
                     }
                 }
-                Err(error) => tracing::warn!(%error, "leader election: cannot read or write the Lease"),
+                Err(error) => tracing::warn!(
+                    error = crate::api_error::one_line(&error),
+                    "leader election: cannot read or write the Lease"
+                ),
             }
             tokio::time::sleep(RETRY_INTERVAL).await;
         }
@@ -231,7 +234,10 @@ impl LeaderElector {
                     return LeadershipLost(format!("the Lease is now held by {holder}"));
                 }
                 Ok(Ok(Role::Standby(_))) => tracing::warn!("leader election: lost a race renewing the Lease"),
-                Ok(Err(error)) => tracing::warn!(%error, "leader election: cannot renew the Lease"),
+                Ok(Err(error)) => tracing::warn!(
+                    error = crate::api_error::one_line(&error),
+                    "leader election: cannot renew the Lease"
+                ),
                 Err(_) => tracing::warn!("leader election: renewing the Lease timed out"),
             }
             let since = self.last_renewed.map(|t| t.elapsed()).unwrap_or(Duration::MAX);
@@ -258,7 +264,7 @@ impl LeaderElector {
         }
         match self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!("released the Lease"),
-            Err(error) => tracing::warn!(%error, "cannot release the Lease"),
+            Err(error) => tracing::warn!(error = crate::api_error::one_line(&error), "cannot release the Lease"),
         }
     }
 }

@@ -4,10 +4,12 @@
 //! A reconcile is a pipeline: observe → validate → build (pure, one module per emitted kind)
 //! → apply (server-side apply, one field manager) → status.
 
+pub mod api_error;
 pub mod apply;
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod discovery;
 pub mod http;
 pub mod leader;
 pub mod metrics;

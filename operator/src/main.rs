@@ -90,8 +90,10 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    // Colours only for a person at a terminal, not in a pod's log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
@@ -157,8 +159,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         tokio::select! {
-            _ = controller::run(client, metrics, reporter, health, platform) => {
+            result = controller::run(client, metrics, reporter, health, platform) => {
                 elector.release().await;
+                result?;
             }
             lost = elector.hold() => {
                 // Another replica may lead now: stop reconciling at once; Kubernetes restarts
@@ -168,7 +171,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     } else {
-        controller::run(client, metrics, reporter, health, platform).await;
+        controller::run(client, metrics, reporter, health, platform).await?;
     }
     server.abort();
     Ok(())

@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 
+use crate::api_error::one_line;
 use crate::build::Observed;
 use crate::crd::SessionCache;
 use crate::names;
@@ -16,14 +17,14 @@ use crate::validate::Plan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read Secret {namespace}/{name}: {source}")]
+    #[error("cannot read Secret {namespace}/{name}: {}", one_line(.source))]
     Secret {
         namespace: String,
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error("cannot read {kind} {namespace}/{name}: {source}")]
+    #[error("cannot read {kind} {namespace}/{name}: {}", one_line(.source))]
     Workload {
         kind: &'static str,
         namespace: String,

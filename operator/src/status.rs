@@ -8,7 +8,12 @@
 //! - `Progressing`: a rollout is under way (a workload's controller has not yet seen its new
 //!   generation, or pods of the current template are missing or not ready);
 //! - `Degraded`: the operator cannot do what the spec asks: `InvalidSpec` (the message names the
-//!   field), `ApplyFailed`, `SecretMissing` (a Secret the spec names does not exist).
+//!   field), `UnreadableSpec` (the object does not read as a SessionCache: the field and why),
+//!   `ApplyFailed` (each refused object: kind, name, the server's reason), `KindNotServed` (the
+//!   cluster lacks an API version the cache needs), `SecretMissing` (a Secret the spec names
+//!   does not exist). The message is one line.
+//!
+//! Ready counts and endpoints are what was observed, whatever `Degraded` says.
 //!
 //! A condition's `lastTransitionTime` moves only when its status changes.
 
@@ -16,9 +21,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
+use crate::api_error::one_line;
+use crate::apply::Failure;
 use crate::build;
 use crate::crd::{Endpoints, ReadyCount, SessionCache, SessionCacheStatus};
 use crate::names;
@@ -38,12 +45,14 @@ pub mod reason {
     pub const RECONCILED: &str = "Reconciled";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const NOT_SERVED: &str = "KindNotServed";
+    pub const UNREADABLE: &str = "UnreadableSpec";
     pub const SECRET_MISSING: &str = "SecretMissing";
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot write the status of SessionCache {namespace}/{name}: {source}")]
+    #[error("cannot write the status of SessionCache {namespace}/{name}: {}", one_line(.source))]
     Patch {
         namespace: String,
         name: String,
@@ -57,14 +66,17 @@ pub enum Error {
 pub enum Outcome<'a> {
     /// The spec failed validation: nothing was applied.
     Invalid(&'a ValidationError),
-    /// Applying the plan failed.
-    ApplyFailed { plan: &'a Plan, message: &'a str },
-    /// The plan was applied and the workloads observed.
+    /// The object does not read as a SessionCache (the message names the field): nothing was
+    /// applied.
+    Unreadable(&'a str),
+    /// The plan was applied, as far as the server took it, and the workloads observed.
     Applied {
         plan: &'a Plan,
         readiness: &'a Readiness,
         /// Secrets the spec names that do not exist.
         missing_secrets: &'a [SecretRef],
+        /// What the server did not take.
+        failures: &'a [Failure],
     },
 }
 
@@ -151,6 +163,20 @@ pub fn reason_of<'a>(status: Option<&'a SessionCacheStatus>, type_: &str) -> Opt
         .map(|c| c.reason.as_str())
 }
 
+/// The reason and message of `new`'s `Degraded` condition when it became true or its message
+/// changed since `previous`: what deserves a Warning event (once, not at every retry).
+pub fn newly_degraded<'a>(
+    previous: Option<&SessionCacheStatus>,
+    new: &'a SessionCacheStatus,
+) -> Option<(&'a str, &'a str)> {
+    let now = find(&new.conditions, DEGRADED).filter(|c| c.status == "True")?;
+    let before = previous.and_then(|p| find(&p.conditions, DEGRADED));
+    match before {
+        Some(b) if b.status == "True" && b.message == now.message => None,
+        _ => Some((now.reason.as_str(), now.message.as_str())),
+    }
+}
+
 /// `spec.shim.security.tlsSecret: Secret tls does not exist; …`
 pub fn missing_secrets_message(missing: &[SecretRef]) -> String {
     missing
@@ -158,6 +184,23 @@ pub fn missing_secrets_message(missing: &[SecretRef]) -> String {
         .map(|s| format!("{}: Secret {} does not exist", s.field, s.name))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The conditions when nothing was applied because the spec is unusable (`why`, `message`).
+fn not_applied(
+    prev: &[Condition],
+    why: &str,
+    lead: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let kept = format!("{lead}: {message}; the previous configuration stays in place");
+    vec![
+        kept_or(prev, AVAILABLE, why, &kept, generation, now),
+        condition(prev, PROGRESSING, false, why, kept.clone(), generation, now),
+        condition(prev, DEGRADED, true, why, message.to_string(), generation, now),
+    ]
 }
 
 /// The status after a reconcile of the object at `generation`.
@@ -175,58 +218,23 @@ pub fn compute(
     };
     match outcome {
         Outcome::Invalid(error) => {
-            let message = format!("invalid spec: {error}; the previous configuration stays in place");
-            status.conditions = vec![
-                kept_or(prev, AVAILABLE, reason::INVALID_SPEC, &message, generation, now),
-                condition(
-                    prev,
-                    PROGRESSING,
-                    false,
-                    reason::INVALID_SPEC,
-                    message.clone(),
-                    generation,
-                    now,
-                ),
-                condition(
-                    prev,
-                    DEGRADED,
-                    true,
-                    reason::INVALID_SPEC,
-                    error.to_string(),
-                    generation,
-                    now,
-                ),
-            ];
+            status.conditions = not_applied(
+                prev,
+                reason::INVALID_SPEC,
+                "invalid spec",
+                &error.to_string(),
+                generation,
+                now,
+            );
         }
-        Outcome::ApplyFailed { plan, message } => {
-            status.conditions = vec![
-                kept_or(prev, AVAILABLE, reason::APPLY_FAILED, message, generation, now),
-                condition(
-                    prev,
-                    PROGRESSING,
-                    false,
-                    reason::APPLY_FAILED,
-                    format!("{message}; retrying"),
-                    generation,
-                    now,
-                ),
-                condition(
-                    prev,
-                    DEGRADED,
-                    true,
-                    reason::APPLY_FAILED,
-                    message.to_string(),
-                    generation,
-                    now,
-                ),
-            ];
-            status.endpoints = Some(endpoints(plan));
-            status.client_config_hashes = client_config_hashes(plan);
+        Outcome::Unreadable(message) => {
+            status.conditions = not_applied(prev, reason::UNREADABLE, "unreadable spec", message, generation, now);
         }
         Outcome::Applied {
             plan,
             readiness,
             missing_secrets,
+            failures,
         } => {
             let available = if readiness.all_ready() {
                 condition(
@@ -271,7 +279,11 @@ pub fn compute(
                     now,
                 )
             };
-            let degraded = if missing_secrets.is_empty() {
+            let mut problems: Vec<String> = failures.iter().map(Failure::to_string).collect();
+            if !missing_secrets.is_empty() {
+                problems.push(missing_secrets_message(missing_secrets));
+            }
+            let degraded = if problems.is_empty() {
                 condition(
                     prev,
                     DEGRADED,
@@ -282,8 +294,14 @@ pub fn compute(
                     now,
                 )
             } else {
-                let message = missing_secrets_message(missing_secrets);
-                condition(prev, DEGRADED, true, reason::SECRET_MISSING, message, generation, now)
+                let why = if failures.iter().any(Failure::is_refusal) {
+                    reason::APPLY_FAILED
+                } else if !failures.is_empty() {
+                    reason::NOT_SERVED
+                } else {
+                    reason::SECRET_MISSING
+                };
+                condition(prev, DEGRADED, true, why, problems.join("; "), generation, now)
             };
             status.conditions = vec![available, progressing, degraded];
             status.redis = Some(ReadyCount::new(readiness.redis.ready, readiness.redis.desired));
@@ -305,11 +323,15 @@ pub fn patch_body(status: &SessionCacheStatus) -> serde_json::Value {
     })
 }
 
-/// Writes the status (server-side apply, the operator's field manager, forced).
-pub async fn write(client: &Client, sc: &SessionCache, status: &SessionCacheStatus) -> Result<(), Error> {
-    let namespace = sc.namespace().unwrap_or_else(|| client.default_namespace().to_string());
-    let name = sc.name_any();
-    let api: Api<SessionCache> = Api::namespaced(client.clone(), &namespace);
+/// Writes the status (server-side apply, the operator's field manager, forced). Through the
+/// dynamic API, so that an object which does not read as a SessionCache can be reported on too.
+pub async fn write(client: &Client, object: &impl ResourceExt, status: &SessionCacheStatus) -> Result<(), Error> {
+    let namespace = object
+        .namespace()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let name = object.name_any();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &ApiResource::erase::<SessionCache>(&()));
     api.patch_status(
         &name,
         &PatchParams::apply(names::FIELD_MANAGER).force(),
@@ -372,6 +394,7 @@ mod tests {
                 plan,
                 readiness: r,
                 missing_secrets: &[],
+                failures: &[],
             },
             now,
         )
@@ -459,19 +482,57 @@ mod tests {
     }
 
     #[test]
-    fn apply_failure_and_missing_secrets_are_degraded() {
+    fn refused_objects_are_degraded_and_counts_still_observed() {
         let plan = validate(&cache("  {}")).unwrap();
+        let failures = [
+            Failure::NotServed(crate::apply::Kind::PodDisruptionBudget),
+            Failure::Refused {
+                kind: crate::apply::Kind::StatefulSet,
+                name: "cache-redis".into(),
+                reason: "forbidden (HTTP 403 Forbidden)".into(),
+            },
+        ];
         let s = compute(
             Some(3),
             None,
-            Outcome::ApplyFailed {
+            Outcome::Applied {
                 plan: &plan,
-                message: "cannot apply StatefulSet isam/cache-redis: forbidden",
+                readiness: &readiness(1, 1),
+                missing_secrets: &[],
+                failures: &failures,
             },
             at(0),
         );
         assert_eq!(cond(&s, DEGRADED).reason, reason::APPLY_FAILED);
         assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert_eq!(
+            cond(&s, DEGRADED).message,
+            "this cluster does not serve policy/v1 PodDisruptionBudget; Kubernetes 1.21 or newer is needed; \
+             cannot apply StatefulSet cache-redis: forbidden (HTTP 403 Forbidden)"
+        );
+        // The printer columns show what was observed, Degraded or not.
+        assert_eq!(s.redis, Some(ReadyCount::new(1, 1)));
+        assert_eq!(s.shim, Some(ReadyCount::new(1, 2)));
+        assert!(s.endpoints.is_some());
+
+        let only_not_served = compute(
+            Some(3),
+            Some(&s),
+            Outcome::Applied {
+                plan: &plan,
+                readiness: &readiness(1, 1),
+                missing_secrets: &[],
+                failures: &failures[..1],
+            },
+            at(5),
+        );
+        assert_eq!(cond(&only_not_served, DEGRADED).reason, reason::NOT_SERVED);
+        assert_eq!(
+            cond(&only_not_served, DEGRADED).last_transition_time,
+            Time(at(0)),
+            "still Degraded: no transition"
+        );
+
         let recovered = applied(&plan, &readiness(1, 2), Some(&s), at(5));
         assert_eq!(cond(&recovered, DEGRADED).status, "False");
         assert_eq!(cond(&recovered, DEGRADED).last_transition_time, Time(at(5)));
@@ -488,6 +549,7 @@ mod tests {
                 plan: &plan,
                 readiness: &readiness(1, 0),
                 missing_secrets: &missing,
+                failures: &[],
             },
             at(0),
         );
@@ -496,6 +558,20 @@ mod tests {
             cond(&s, DEGRADED).message,
             "spec.shim.security.tlsSecret: Secret tls does not exist"
         );
+    }
+
+    #[test]
+    fn an_unreadable_object_is_degraded_naming_the_field() {
+        let s = compute(
+            Some(2),
+            None,
+            Outcome::Unreadable("spec.redis.replicas: invalid type: string \"three\", expected i32"),
+            at(0),
+        );
+        assert_eq!(cond(&s, DEGRADED).reason, reason::UNREADABLE);
+        assert!(cond(&s, DEGRADED).message.starts_with("spec.redis.replicas: "));
+        assert_eq!(cond(&s, AVAILABLE).status, "False");
+        assert!(s.conditions.iter().all(|c| !c.message.contains('\n')));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod k8s;
+
 pub use redsess_shim::client::{ClientOptions, DscClient, Reply};
 pub use redsess_shim::dsc::{DataItem, ResultCode};
 
@@ -129,22 +131,46 @@ fn redis_command(port: u16, command: &str) -> Option<String> {
 /// The `redsess-shim` binary, built once per test process by the same cargo.
 pub fn shim_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "redsess-shim", "--bin", "redsess-shim"])
-                .status()
-                .expect("cannot run cargo build");
-            assert!(status.success(), "building redsess-shim failed");
-            // target/debug/deps/<test> → target/debug/redsess-shim
-            let exe = std::env::current_exe().expect("current test executable");
-            let dir = exe.parent().and_then(Path::parent).expect("target directory");
-            let bin = dir.join("redsess-shim");
-            assert!(bin.exists(), "{} was not built", bin.display());
-            bin
-        })
-        .clone()
+    BUILT.get_or_init(|| build_binary("redsess-shim")).clone()
+}
+
+/// The `redsess-operator` binary, built once per test process by the same cargo.
+pub fn operator_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_binary("redsess-operator")).clone()
+}
+
+/// Builds the binary of the package of the same name; its path in the target directory.
+fn build_binary(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", name, "--bin", name])
+        .status()
+        .expect("cannot run cargo build");
+    assert!(status.success(), "building {name} failed");
+    // target/debug/deps/<test> → target/debug/<name>
+    let exe = std::env::current_exe().expect("current test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
+}
+
+/// Collects what a child process writes to its standard error, as it comes.
+pub fn capture_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    stderr
 }
 
 /// A running `redsess-shim` process.
@@ -176,20 +202,7 @@ impl Shim {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("cannot start redsess-shim: {e}"))?;
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        {
-            let sink = stderr.clone();
-            let mut pipe = child.stderr.take().expect("stderr");
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        let stderr = capture_stderr(&mut child);
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {

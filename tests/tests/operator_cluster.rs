@@ -315,6 +315,7 @@ async fn the_operator_against_a_real_api_server() {
     assert_eq!(columns["Redis"], "0/1", "{columns:?}");
     assert_eq!(columns["Shim"], "0/2", "{columns:?}");
     assert_eq!(columns["Available"], "False", "{columns:?}");
+    let degraded_since = condition(&status, "Degraded")["lastTransitionTime"].clone();
     let kind_events: Vec<String> = events_about(&admin, "sessions-dev")
         .await
         .into_iter()
@@ -358,6 +359,12 @@ async fn the_operator_against_a_real_api_server() {
     let hashes = status["clientConfigHashes"].as_object().unwrap();
     assert_eq!(hashes.keys().collect::<Vec<_>>(), ["api", "www"]);
     assert_eq!(printer_columns(&admin, "sessions-dev").await["Sentinel"], "0/3");
+    assert_eq!(
+        condition(&status, "Degraded")["lastTransitionTime"],
+        degraded_since,
+        "still Degraded for the same reason: no transition"
+    );
+    assert_eq!(condition(&status, "Degraded")["observedGeneration"], 2);
 
     // 4. Sentinel off and a client removed: their objects are pruned.
     let shrunk = sample("minimal.yaml", |v| {
@@ -419,6 +426,14 @@ async fn the_operator_against_a_real_api_server() {
         }
     })
     .await;
+    assert!(
+        operator
+            .logs()
+            .lines()
+            .any(|l| l.contains(r#"reconcile{namespace="isam" cache="broken"}"#) && l.contains("spec.redis.replicas")),
+        "the reconcile's log lines name the cache:\n{}",
+        operator.logs()
+    );
     let edge = apply_cache(&admin, &sample("webseal-and-iag.yaml", |_| {})).await;
     let status = status_at(&admin, "sessions-edge", 1).await;
     let mut expected = rendered(&edge);
@@ -436,6 +451,16 @@ async fn the_operator_against_a_real_api_server() {
         settled(&admin, "sessions-dev").await,
         settled(&admin, "sessions-edge").await,
     ];
+    let logs = operator.logs();
+    let pdb_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("PodDisruptionBudget") || l.contains("poddisruptionbudgets"))
+        .collect();
+    assert_eq!(
+        pdb_lines.len(),
+        1,
+        "the missing kind is logged once, and not watched: {pdb_lines:#?}"
+    );
     operator.stop();
     let restarted = start_operator(&kubeconfig, "redsess-operator-b").await;
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -277,6 +277,12 @@ pub struct ClientSpec {
     /// Replica set the proxy's sessions belong to (default: the first of `shim.replicaSets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_set: Option<String>,
+    /// Native clients (`WebSEALRedis`, `IAG`): the proxy pods in this namespace that the Redis
+    /// NetworkPolicy admits, by labels they already carry (IBM's operators fix their pods'
+    /// labels), e.g. `{matchLabels: {app: iag}}`. Pods labelled `redsess.io/client: <cache>`
+    /// are admitted either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

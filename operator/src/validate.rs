@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use crate::crd::{ClientKind, PersistenceMode, SessionCache, ShimMode};
@@ -134,6 +135,8 @@ pub struct ClientPlan {
     pub name: String,
     pub kind: ClientKind,
     pub replica_set: String,
+    /// Native clients: the pods the Redis NetworkPolicy admits besides labelled ones.
+    pub pod_selector: Option<LabelSelector>,
 }
 
 /// Parses `500ms`, `5s`, `3m`, `12h`, `1d` (and bare seconds).
@@ -320,10 +323,17 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
                 format!("{replica_set} is not one of spec.shim.replicaSets"),
             ));
         }
+        if c.pod_selector.is_some() && c.kind == ClientKind::WebSealDsc {
+            return Err(invalid(
+                format!("spec.clients[{i}].podSelector"),
+                "only native clients (WebSEALRedis, IAG) reach Redis; a WebSEALDSC client talks to the shim",
+            ));
+        }
         clients.push(ClientPlan {
             name: c.name.clone(),
             kind: c.kind,
             replica_set,
+            pod_selector: c.pod_selector.clone(),
         });
     }
 

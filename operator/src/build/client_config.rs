@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::network_policy::CLIENT_LABEL;
 use super::secrets::BASIC_AUTH_USER;
+use super::webseal_conf::WebSealConf;
 use super::{metadata, shim, Emitted};
 use crate::crd::ClientKind;
 use crate::names;
@@ -26,6 +27,8 @@ pub const FRAGMENT_HASH_ANNOTATION: &str = "redsess.io/fragment-sha256";
 pub const WEBSEAL_DSC_KEY: &str = "webseald-dsess.conf";
 pub const WEBSEAL_REDIS_KEY: &str = "webseald-redis.conf";
 pub const IAG_KEY: &str = "iag-redis.yaml";
+/// Beside a WebSEAL fragment: the same entries for IBM's `ibmvia_autoconf`.
+pub const AUTOCONF_KEY: &str = "ibmvia-autoconf.yaml";
 
 /// `[dsess-cluster]` tuning written for WebSEAL (PROTOCOL.md's values).
 const RESPONSE_BY: u32 = 60;
@@ -47,7 +50,7 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
     plan.clients
         .iter()
         .map(|client| {
-            let (key, content) = fragment(plan, client);
+            let (_, content) = fragment(plan, client);
             let mut meta = metadata(
                 plan,
                 names::client_config(&plan.name, &client.name),
@@ -60,20 +63,40 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
             )]));
             Emitted::ConfigMap(ConfigMap {
                 metadata: meta,
-                data: Some(BTreeMap::from([(key, content)])),
+                data: Some(data(plan, client)),
                 ..ConfigMap::default()
             })
         })
         .collect()
 }
 
+/// The data key of a client's fragment.
+pub fn fragment_key(kind: ClientKind) -> &'static str {
+    match kind {
+        ClientKind::WebSealDsc => WEBSEAL_DSC_KEY,
+        ClientKind::WebSealRedis => WEBSEAL_REDIS_KEY,
+        ClientKind::Iag => IAG_KEY,
+    }
+}
+
 /// The client's data key and fragment.
 pub fn fragment(plan: &Plan, client: &ClientPlan) -> (String, String) {
-    match client.kind {
-        ClientKind::WebSealDsc => (WEBSEAL_DSC_KEY.into(), webseal_dsc(plan, client)),
-        ClientKind::WebSealRedis => (WEBSEAL_REDIS_KEY.into(), webseal_redis(plan, client)),
-        ClientKind::Iag => (IAG_KEY.into(), iag(plan, client)),
+    let content = match webseal_conf(plan, client) {
+        Some(conf) => conf.stanza_text(&webseal_header(plan, client)),
+        None => iag(plan, client),
+    };
+    (fragment_key(client.kind).into(), content)
+}
+
+/// Every data key of a client's ConfigMap: the fragment, and for WebSEAL the same entries as
+/// `ibmvia_autoconf` YAML.
+pub fn data(plan: &Plan, client: &ClientPlan) -> BTreeMap<String, String> {
+    let (key, content) = fragment(plan, client);
+    let mut data = BTreeMap::from([(key, content)]);
+    if let Some(conf) = webseal_conf(plan, client) {
+        data.insert(AUTOCONF_KEY.into(), webseal_autoconf(plan, client, &conf));
     }
+    data
 }
 
 /// Hex SHA-256 of a fragment.
@@ -161,129 +184,212 @@ fn header(out: &mut String, plan: &Plan, client: &ClientPlan, kind: &str, target
 }
 
 /// Native clients talk to Redis directly; the NetworkPolicy admits only labelled pods.
-fn native_access(out: &mut String, plan: &Plan) {
+fn native_access(out: &mut String, plan: &Plan, client: &ClientPlan) {
     let _ = writeln!(
         out,
-        "# Network: the proxy pods must run in namespace {} with the label {CLIENT_LABEL}={}; the",
+        "# Network: the proxy pods must run in namespace {}, with the label {CLIENT_LABEL}={}",
         plan.namespace, plan.name
     );
-    out.push_str("# NetworkPolicy admits no other pods to Redis.\n");
-}
-
-fn secret_comment(entry: &str, secret: &str, key: &str) -> String {
-    format!("# {entry}: from Secret {secret}, key {key} (never written here)")
+    match &client.pod_selector {
+        Some(selector) => {
+            let _ = writeln!(
+                out,
+                "# or matching spec.clients[{}].podSelector ({}); the NetworkPolicy admits no other pods to Redis.",
+                client.name,
+                serde_json::to_string(selector).expect("a label selector serializes")
+            );
+        }
+        None => out.push_str(
+            "# (or set spec.clients[].podSelector to their own labels); the NetworkPolicy admits no other pods to Redis.\n",
+        ),
+    }
 }
 
 /// WebSEAL speaking the DSC protocol to the shim Service.
-fn webseal_dsc(plan: &Plan, client: &ClientPlan) -> String {
+fn webseal_dsc_conf(plan: &Plan, client: &ClientPlan) -> WebSealConf {
     let shim = &plan.shim;
-    let mut out = String::new();
-    header(&mut out, plan, client, "WebSEALDSC", "webseald-<instance>.conf");
-    out.push_str("\n[session]\n");
-    out.push_str("dsess-enabled = yes\n");
-    let _ = writeln!(out, "standard-junction-replica-set = {}", client.replica_set);
-    out.push_str("\n[replica-sets]\n");
+    let mut c = WebSealConf::default();
+    c.set("session", "dsess-enabled", "yes");
+    c.set_noted(
+        "session",
+        "dsess-auto-update",
+        "no",
+        &["WebSEAL in a container would otherwise rewrite the server list from the appliance's DSC configuration."],
+    );
+    c.set("session", "standard-junction-replica-set", client.replica_set.clone());
     for set in &shim.replica_sets {
-        let _ = writeln!(out, "replica-set = {set}");
+        c.set("replica-sets", "replica-set", set.clone());
     }
-    out.push_str("\n[dsess]\n");
-    out.push_str("dsess-cluster-name = dsess\n");
-    out.push_str("\n[dsess-cluster]\n");
+    c.set("dsess", "dsess-cluster-name", "dsess");
     // No replica count here: scaling the shim must not change the hash and roll the proxies.
-    out.push_str("# Every shim pod is behind this one Service (active-active): one server line.\n");
-    let _ = writeln!(out, "server = 9,{}", shim::dsc_url(plan));
-    let _ = writeln!(out, "response-by = {RESPONSE_BY}");
-    let _ = writeln!(out, "handle-pool-size = {HANDLE_POOL_SIZE}");
-    let _ = writeln!(out, "timeout = {DSC_TIMEOUT}");
-    out.push_str("load-balance = yes\n");
+    c.set_noted(
+        "dsess-cluster",
+        "server",
+        format!("9,{}", shim::dsc_url(plan)),
+        &["Every shim pod is behind this one Service (active-active): one server line."],
+    );
+    c.set("dsess-cluster", "response-by", RESPONSE_BY.to_string());
+    c.set("dsess-cluster", "handle-pool-size", HANDLE_POOL_SIZE.to_string());
+    c.set("dsess-cluster", "timeout", DSC_TIMEOUT.to_string());
+    c.set("dsess-cluster", "load-balance", "yes");
     if shim.generate_basic_auth {
-        let _ = writeln!(
-            out,
-            "# The user and password are in Secret {}, generated by the operator.",
-            shim.basic_auth_secret
+        c.set_noted(
+            "dsess-cluster",
+            "basic-auth-user",
+            BASIC_AUTH_USER,
+            &[&format!(
+                "The user and password are in Secret {}, generated by the operator.",
+                shim.basic_auth_secret
+            )],
         );
-        let _ = writeln!(out, "basic-auth-user = {BASIC_AUTH_USER}");
     } else {
-        out.push_str(&secret_comment("basic-auth-user", &shim.basic_auth_secret, "username"));
-        out.push('\n');
+        c.set_secret("dsess-cluster", "basic-auth-user", &shim.basic_auth_secret, "username");
     }
-    out.push_str(&secret_comment(
+    c.set_secret(
+        "dsess-cluster",
         "basic-auth-passwd",
         &shim.basic_auth_secret,
         "password",
-    ));
-    out.push('\n');
+    );
     match &shim.tls_secret {
         Some(tls) => {
-            let _ = writeln!(
-                out,
-                "# The shim serves HTTPS with the certificate in Secret {tls} (key tls.crt)."
+            c.note(
+                "dsess-cluster",
+                format!("The shim serves HTTPS with the certificate in Secret {tls} (key tls.crt)."),
             );
-            let _ = writeln!(
-                out,
-                "# ssl-keyfile: a key database (with its ssl-keyfile-stash) that trusts the issuer of that certificate"
+            c.note(
+                "dsess-cluster",
+                "ssl-keyfile: a key database (with its ssl-keyfile-stash) that trusts the issuer of that certificate",
             );
-            out.push_str("# ssl-valid-server-dn: the subject DN of that certificate, to accept no other server\n");
+            c.note(
+                "dsess-cluster",
+                "ssl-valid-server-dn: the subject DN of that certificate, to accept no other server",
+            );
             if let Some(ca) = &shim.client_ca_secret {
-                let _ = writeln!(
-                    out,
-                    "# ssl-keyfile-label: a client certificate in that key database signed by the CA in Secret {ca} (key ca.crt); the shim refuses connections without one"
+                c.note(
+                    "dsess-cluster",
+                    format!("ssl-keyfile-label: a client certificate in that key database signed by the CA in Secret {ca} (key ca.crt); the shim refuses connections without one"),
                 );
             }
         }
         None => {
-            out.push_str("# Plain HTTP: the Basic-auth password and the sessions cross the network unencrypted;\n");
-            out.push_str("# set spec.shim.security.tlsSecret to serve HTTPS.\n");
+            c.note(
+                "dsess-cluster",
+                "Plain HTTP: the Basic-auth password and the sessions cross the network unencrypted;",
+            );
+            c.note("dsess-cluster", "set spec.shim.security.tlsSecret to serve HTTPS.");
+        }
+    }
+    c
+}
+
+/// WebSEAL 10.0.1+ using this Redis natively.
+fn webseal_redis_conf(plan: &Plan, client: &ClientPlan) -> WebSealConf {
+    let collection = &plan.name;
+    let endpoints = redis_endpoints(plan);
+    let mut c = WebSealConf::default();
+    c.set("session", "dsess-enabled", "yes");
+    c.set("session", "dsess-server-type", "redis");
+    c.set("session", "standard-junction-replica-set", client.replica_set.clone());
+    // WebSEAL refuses to start on a junction replica set that [replica-sets] does not list.
+    c.set("replica-sets", "replica-set", client.replica_set.clone());
+    c.set("redis", "key-prefix", webseal_key_prefix(plan));
+    c.set("redis", "default-collection-name", collection.clone());
+    c.set(
+        "redis",
+        "client-list-cache-lifetime",
+        CLIENT_LIST_CACHE_LIFETIME.to_string(),
+    );
+    let collection_stanza = format!("redis-collection:{collection}");
+    let mut first = true;
+    for e in &endpoints {
+        let notes: &[&str] = if plan.sentinel.is_some() && first {
+            &[
+                "Redis is replicated and Sentinel promotes a replica when the primary fails. WebSEAL",
+                "does not ask Sentinel: it is given every Redis pod by its stable DNS name and finds the",
+                "writable primary among them itself (ROLE), so a failover needs no change here. The",
+                "client Service is not listed because it may route to a read-only replica.",
+            ]
+        } else {
+            &[]
+        };
+        first = false;
+        c.set_noted(&collection_stanza, "server", e.name.clone(), notes);
+    }
+    for (key, value) in [
+        ("max-pooled-connections", MAX_POOLED_CONNECTIONS),
+        ("idle-timeout", IDLE_TIMEOUT),
+        ("connect-timeout", CONNECT_TIMEOUT),
+        ("io-timeout", IO_TIMEOUT),
+        ("health-check-interval", HEALTH_CHECK_INTERVAL),
+    ] {
+        c.set(&collection_stanza, key, value.to_string());
+    }
+    for e in &endpoints {
+        let stanza = format!("redis-server:{}", e.name);
+        c.set(&stanza, "server", e.host.clone());
+        c.set(&stanza, "port", e.port.to_string());
+        c.set(&stanza, "username", names::REDIS_USER);
+        c.set_secret(&stanza, "password", &plan.redis.password_secret, "password");
+    }
+    c
+}
+
+/// The WebSEAL entries of a WebSEAL client.
+pub fn webseal_conf(plan: &Plan, client: &ClientPlan) -> Option<WebSealConf> {
+    match client.kind {
+        ClientKind::WebSealDsc => Some(webseal_dsc_conf(plan, client)),
+        ClientKind::WebSealRedis => Some(webseal_redis_conf(plan, client)),
+        ClientKind::Iag => None,
+    }
+}
+
+fn webseal_header(plan: &Plan, client: &ClientPlan) -> String {
+    let mut out = String::new();
+    match client.kind {
+        ClientKind::WebSealDsc => header(&mut out, plan, client, "WebSEALDSC", "webseald-<instance>.conf"),
+        _ => {
+            header(
+                &mut out,
+                plan,
+                client,
+                "WebSEALRedis",
+                "webseald-<instance>.conf (WebSEAL 10.0.1 or later)",
+            );
+            native_access(&mut out, plan, client);
         }
     }
     out
 }
 
-/// WebSEAL 10.0.1+ using this Redis natively.
-fn webseal_redis(plan: &Plan, client: &ClientPlan) -> String {
-    let collection = &plan.name;
-    let endpoints = redis_endpoints(plan);
-    let mut out = String::new();
-    header(
-        &mut out,
-        plan,
-        client,
-        "WebSEALRedis",
-        "webseald-<instance>.conf (WebSEAL 10.0.1 or later)",
+/// The same entries as IBM's `ibmvia_autoconf` YAML (`webseal.reverse_proxy[].stanza_configuration`).
+fn webseal_autoconf(plan: &Plan, client: &ClientPlan, conf: &WebSealConf) -> String {
+    let mut head = String::new();
+    let _ = writeln!(
+        head,
+        "# Generated by redsess-operator from SessionCache {}/{}, client {}: the entries of {}",
+        plan.namespace,
+        plan.name,
+        client.name,
+        fragment_key(client.kind)
     );
-    native_access(&mut out, plan);
-    out.push_str("\n[session]\n");
-    out.push_str("dsess-enabled = yes\n");
-    out.push_str("dsess-server-type = redis\n");
-    let _ = writeln!(out, "standard-junction-replica-set = {}", client.replica_set);
-    out.push_str("\n[redis]\n");
-    let _ = writeln!(out, "key-prefix = {}", webseal_key_prefix(plan));
-    let _ = writeln!(out, "default-collection-name = {collection}");
-    let _ = writeln!(out, "client-list-cache-lifetime = {CLIENT_LIST_CACHE_LIFETIME}");
-    let _ = writeln!(out, "\n[redis-collection:{collection}]");
-    if plan.sentinel.is_some() {
-        out.push_str("# Redis is replicated and Sentinel promotes a replica when the primary fails. WebSEAL\n");
-        out.push_str("# does not ask Sentinel: it is given every Redis pod by its stable DNS name and finds the\n");
-        out.push_str("# writable primary among them itself (ROLE), so a failover needs no change here. The\n");
-        out.push_str("# client Service is not listed because it may route to a read-only replica.\n");
-    }
-    for e in &endpoints {
-        let _ = writeln!(out, "server = {}", e.name);
-    }
-    let _ = writeln!(out, "max-pooled-connections = {MAX_POOLED_CONNECTIONS}");
-    let _ = writeln!(out, "idle-timeout = {IDLE_TIMEOUT}");
-    let _ = writeln!(out, "connect-timeout = {CONNECT_TIMEOUT}");
-    let _ = writeln!(out, "io-timeout = {IO_TIMEOUT}");
-    let _ = writeln!(out, "health-check-interval = {HEALTH_CHECK_INTERVAL}");
-    for e in &endpoints {
-        let _ = writeln!(out, "\n[redis-server:{}]", e.name);
-        let _ = writeln!(out, "server = {}", e.host);
-        let _ = writeln!(out, "port = {}", e.port);
-        let _ = writeln!(out, "username = {}", names::REDIS_USER);
-        out.push_str(&secret_comment("password", &plan.redis.password_secret, "password"));
-        out.push('\n');
-    }
-    out
+    head.push_str(
+        "# for IBM's ibmvia_autoconf, which sets them through the management REST API and publishes
+",
+    );
+    head.push_str(
+        "# the configuration snapshot that Verify Access containers read. Merge this reverse_proxy
+",
+    );
+    head.push_str(
+        "# entry into yours (name: your WebSEAL instance; IBM's containers call it \"default\").
+",
+    );
+    head.push_str(
+        "# !secret values are read by ibmvia_autoconf from the Kubernetes Secrets they name.
+",
+    );
+    conf.autoconf_yaml(&head, "default", &plan.namespace)
 }
 
 fn map(entries: Vec<(&str, Value)>) -> Value {
@@ -374,7 +480,7 @@ fn iag(plan: &Plan, client: &ClientPlan) -> String {
         "IAG",
         "the IBM Application Gateway configuration",
     );
-    native_access(&mut out, plan);
+    native_access(&mut out, plan, client);
     let _ = writeln!(
         out,
         "# password: a reference to Secret {} (key password); IAG resolves secret:<name>/<key> from its own",
@@ -527,6 +633,55 @@ mod tests {
         assert!(!s.comments.iter().any(|c| c.starts_with("Plain HTTP")));
     }
 
+    /// The ibmvia_autoconf YAML carries exactly the entries of the stanza fragment.
+    #[test]
+    fn autoconf_yaml_has_the_fragments_entries_and_names_secrets() {
+        for (spec, secret) in [
+            (
+                "  clients: [{name: web, kind: WebSEALDSC}]",
+                "isam/cache-shim-auth:password",
+            ),
+            (
+                "  clients: [{name: web, kind: WebSEALRedis}]",
+                "isam/cache-redis-auth:password",
+            ),
+        ] {
+            let p = plan(spec);
+            let c = client(&p, "web");
+            let data = data(&p, c);
+            let yaml = &data[AUTOCONF_KEY];
+            assert!(yaml.contains(&format!("value: !secret {secret}")), "{yaml}");
+            let parsed: Value = serde_yaml::from_str(yaml).unwrap();
+            let proxy = &parsed["webseal"]["reverse_proxy"][0];
+            assert_eq!(proxy["name"], "default");
+            let mut from_yaml: Vec<(String, String, String)> = Vec::new();
+            for e in proxy["stanza_configuration"].as_sequence().unwrap() {
+                let op = e["operation"].as_str().unwrap();
+                assert!(["add", "update", "delete"].contains(&op), "{op}");
+                // Secrets are tagged (`!secret …`): the stanza text names them in comments.
+                if let Some(Value::String(value)) = e.get("value") {
+                    from_yaml.push((
+                        e["stanza"].as_str().unwrap().into(),
+                        e["entry_id"].as_str().unwrap().into(),
+                        value.into(),
+                    ));
+                }
+            }
+            let (_, text) = fragment(&p, c);
+            let from_text: Vec<(String, String, String)> = Stanzas::parse(&text).entries;
+            assert_eq!(from_yaml, from_text, "{spec}");
+        }
+    }
+
+    #[test]
+    fn webseal_dsc_keeps_its_server_list() {
+        let p = plan("  clients: [{name: web, kind: WebSEALDSC}]");
+        let (_, content) = fragment(&p, client(&p, "web"));
+        let s = Stanzas::parse(&content);
+        // Without it WebSEAL in a container rewrites [dsess-cluster] from the appliance's DSC.
+        assert_eq!(s.one("session", "dsess-auto-update"), "no");
+    }
+
     #[test]
     fn webseal_redis_standalone_uses_the_client_service() {
         let p = plan("  clients: [{name: web, kind: WebSEALRedis}]");
@@ -535,11 +690,19 @@ mod tests {
         let s = Stanzas::parse(&content);
         assert_eq!(
             s.stanzas(),
-            ["session", "redis", "redis-collection:cache", "redis-server:cache-redis"]
+            [
+                "session",
+                "replica-sets",
+                "redis",
+                "redis-collection:cache",
+                "redis-server:cache-redis"
+            ]
         );
         assert_eq!(s.one("session", "dsess-enabled"), "yes");
         assert_eq!(s.one("session", "dsess-server-type"), "redis");
         assert_eq!(s.one("session", "standard-junction-replica-set"), "default");
+        // WebSEAL refuses a junction replica set that [replica-sets] does not list.
+        assert_eq!(s.all("replica-sets", "replica-set"), ["default"]);
         assert_eq!(s.one("redis", "key-prefix"), "webseal-cache:");
         assert_eq!(s.one("redis", "default-collection-name"), "cache");
         assert_eq!(s.one("redis", "client-list-cache-lifetime"), "10");
@@ -700,7 +863,11 @@ mod tests {
                 Some(names::labels("cache", names::component::CLIENT_CONFIG))
             );
             let data = cm.data.as_ref().unwrap();
-            assert_eq!(data.keys().collect::<Vec<_>>(), [key]);
+            if client.kind == ClientKind::Iag {
+                assert_eq!(data.keys().collect::<Vec<_>>(), [key]);
+            } else {
+                assert_eq!(data.keys().collect::<Vec<_>>(), [AUTOCONF_KEY, key]);
+            }
             let (_, content) = fragment(&p, client);
             assert_eq!(data[key], content);
             assert_eq!(

@@ -59,11 +59,17 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Emitted {
         ]),
         ports: redis_port(),
     };
+    // Labelled pods, and the pods each native client's podSelector names (IBM's operators
+    // fix their pods' labels, so the label cannot be the only way in).
+    let mut clients = vec![pods(BTreeMap::from([(CLIENT_LABEL.to_string(), plan.name.clone())]))];
+    clients.extend(plan.clients.iter().filter_map(|c| {
+        c.pod_selector.clone().map(|selector| NetworkPolicyPeer {
+            pod_selector: Some(selector),
+            ..NetworkPolicyPeer::default()
+        })
+    }));
     let native_clients = NetworkPolicyIngressRule {
-        from: Some(vec![pods(BTreeMap::from([(
-            CLIENT_LABEL.to_string(),
-            plan.name.clone(),
-        )]))]),
+        from: Some(clients),
         ports: redis_port(),
     };
 
@@ -136,5 +142,55 @@ spec:
         )
         .unwrap();
         assert_eq!(policy.to_json(), expected);
+    }
+}
+
+#[cfg(test)]
+mod client_selectors {
+    use super::*;
+    use crate::build::redis::tests::{owner, plan};
+    use crate::validate::validate;
+
+    /// IBM's operators fix their pods' labels: a native client names the labels its pods
+    /// already carry, and those pods are admitted beside labelled ones.
+    #[test]
+    fn a_native_clients_pod_selector_is_admitted_to_redis() {
+        let p = plan(
+            "  clients:\n  - {name: gw, kind: IAG, podSelector: {matchLabels: {app: iag-edge}}}\n  \
+             - {name: web, kind: WebSEALRedis, podSelector: {matchLabels: {app: isamwebseal, kind: webseal}}}",
+        );
+        let Emitted::NetworkPolicy(policy) = build(&p, &owner()) else {
+            unreachable!()
+        };
+        let clients = policy.spec.unwrap().ingress.unwrap()[1].from.clone().unwrap();
+        let selectors: Vec<BTreeMap<String, String>> = clients
+            .iter()
+            .map(|peer| peer.pod_selector.clone().unwrap().match_labels.unwrap())
+            .collect();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(
+            selectors,
+            [
+                labels(&[(CLIENT_LABEL, "cache")]),
+                labels(&[("app", "iag-edge")]),
+                labels(&[("app", "isamwebseal"), ("kind", "webseal")]),
+            ]
+        );
+        assert!(
+            clients.iter().all(|peer| peer.namespace_selector.is_none()),
+            "own namespace only"
+        );
+    }
+
+    #[test]
+    fn a_dsc_client_has_no_pod_selector() {
+        let error = validate(&crate::fixtures::session_cache(
+            "  clients: [{name: web, kind: WebSEALDSC, podSelector: {matchLabels: {app: x}}}]",
+            1,
+        ))
+        .unwrap_err();
+        assert_eq!(error.field, "spec.clients[0].podSelector");
     }
 }

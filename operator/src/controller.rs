@@ -616,12 +616,12 @@ mod tests {
                         current: true,
                     },
                     sentinel: None,
-                    shim: observe::WorkloadState {
+                    shim: Some(observe::WorkloadState {
                         desired: 2,
                         ready: 2,
                         updated: 2,
                         current: true,
-                    },
+                    }),
                 },
                 missing_secrets: &[],
                 failures: &[],
@@ -725,7 +725,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_spec_is_reported_not_applied() {
-        let sc = session_cache("  shim: {mode: Sidecar}", 4);
+        let sc = session_cache("  shim: {mode: Sidecar, sidecar: {port: 8443}}", 4);
         let mut steps = secret_reads(&sc, &[]);
         steps.push(status_patch(&sc, |body| {
             assert_eq!(body["status"]["observedGeneration"], 4);
@@ -733,7 +733,10 @@ mod tests {
             assert_eq!(degraded["status"], "True");
             assert_eq!(degraded["reason"], "InvalidSpec");
             assert!(
-                degraded["message"].as_str().unwrap().starts_with("spec.shim.mode: "),
+                degraded["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("spec.shim.sidecar.port: "),
                 "{degraded:#}"
             );
             assert_eq!(condition(body, status::AVAILABLE)["status"], "False");
@@ -741,7 +744,10 @@ mod tests {
         steps.push(event_post(&sc, |body| {
             assert_eq!(body["type"], "Warning");
             assert_eq!(body["reason"], "InvalidSpec");
-            assert!(body["note"].as_str().unwrap().contains("spec.shim.mode"), "{body:#}");
+            assert!(
+                body["note"].as_str().unwrap().contains("spec.shim.sidecar.port"),
+                "{body:#}"
+            );
         }));
 
         let (result, recorded, ctx) = reconcile_with(&sc, steps).await;

@@ -176,10 +176,14 @@ impl Default for SentinelSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShimSpec {
-    /// `Deployment` runs the shim as its own pods behind a Service. `Sidecar` (the shim beside
-    /// each reverse-proxy pod) is reserved and not yet available.
+    /// `Deployment` runs the shim as its own pods behind a Service. `Sidecar` injects it into
+    /// each selected reverse-proxy pod of this namespace, listening on 127.0.0.1 (the operator's
+    /// admission webhook does it, in namespaces labelled `redsess.io/injection=enabled`).
     #[serde(default)]
     pub mode: ShimMode,
+    /// Sidecar mode: which pods get the shim, and where it listens.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
     #[serde(default = "default_shim_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
@@ -205,6 +209,7 @@ impl Default for ShimSpec {
     fn default() -> Self {
         Self {
             mode: ShimMode::default(),
+            sidecar: SidecarSpec::default(),
             replicas: default_shim_replicas(),
             image: default_shim_image(),
             resources: None,
@@ -214,6 +219,33 @@ impl Default for ShimSpec {
             security: ListenerSecurity::default(),
         }
     }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// The reverse-proxy pods of this namespace that get the shim, by the labels they already
+    /// carry (IBM's operators fix them: e.g. `{matchLabels: {app: isamwebseal}}`). Pods with the
+    /// annotation `redsess.io/inject: <this cache>` get it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// The shim's port on 127.0.0.1 in the proxy pod; one that WebSEAL and IAG do not use.
+    #[serde(default = "default_sidecar_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for SidecarSpec {
+    fn default() -> Self {
+        Self {
+            pod_selector: None,
+            port: default_sidecar_port(),
+        }
+    }
+}
+
+fn default_sidecar_port() -> i32 {
+    18443
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -404,6 +404,9 @@ pub fn workload_reads(plan: &Plan, ready: Option<i32>) -> Vec<Step> {
     if let Some(s) = &plan.sentinel {
         steps.push(sts(names::sentinel(&plan.name), s.replicas));
     }
+    if plan.shim.sidecar.is_some() {
+        return steps;
+    }
     let shim = names::shim(&plan.name);
     steps.push(
         Step::new(

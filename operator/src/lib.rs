@@ -4,6 +4,7 @@
 //! A reconcile is a pipeline: observe → validate → build (pure, one module per emitted kind)
 //! → apply (server-side apply, one field manager) → status.
 
+pub mod admission;
 pub mod api_error;
 pub mod apply;
 pub mod build;

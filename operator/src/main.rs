@@ -30,6 +30,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Platform::Kubernetes)]
         platform: Platform,
     },
+    /// Print a Pod as the admission webhook would store it (Sidecar mode), offline.
+    Inject {
+        /// A Pod YAML file.
+        pod: PathBuf,
+        /// The SessionCache YAML file of the pod's namespace.
+        cache: PathBuf,
+        /// The Kubernetes version of the server: 1.29 and later get a native sidecar.
+        #[arg(long, default_value = "1.30")]
+        kubernetes_version: String,
+        #[arg(long, value_enum, default_value_t = Platform::Kubernetes)]
+        platform: Platform,
+    },
     /// Run the operator in a cluster (in-cluster config or KUBECONFIG).
     Run(RunArgs),
 }
@@ -188,6 +200,25 @@ fn main() -> anyhow::Result<()> {
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
             };
             print!("{}", redsess_operator::render::render(&yaml, platform)?);
+        }
+        Command::Inject {
+            pod,
+            cache,
+            kubernetes_version,
+            platform,
+        } => {
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+            };
+            let (major, minor) = kubernetes_version
+                .split_once('.')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .with_context(|| {
+                    format!("--kubernetes-version {kubernetes_version}: expected MAJOR.MINOR, e.g. 1.30")
+                })?;
+            let placement = redsess_operator::build::sidecar::Placement::for_server(major, minor);
+            let (pod, _) = redsess_operator::render::inject(&read(&pod)?, &read(&cache)?, placement, platform)?;
+            print!("{pod}");
         }
         Command::Run(args) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")?

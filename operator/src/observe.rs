@@ -199,7 +199,8 @@ pub struct Readiness {
     pub redis: WorkloadState,
     /// Present when the plan has Sentinel.
     pub sentinel: Option<WorkloadState>,
-    pub shim: WorkloadState,
+    /// Absent in Sidecar mode: the shim runs in the proxies' pods.
+    pub shim: Option<WorkloadState>,
 }
 
 impl Readiness {
@@ -207,7 +208,7 @@ impl Readiness {
         [
             Some((names::component::REDIS, &self.redis)),
             self.sentinel.as_ref().map(|s| (names::component::SENTINEL, s)),
-            Some((names::component::SHIM, &self.shim)),
+            self.shim.as_ref().map(|s| (names::component::SHIM, s)),
         ]
         .into_iter()
         .flatten()
@@ -271,15 +272,21 @@ pub async fn workloads(client: &Client, plan: &Plan) -> Result<Readiness, Error>
         }
         None => None,
     };
-    let shim_name = names::shim(&plan.name);
-    let shim = deployments
-        .get_opt(&shim_name)
-        .await
-        .map_err(workload_error("Deployment", &shim_name))?;
+    let shim = match plan.shim.sidecar {
+        Some(_) => None,
+        None => {
+            let name = names::shim(&plan.name);
+            let deployment = deployments
+                .get_opt(&name)
+                .await
+                .map_err(workload_error("Deployment", &name))?;
+            Some(WorkloadState::from_deployment(deployment.as_ref(), plan.shim.replicas))
+        }
+    };
     Ok(Readiness {
         redis: WorkloadState::from_statefulset(redis.as_ref(), plan.redis.replicas),
         sentinel,
-        shim: WorkloadState::from_deployment(shim.as_ref(), plan.shim.replicas),
+        shim,
     })
 }
 
@@ -327,7 +334,7 @@ mod tests {
         let readiness = Readiness {
             redis: w,
             sentinel: None,
-            shim: missing,
+            shim: Some(missing),
         };
         assert_eq!(readiness.not_ready_summary(), "shim 0/2");
         assert_eq!(readiness.rolling_out(), ["redis", "shim"]);

@@ -4,6 +4,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::admission::{self, Decision};
+use crate::build::sidecar::Placement;
 use crate::build::{self, Emitted, Observed};
 use crate::crd::SessionCache;
 use crate::validate::{validate, Platform, ValidationError};
@@ -14,6 +18,10 @@ pub enum RenderError {
     Parse(#[from] serde_yaml::Error),
     #[error("invalid SessionCache: {0}")]
     Invalid(#[from] ValidationError),
+    #[error("not a Pod: {0}")]
+    Pod(serde_yaml::Error),
+    #[error("cannot apply the patch to the pod: {0}")]
+    Patch(String),
 }
 
 /// The owner reference the cluster would give; offline there is no UID yet.
@@ -52,4 +60,34 @@ pub fn render(yaml: &str, platform: Platform) -> Result<String, RenderError> {
         out.push_str(&serde_yaml::to_string(&object.to_json()).expect("JSON values serialize"));
     }
     Ok(out)
+}
+
+/// `redsess-operator inject POD CACHE`: the pod as the admission webhook would store it, for a
+/// server of `placement`'s kind, offline; and whether the shim was added.
+pub fn inject(
+    pod_yaml: &str,
+    cache_yaml: &str,
+    placement: Placement,
+    platform: Platform,
+) -> Result<(String, bool), RenderError> {
+    let pod: Pod = serde_yaml::from_str(pod_yaml).map_err(RenderError::Pod)?;
+    let sc: SessionCache = serde_yaml::from_str(cache_yaml)?;
+    validate(&sc)?;
+    let mut value = serde_json::to_value(&pod).expect("a pod serializes");
+    let injected = match admission::decide(&pod, &[sc], placement, platform) {
+        Decision::Inject { patch, .. } => {
+            let patch: json_patch::Patch = serde_json::from_value(patch).expect("our patch is a JSON Patch");
+            json_patch::patch(&mut value, &patch).map_err(|e| RenderError::Patch(e.to_string()))?;
+            true
+        }
+        Decision::Unchanged { warnings } => {
+            for warning in warnings {
+                eprintln!("{warning}");
+            }
+            false
+        }
+    };
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "Pod".into();
+    Ok((serde_yaml::to_string(&value).expect("JSON values serialize"), injected))
 }

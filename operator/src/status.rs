@@ -306,7 +306,7 @@ pub fn compute(
             status.conditions = vec![available, progressing, degraded];
             status.redis = Some(ReadyCount::new(readiness.redis.ready, readiness.redis.desired));
             status.sentinel = readiness.sentinel.as_ref().map(|s| ReadyCount::new(s.ready, s.desired));
-            status.shim = Some(ReadyCount::new(readiness.shim.ready, readiness.shim.desired));
+            status.shim = readiness.shim.as_ref().map(|s| ReadyCount::new(s.ready, s.desired));
             status.endpoints = Some(endpoints(plan));
             status.client_config_hashes = client_config_hashes(plan);
         }
@@ -373,7 +373,7 @@ mod tests {
         Readiness {
             redis: state(1, redis_ready),
             sentinel: None,
-            shim: state(2, shim_ready),
+            shim: Some(state(2, shim_ready)),
         }
     }
 
@@ -455,7 +455,7 @@ mod tests {
     fn invalid_spec_is_degraded_and_names_the_field() {
         let plan = validate(&cache("  {}")).unwrap();
         let good = applied(&plan, &readiness(1, 2), None, at(0));
-        let error = validate(&cache("  shim: {mode: Sidecar}")).unwrap_err();
+        let error = validate(&cache("  shim: {mode: Sidecar, sidecar: {port: 8443}}")).unwrap_err();
         let s = compute(Some(4), Some(&good), Outcome::Invalid(&error), at(50));
         assert_eq!(s.observed_generation, Some(4));
         let degraded = cond(&s, DEGRADED);
@@ -463,7 +463,11 @@ mod tests {
             (degraded.status.as_str(), degraded.reason.as_str()),
             ("True", "InvalidSpec")
         );
-        assert!(degraded.message.starts_with("spec.shim.mode: "), "{}", degraded.message);
+        assert!(
+            degraded.message.starts_with("spec.shim.sidecar.port: "),
+            "{}",
+            degraded.message
+        );
         assert_eq!(degraded.last_transition_time, Time(at(50)));
         // What runs keeps running: Available as before, with its time; counts kept.
         assert_eq!(cond(&s, AVAILABLE), cond(&good, AVAILABLE));
@@ -474,7 +478,7 @@ mod tests {
 
     #[test]
     fn invalid_spec_without_history_is_not_available() {
-        let error = validate(&cache("  shim: {mode: Sidecar}")).unwrap_err();
+        let error = validate(&cache("  shim: {mode: Sidecar, sidecar: {port: 8443}}")).unwrap_err();
         let s = compute(Some(1), None, Outcome::Invalid(&error), at(0));
         assert_eq!(cond(&s, AVAILABLE).status, "False");
         assert_eq!(cond(&s, AVAILABLE).reason, reason::INVALID_SPEC);
@@ -580,7 +584,7 @@ mod tests {
         let r = Readiness {
             redis: state(3, 3),
             sentinel: Some(state(3, 2)),
-            shim: state(2, 2),
+            shim: Some(state(2, 2)),
         };
         let s = applied(&plan, &r, None, at(0));
         assert_eq!(

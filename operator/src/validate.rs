@@ -112,8 +112,21 @@ pub struct SentinelPlan {
     pub resources: Option<ResourceRequirements>,
 }
 
+/// Ports WebSEAL and IAG containers listen on (HTTP, HTTPS, the management and DSC ports).
+const PROXY_PORTS: [i32; 8] = [8080, 8443, 9080, 9443, 9090, 2020, 2021, 8445];
+
+/// The shim injected into reverse-proxy pods instead of a Deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarPlan {
+    /// On 127.0.0.1.
+    pub port: i32,
+    pub pod_selector: Option<LabelSelector>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShimPlan {
+    /// Sidecar mode; `None`: a Deployment of `replicas` pods.
+    pub sidecar: Option<SidecarPlan>,
     pub replicas: i32,
     pub image: String,
     pub resources: Option<ResourceRequirements>,
@@ -267,12 +280,34 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
     };
 
     let shim = &spec.shim;
-    if shim.mode == ShimMode::Sidecar {
-        return Err(invalid(
-            "spec.shim.mode",
-            "Sidecar is reserved and not yet available; use Deployment",
-        ));
-    }
+    let sidecar = match shim.mode {
+        ShimMode::Deployment => None,
+        ShimMode::Sidecar => {
+            let port = shim.sidecar.port;
+            if !(1024..=65535).contains(&port) {
+                return Err(invalid(
+                    "spec.shim.sidecar.port",
+                    "must be between 1024 and 65535 (the shim runs without privileges)",
+                ));
+            }
+            if PROXY_PORTS.contains(&port) {
+                return Err(invalid(
+                    "spec.shim.sidecar.port",
+                    format!("{port} is a port of WebSEAL or IAG containers; pick another (default 18443)"),
+                ));
+            }
+            if shim.security.tls_secret.is_some() {
+                return Err(invalid(
+                    "spec.shim.security.tlsSecret",
+                    "the sidecar listens on 127.0.0.1 and its traffic never leaves the pod; TLS is for mode Deployment",
+                ));
+            }
+            Some(SidecarPlan {
+                port,
+                pod_selector: shim.sidecar.pod_selector.clone(),
+            })
+        }
+    };
     if !(1..=100).contains(&shim.replicas) {
         return Err(invalid("spec.shim.replicas", "must be between 1 and 100"));
     }
@@ -357,6 +392,7 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
         },
         sentinel,
         shim: ShimPlan {
+            sidecar,
             replicas: shim.replicas,
             image: shim.image.clone(),
             resources: shim.resources.clone(),
@@ -421,7 +457,26 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(error("  shim: {mode: Sidecar}").field, "spec.shim.mode");
+        assert_eq!(
+            error("  shim: {mode: Sidecar, sidecar: {port: 8443}}").field,
+            "spec.shim.sidecar.port"
+        );
+        assert_eq!(
+            error("  shim: {mode: Sidecar, security: {tlsSecret: tls}}").field,
+            "spec.shim.security.tlsSecret"
+        );
+        let sidecar = validate(&cache(
+            "  shim: {mode: Sidecar, sidecar: {podSelector: {matchLabels: {app: isamwebseal}}}}",
+        ))
+        .unwrap()
+        .shim
+        .sidecar
+        .unwrap();
+        assert_eq!(sidecar.port, 18443);
+        assert_eq!(
+            sidecar.pod_selector.unwrap().match_labels.unwrap()["app"],
+            "isamwebseal"
+        );
         assert_eq!(error("  redis: {persistence: None}").field, "spec.redis.persistence");
         assert_eq!(
             error("  redis: {replicas: 2}\n  sentinel: {quorum: 5}").field,

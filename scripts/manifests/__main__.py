@@ -7,7 +7,9 @@ venv and builds the operator):
             deploy/samples/invalid/*.yaml is rejected at the field its `expect-rejected-at`
             comment names;
   rendered  every object `redsess-operator render SAMPLE` prints validates against Kubernetes'
-            own schemas (kubernetes-validate, strict) for each version.
+            own schemas (kubernetes-validate, strict) for each version;
+  injected  every Pod fixture of the admission tests, as `redsess-operator inject` patches it
+            (a plain sidecar for 1.28, a native one for 1.30 and newer), validates the same way.
 
 Self-tests first make sure the validators can fail at all. Ends with `manifests: N passed, M
 failed` and exits 1 when anything failed."""
@@ -195,11 +197,42 @@ def check_rendered(report, operator, samples_dir, k8s_versions):
             report.check(f"{path} -> {describe(obj)}: valid for Kubernetes {', '.join(k8s_versions)}", problems)
 
 
+def injected_pods(operator, pods_dir, versions):
+    """(label, pod) for each Pod fixture in `pods_dir`, as `redsess-operator inject` stores it
+    for each Kubernetes version, judged against `sessioncache.yaml` beside them; an error
+    string instead of a pod when inject failed."""
+    cache = os.path.join(pods_dir, "sessioncache.yaml")
+    for path in sorted(glob.glob(os.path.join(pods_dir, "*.yaml"))):
+        if path == cache:
+            continue
+        for version in versions:
+            done = subprocess.run([operator, "inject", "--kubernetes-version", version, path, cache],
+                                  capture_output=True, text=True)
+            label = f"{path} injected for Kubernetes {version}"
+            if done.returncode != 0:
+                yield label, done.stderr.strip() or f"exit {done.returncode}"
+            else:
+                yield label, yaml.safe_load(done.stdout)
+
+
+def check_injected(report, operator, pods_dir, k8s_versions):
+    for label, pod in injected_pods(operator, pods_dir, ["1.28", "1.30"]):
+        if isinstance(pod, str):
+            report.fail(f"{label}: `redsess-operator inject` failed", [("stderr", pod)])
+            continue
+        problems = []
+        for v in k8s_versions:
+            problems += [(f"{p} (Kubernetes {v})", why) for p, why in kube.validate(pod, v)]
+        report.check(f"{label}: valid for Kubernetes {', '.join(k8s_versions)}", problems)
+
+
 def main():
     parser = argparse.ArgumentParser(prog="python -m manifests", description=__doc__.split("\n\n")[0])
     parser.add_argument("--operator", required=True, help="the redsess-operator binary")
     parser.add_argument("--crd", required=True, help="the committed CRD file")
     parser.add_argument("--samples", required=True, help="the samples directory")
+    parser.add_argument("--pods", default="operator/tests/fixtures/pods",
+                        help="the admission tests' Pod fixtures (with their sessioncache.yaml)")
     parser.add_argument("--kubernetes", default="1.30,newest",
                         help="comma-separated Kubernetes versions, `newest` for the newest "
                              "kubernetes-validate knows (default: 1.30,newest)")
@@ -215,6 +248,7 @@ def main():
     if crd is not None:
         check_samples(report, crd, args.samples)
     check_rendered(report, args.operator, args.samples, k8s_versions)
+    check_injected(report, args.operator, args.pods, k8s_versions)
     print(f"checked in {time.monotonic() - started:.1f}s")
     print(f"manifests: {report.passed} passed, {report.failed} failed")
     return 1 if report.failed else 0

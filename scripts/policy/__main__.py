@@ -330,6 +330,20 @@ def check_deploy(report, deploy_dir, samples_dir):
         check_objects(report, path, [(path, obj) for _, obj in docs], expect_pods=False)
 
 
+def check_injected(report, operator, pods_dir):
+    """Every Pod fixture of the admission tests as the webhook patches it (plain and native
+    sidecar): the injected shim must keep a compliant pod compliant."""
+    from manifests.__main__ import injected_pods
+    count = 0
+    for label, pod in injected_pods(operator, pods_dir, ["1.28", "1.30"]):
+        if isinstance(pod, str):
+            report.fail(f"{label}: `redsess-operator inject` failed", [f": {pod}"])
+            continue
+        count += check_objects(report, label, [(label, pod)], expect_pods=True)
+    if not count:
+        report.fail(f"{pods_dir}: no Pod fixtures judged")
+
+
 def main():
     parser = argparse.ArgumentParser(prog="python -m policy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--operator", required=True, help="the redsess-operator binary")
@@ -338,6 +352,7 @@ def main():
     parser.add_argument("--chart", default="charts/redsess", help="the Helm chart")
     parser.add_argument("--chart-values", default="scripts/chart/values",
                         help="further values files scripts/check-chart renders (bad-*.yaml left out)")
+    parser.add_argument("--pods", default="operator/tests/fixtures/pods", help="the admission tests' Pod fixtures")
     parser.add_argument("--setup-seconds", type=int, default=None, help="time spent before (venv, build)")
     args = parser.parse_args()
 
@@ -347,6 +362,7 @@ def main():
     check_samples(report, args.operator, args.samples)
     check_chart(report, args.chart, args.chart_values)
     check_deploy(report, args.deploy, args.samples)
+    check_injected(report, args.operator, args.pods)
     print(f"checked in {time.monotonic() - started:.1f}s"
           + (f" (check-pod-security took {args.setup_seconds + time.monotonic() - started:.0f}s in all)"
              if args.setup_seconds is not None else ""))

@@ -31,6 +31,13 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Drive a WebSEAL-like session lifecycle against a DSC endpoint and print what it saw.
     Probe(ProbeArgs),
+    /// Exit 0 when the shim at this address answers `GET /readyz` with 200: the probe of a
+    /// sidecar that listens on 127.0.0.1, which the kubelet cannot reach over HTTP.
+    Ready {
+        /// The shim's plain-HTTP listener.
+        #[arg(default_value = "127.0.0.1:8080")]
+        address: std::net::SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -60,6 +67,7 @@ fn main() -> std::process::ExitCode {
     let workers = match &cli.command {
         Some(Command::Serve(args)) => args.worker_threads,
         Some(Command::Probe(_)) => 0,
+        Some(Command::Ready { address }) => return ready(*address),
         None => cli.serve.worker_threads,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -77,6 +85,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Some(Command::Probe(args)) => run_probe(args).await,
             Some(Command::Serve(args)) => serve(*args).await,
+            Some(Command::Ready { .. }) => unreachable!("answered before the runtime starts"),
             None => serve(cli.serve).await,
         }
     });
@@ -84,6 +93,34 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("redsess-shim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `GET /readyz` on one connection, without a runtime: an exec probe runs every few seconds.
+fn ready(address: std::net::SocketAddr) -> std::process::ExitCode {
+    use std::io::Read;
+    let answer = (|| -> std::io::Result<String> {
+        let timeout = Duration::from_secs(2);
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") => std::process::ExitCode::SUCCESS,
+        Ok(a) => {
+            eprintln!("not ready: {}", a.lines().next().unwrap_or("no answer"));
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("not ready: cannot reach {address}: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@ pub mod redis;
 pub mod secrets;
 pub mod sentinel;
 pub mod shim;
+pub mod sidecar;
 pub mod webseal_conf;
 
 use std::collections::BTreeSet;

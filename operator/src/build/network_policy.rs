@@ -14,6 +14,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::build::sidecar::SIDECAR_LABEL;
 use crate::build::{metadata, Emitted};
 use crate::names::{self, component};
 use crate::validate::Plan;
@@ -41,9 +42,14 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Emitted {
         }])
     };
 
+    // In Sidecar mode the shim runs in the proxies' pods, which the webhook labels.
+    let shims = match &plan.shim.sidecar {
+        None => own(component::SHIM),
+        Some(_) => pods(BTreeMap::from([(SIDECAR_LABEL.to_string(), plan.name.clone())])),
+    };
     let components = NetworkPolicyIngressRule {
         from: Some(vec![
-            own(component::SHIM),
+            shims,
             own(component::SENTINEL),
             // Replicas connect to the primary.
             own(component::REDIS),
@@ -181,6 +187,19 @@ mod client_selectors {
         assert!(
             clients.iter().all(|peer| peer.namespace_selector.is_none()),
             "own namespace only"
+        );
+    }
+
+    #[test]
+    fn in_sidecar_mode_the_labelled_proxy_pods_reach_redis() {
+        let Emitted::NetworkPolicy(policy) = build(&plan("  shim: {mode: Sidecar}"), &owner()) else {
+            unreachable!()
+        };
+        let components = policy.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap();
+        let first = components[0].pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(
+            first,
+            BTreeMap::from([(SIDECAR_LABEL.to_string(), "cache".to_string())])
         );
     }
 

@@ -67,8 +67,12 @@ pub fn tls_enabled(plan: &Plan) -> bool {
     plan.shim.tls_secret.is_some()
 }
 
-/// WebSEAL's `[dsess-cluster] server` URL (without the priority): the shim Service.
+/// WebSEAL's `[dsess-cluster] server` URL (without the priority): the shim Service, or in
+/// Sidecar mode the shim on 127.0.0.1 of the proxy's own pod.
 pub fn dsc_url(plan: &Plan) -> String {
+    if let Some(sidecar) = &plan.shim.sidecar {
+        return format!("http://127.0.0.1:{}{DSC_PATH}", sidecar.port);
+    }
     let scheme = if tls_enabled(plan) { "https" } else { "http" };
     format!(
         "{scheme}://{}:{}{DSC_PATH}",
@@ -98,8 +102,12 @@ pub fn sentinel_address(plan: &Plan) -> Option<String> {
     })
 }
 
-/// The Deployment, the Service and (with two or more replicas) the PodDisruptionBudget.
+/// The Deployment, the Service and (with two or more replicas) the PodDisruptionBudget;
+/// nothing in Sidecar mode, where the shim runs in the proxies' pods (build::sidecar).
 pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
+    if plan.shim.sidecar.is_some() {
+        return Vec::new();
+    }
     let mut out = vec![
         Emitted::Deployment(deployment(plan, owner)),
         Emitted::Service(service(plan, owner)),
@@ -121,9 +129,13 @@ fn plain(name: &str, value: impl Into<String>) -> EnvVar {
 /// Every setting of the shim, as `REDSESS_*` variables. Secrets appear only as file paths or
 /// Secret references.
 pub fn env(plan: &Plan) -> Vec<EnvVar> {
+    let listen = match &plan.shim.sidecar {
+        Some(sidecar) => format!("127.0.0.1:{}", sidecar.port),
+        None => format!("0.0.0.0:{}", names::SHIM_PORT),
+    };
     let shim = &plan.shim;
     let mut env = vec![
-        plain("REDSESS_LISTEN", format!("0.0.0.0:{}", names::SHIM_PORT)),
+        plain("REDSESS_LISTEN", listen),
         plain("REDSESS_REALM", shim.realm.clone()),
         plain("REDSESS_REPLICA_SETS", shim.replica_sets.join(",")),
         plain("REDSESS_MAX_LIFETIME", shim.max_lifetime.clone()),
@@ -163,7 +175,7 @@ pub fn env(plan: &Plan) -> Vec<EnvVar> {
     env
 }
 
-fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
+pub(crate) fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
@@ -184,7 +196,7 @@ fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
     }
 }
 
-fn mount(name: &str, path: &str) -> VolumeMount {
+pub(crate) fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -254,7 +266,7 @@ fn probes(plan: &Plan) -> (Probe, Probe) {
 }
 
 /// The plan's resources, or 50m/64Mi requested and 256Mi memory limit.
-fn resources(plan: &Plan) -> ResourceRequirements {
+pub(crate) fn resources(plan: &Plan) -> ResourceRequirements {
     plan.shim.resources.clone().unwrap_or_else(|| ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity("50m".into())),

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod api_error;
 pub mod apply;
 pub mod build;
+pub mod certificates;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
@@ -19,6 +20,7 @@ pub mod observe;
 pub mod render;
 pub mod status;
 pub mod validate;
+pub mod webhook;
 
 #[cfg(test)]
 mod fixtures;

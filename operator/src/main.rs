@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use kube::runtime::events::Reporter;
 use redsess_operator::validate::Platform;
-use redsess_operator::{controller, http, leader, metrics::Metrics, names};
+use redsess_operator::{controller, http, leader, metrics::Metrics, names, webhook};
 
 /// Kubernetes operator for SessionCache resources: Redis, Sentinel, redsess-shim, and the
 /// configuration WebSEAL and IBM Application Gateway need.
@@ -64,6 +64,17 @@ struct RunArgs {
     /// `auto` asks the API server whether it serves OpenShift's security API.
     #[arg(long, env = "REDSESS_PLATFORM", value_enum, default_value_t = PlatformChoice::Auto)]
     platform: PlatformChoice,
+    /// Serve the admission webhook of Sidecar mode here (HTTPS), in every replica.
+    #[arg(long, env = "REDSESS_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// The webhook's tls.crt and tls.key (cert-manager, OpenShift's service CA); without it the
+    /// operator makes its own CA and certificate and keeps the webhook configuration's caBundle.
+    #[arg(long, env = "REDSESS_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// Names (and addresses) of the operator's own webhook certificate, comma-separated
+    /// (default: the webhook Service, redsess-operator-webhook.<namespace>.svc).
+    #[arg(long, env = "REDSESS_WEBHOOK_HOSTS", value_delimiter = ',')]
+    webhook_hosts: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -160,6 +171,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: names::MANAGER.into(),
         instance: Some(identity.clone()),
     };
+    // The webhook answers in every replica, leader or standby.
+    if let Some(addr) = args.webhook_addr {
+        let hosts = if args.webhook_hosts.is_empty() {
+            let service = format!("{}-webhook.{namespace}.svc", names::MANAGER);
+            vec![service.clone(), format!("{service}.cluster.local")]
+        } else {
+            args.webhook_hosts.clone()
+        };
+        let settings = webhook::Settings {
+            addr,
+            cert_dir: args.webhook_cert_dir.clone(),
+            hosts,
+            namespace: namespace.clone(),
+            platform,
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(error) = webhook::serve(client, settings, shutdown_signal()).await {
+                // Without its webhook a replica must not look healthy: pods would be refused.
+                tracing::error!(%error, "the admission webhook stopped; exiting");
+                std::process::exit(1);
+            }
+        });
+    }
 
     if args.leader_election {
         let mut elector = leader::LeaderElector::new(client.clone(), &namespace, identity);

@@ -17,6 +17,7 @@ use k8s_openapi::api::events::v1::Event;
 use redsess_operator::apply::Kind;
 use redsess_operator::crd::SessionCache;
 use redsess_operator::leader::LEASE_NAME;
+use redsess_operator::{certificates, webhook};
 use serde::Deserialize;
 
 const RBAC_FILE: &str = "charts/redsess/files/operator-rbac.yaml";
@@ -53,6 +54,8 @@ struct VerbEntry {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Scope {
     Cluster,
+    /// One cluster-scoped object, by name.
+    ClusterNamed(String),
     OwnNamespace(Option<String>),
 }
 
@@ -210,8 +213,35 @@ fn required_calls() -> BTreeMap<Call, &'static str> {
         &["create"],
         "leader.rs try_acquire_or_renew (first replica)",
     );
+
+    // certificates.rs ensure: the webhook's own key material, one Secret in the operator's
+    // namespace; ensure_ca_bundle: the chart's MutatingWebhookConfiguration, by name.
+    need(
+        Scope::OwnNamespace(Some(certificates::SECRET.to_string())),
+        "",
+        "secrets",
+        &["get", "update"],
+        "certificates.rs ensure",
+    );
+    need(
+        Scope::OwnNamespace(None),
+        "",
+        "secrets",
+        &["create"],
+        "certificates.rs ensure (first replica)",
+    );
+    need(
+        Scope::ClusterNamed(webhook::CONFIGURATION.to_string()),
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        &["get", "patch"],
+        "certificates.rs ensure_ca_bundle",
+    );
     calls
 }
+
+/// Cluster-scoped resources, where a ClusterRole rule may name objects.
+const CLUSTER_SCOPED: [&str; 1] = ["mutatingwebhookconfigurations"];
 
 /// What the file grants, with the rule it comes from.
 fn granted_calls(rbac: &RbacFile) -> BTreeMap<Call, String> {
@@ -223,6 +253,11 @@ fn granted_calls(rbac: &RbacFile) -> BTreeMap<Call, String> {
         for rule in rules {
             let scopes: Vec<Scope> = match (role, rule.resource_names.is_empty()) {
                 ("clusterRules", true) => vec![Scope::Cluster],
+                ("clusterRules", false) if CLUSTER_SCOPED.contains(&rule.resource.as_str()) => rule
+                    .resource_names
+                    .iter()
+                    .map(|n| Scope::ClusterNamed(n.clone()))
+                    .collect(),
                 ("clusterRules", false) => panic!(
                     "{RBAC_FILE}: clusterRules {}/{} has resourceNames: a named object in every \
                      namespace is never what the operator needs",
@@ -260,6 +295,7 @@ fn show(call: &Call) -> String {
     let group = if group.is_empty() { "core" } else { group.as_str() };
     match scope {
         Scope::Cluster => format!("{verb} {group}/{resource} (ClusterRole)"),
+        Scope::ClusterNamed(name) => format!("{verb} {group}/{resource} named {name} (ClusterRole)"),
         Scope::OwnNamespace(None) => format!("{verb} {group}/{resource} (Role in the operator's namespace)"),
         Scope::OwnNamespace(Some(name)) => {
             format!("{verb} {group}/{resource} named {name} (Role in the operator's namespace)")
@@ -273,6 +309,7 @@ fn allows(granted: &BTreeMap<Call, String>, call: &Call) -> bool {
     let (scope, group, resource, verb) = call;
     let covering: Vec<Scope> = match scope {
         Scope::Cluster => vec![Scope::Cluster],
+        Scope::ClusterNamed(name) => vec![Scope::ClusterNamed(name.clone()), Scope::Cluster],
         Scope::OwnNamespace(None) => vec![Scope::OwnNamespace(None), Scope::Cluster],
         Scope::OwnNamespace(Some(name)) => vec![
             Scope::OwnNamespace(Some(name.clone())),

@@ -259,10 +259,16 @@ impl Operator {
     /// Starts the operator as `identity` (its Pod name) with the credentials of `kubeconfig`,
     /// its own namespace `namespace`, leader election on.
     pub fn start(kubeconfig: &Path, namespace: &str, identity: &str) -> Operator {
+        Self::start_with(kubeconfig, namespace, identity, &[])
+    }
+
+    /// Like [`start`](Self::start), with further arguments of `run`.
+    pub fn start_with(kubeconfig: &Path, namespace: &str, identity: &str, args: &[&str]) -> Operator {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut child = Command::new(operator_binary())
             .args(["run", "--platform", "auto", "--metrics-addr"])
             .arg(metrics_addr.to_string())
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", namespace)
             .env("POD_NAME", identity)

@@ -46,7 +46,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OFF = os.path.join(HERE, "values", "off.yaml")
 RBAC_FILE = os.path.join(CHART, "files", "operator-rbac.yaml")
 CRD_COPY = os.path.join(CHART, "files", "sessioncaches.redsess.io.yaml")
-CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace",
+                  "MutatingWebhookConfiguration"}
 
 # The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), reduced to the fields the
 # chart writes; kubernetes-validate knows only Kubernetes' own types.
@@ -75,6 +76,27 @@ SERVICE_MONITOR_SCHEMA = {
                          "properties": {"port": {"type": "string"}, "path": {"type": "string"},
                                         "scheme": {"enum": ["http", "https"]},
                                         "interval": _DURATION, "scrapeTimeout": _DURATION}}}}}}}
+
+
+# cert-manager's Certificate (cert-manager.io/v1), reduced to the fields the chart writes.
+CERTIFICATE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": {"type": "object", "additionalProperties": False, "required": ["name", "namespace"],
+                     "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                                    "labels": _STRING_MAP, "annotations": _STRING_MAP}},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["secretName", "issuerRef"],
+                 "properties": {
+                     "secretName": {"type": "string", "minLength": 1},
+                     "dnsNames": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                     "issuerRef": {"type": "object", "additionalProperties": False, "required": ["name"],
+                                   "properties": {"name": {"type": "string", "minLength": 1},
+                                                  "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                                                  "group": {"const": "cert-manager.io"}}}}}}}
+OWN_SCHEMAS = {"monitoring.coreos.com/v1": ("ServiceMonitor", SERVICE_MONITOR_SCHEMA),
+               "cert-manager.io/v1": ("Certificate", CERTIFICATE_SCHEMA)}
 
 
 def load(path):
@@ -203,9 +225,10 @@ def validate_objects(report, where, objects, k8s_versions, namespace):
                 problems.append(("metadata.namespace", "set on a cluster-scoped object"))
         elif meta.get("namespace") != namespace:
             problems.append(("metadata.namespace", f"{meta.get('namespace')!r}, not {namespace!r}"))
-        if obj.get("apiVersion") == "monitoring.coreos.com/v1":
-            problems += [(p, m) for p, m in schema_errors(SERVICE_MONITOR_SCHEMA, obj)]
-            versions = "the ServiceMonitor schema of scripts/chart (kubernetes-validate does not know it)"
+        if obj.get("apiVersion") in OWN_SCHEMAS:
+            kind, schema = OWN_SCHEMAS[obj["apiVersion"]]
+            problems += [(p, m) for p, m in schema_errors(schema, obj)]
+            versions = f"the {kind} schema of scripts/chart (kubernetes-validate does not know it)"
         else:
             for v in k8s_versions:
                 problems += [(f"{p} (Kubernetes {v})", why) for p, why in kube.validate(obj, v)]
@@ -345,13 +368,15 @@ def coherence(objects, values, operator_peer):
             roles = [o["metadata"]["name"] for o in by_kind(objects, role_kind)]
             if b["roleRef"]["kind"] != role_kind or b["roleRef"]["name"] not in roles:
                 problems.append((f"{kind} {b['metadata']['name']}", f"roleRef {b['roleRef']} not rendered"))
-    # The metrics Service, ServiceMonitor, PodDisruptionBudget and NetworkPolicy select the pods.
+    # The metrics and webhook Services, ServiceMonitor, PodDisruptionBudget and NetworkPolicy
+    # select the pods.
     for s in by_kind(objects, "Service"):
         if not selects({"matchLabels": s["spec"].get("selector")}, labels):
             problems.append((f"Service {s['metadata']['name']}", "does not select the operator pods"))
         served = [(p.get("port"), p.get("targetPort")) for p in s["spec"]["ports"]]
-        if served != [(values["metrics"]["port"], "metrics")]:
-            problems.append((f"Service {s['metadata']['name']}", "does not serve the metrics port"))
+        if served not in ([(values["metrics"]["port"], "metrics")], [(443, "webhook")]):
+            problems.append((f"Service {s['metadata']['name']}", f"serves {served}: neither metrics nor webhook"))
+    problems += webhook_coherence(objects, values, c, spec)
     for sm in by_kind(objects, "ServiceMonitor"):
         services = by_kind(objects, "Service")
         if not any(selects(sm["spec"]["selector"], s["metadata"].get("labels") or {}) for s in services):
@@ -367,11 +392,71 @@ def coherence(objects, values, operator_peer):
     for np in by_kind(objects, "NetworkPolicy"):
         ingress = np["spec"].get("ingress") or []
         ports = [p.get("port") for rule in ingress for p in rule.get("ports") or []]
-        if ports != ["metrics"]:
-            problems.append(("NetworkPolicy ingress", f"ports {ports}, expected only the metrics port"))
+        wanted = ["metrics", "webhook"] if values["webhook"]["enabled"] else ["metrics"]
+        if ports != wanted:
+            problems.append(("NetworkPolicy ingress", f"ports {ports}, expected {wanted}"))
         egress_ports = {p.get("port") for rule in np["spec"].get("egress") or [] for p in rule.get("ports") or []}
         if not set(values["networkPolicy"]["apiServer"]["ports"]) <= egress_ports:
             problems.append(("NetworkPolicy egress", f"does not reach the API server ports {egress_ports}"))
+    return problems
+
+
+def webhook_coherence(objects, values, container, pod_spec):
+    """The webhook configuration as Sidecar mode needs it, reaching the replicas' webhook port
+    with a certificate the chosen option provides."""
+    hook = values["webhook"]
+    configs = by_kind(objects, "MutatingWebhookConfiguration")
+    if not hook["enabled"]:
+        return [("MutatingWebhookConfiguration", "rendered with webhook.enabled false")] if configs else []
+    problems = []
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
+    if ports.get("webhook") != hook["port"] or env.get("REDSESS_WEBHOOK_ADDR") != f"0.0.0.0:{hook['port']}":
+        problems.append(("webhook port", f"container ports {ports}, REDSESS_WEBHOOK_ADDR {env.get('REDSESS_WEBHOOK_ADDR')}"))
+    services = [s for s in by_kind(objects, "Service") if s["spec"]["ports"][0].get("targetPort") == "webhook"]
+    if len(configs) != 1 or len(services) != 1:
+        return problems + [("webhook", f"{len(configs)} configurations, {len(services)} Services")]
+    config, service = configs[0], services[0]
+    if config["metadata"]["name"] != "redsess-operator":
+        problems.append(("MutatingWebhookConfiguration name", "not redsess-operator (the operator's RBAC names it)"))
+    for w in config["webhooks"]:
+        ref = w["clientConfig"].get("service") or {}
+        if (ref.get("name"), ref.get("namespace"), ref.get("port"), ref.get("path")) != (
+                service["metadata"]["name"], helm.NAMESPACE, 443, "/mutate-pods"):
+            problems.append((f"webhook {w['name']} clientConfig", f"{ref}"))
+        for field, want in (("failurePolicy", "Fail"), ("sideEffects", "None"), ("reinvocationPolicy", "IfNeeded"),
+                            ("timeoutSeconds", hook["timeoutSeconds"]), ("admissionReviewVersions", ["v1"])):
+            if w.get(field) != want:
+                problems.append((f"webhook {w['name']} {field}", f"{w.get(field)!r}, expected {want!r}"))
+        expressions = {(e["key"], e["operator"], tuple(e.get("values") or []))
+                       for e in (w.get("namespaceSelector") or {}).get("matchExpressions") or []}
+        if ("redsess.io/injection", "In", ("enabled",)) not in expressions:
+            problems.append((f"webhook {w['name']} namespaceSelector", "does not require redsess.io/injection=enabled"))
+        if ("kubernetes.io/metadata.name", "NotIn", (helm.NAMESPACE, "kube-system")) not in expressions:
+            problems.append((f"webhook {w['name']} namespaceSelector", "does not leave out the operator's namespace and kube-system"))
+    annotations = config["metadata"].get("annotations") or {}
+    mounted = any(v.get("secret", {}).get("secretName") == f"{service['metadata']['name']}-tls"
+                  for v in pod_spec.get("volumes") or [])
+    mode = hook["certificates"]
+    if mode == "operator":
+        if annotations or mounted or "REDSESS_WEBHOOK_HOSTS" not in env:
+            problems.append(("webhook certificates: operator", "expects no injector, no mounted Secret, REDSESS_WEBHOOK_HOSTS"))
+        elif f"{service['metadata']['name']}.{helm.NAMESPACE}.svc" not in env["REDSESS_WEBHOOK_HOSTS"].split(","):
+            problems.append(("REDSESS_WEBHOOK_HOSTS", f"{env['REDSESS_WEBHOOK_HOSTS']} lacks the webhook Service"))
+    else:
+        if not mounted or env.get("REDSESS_WEBHOOK_CERT_DIR") != "/etc/redsess/webhook":
+            problems.append((f"webhook certificates: {mode}", "the Secret is not mounted where REDSESS_WEBHOOK_CERT_DIR says"))
+        want = ({"cert-manager.io/inject-ca-from": f"{helm.NAMESPACE}/{service['metadata']['name']}"}
+                if mode == "cert-manager" else {"service.beta.openshift.io/inject-cabundle": "true"})
+        if annotations != want:
+            problems.append((f"webhook certificates: {mode}", f"configuration annotations {annotations}, expected {want}"))
+        if mode == "cert-manager":
+            certs = by_kind(objects, "Certificate")
+            if [c["spec"]["secretName"] for c in certs] != [f"{service['metadata']['name']}-tls"]:
+                problems.append(("Certificate", "not one, writing the mounted Secret"))
+        elif (service["metadata"].get("annotations") or {}).get(
+                "service.beta.openshift.io/serving-cert-secret-name") != f"{service['metadata']['name']}-tls":
+            problems.append(("webhook Service", "no OpenShift serving-cert annotation for the mounted Secret"))
     return problems
 
 
@@ -522,15 +607,19 @@ def main():
     check_options(report)
     check_lint(report)
     base = {"Deployment": 1, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1,
-            "RoleBinding": 1, "Service": 1, "PodDisruptionBudget": 1, "NetworkPolicy": 1}
+            "RoleBinding": 1, "Service": 2, "PodDisruptionBudget": 1, "NetworkPolicy": 1,
+            "MutatingWebhookConfiguration": 1}
     default = check_render(report, "default values", None, k8s_versions, peer,
-                           {**base, "CustomResourceDefinition": 1, "ServiceMonitor": 0})
+                           {**base, "CustomResourceDefinition": 1, "ServiceMonitor": 0, "Certificate": 0})
     check_render(report, FULL, load(FULL), k8s_versions, peer,
-                 {**base, "CustomResourceDefinition": 0, "ServiceMonitor": 1})
+                 {**base, "CustomResourceDefinition": 0, "ServiceMonitor": 1, "Certificate": 1})
     check_render(report, os.path.relpath(OFF), load(OFF), k8s_versions, peer,
                  {"Deployment": 1, "CustomResourceDefinition": 1, "ServiceAccount": 0, "ClusterRole": 0,
                   "ClusterRoleBinding": 0, "Role": 0, "RoleBinding": 0, "Service": 0, "ServiceMonitor": 0,
-                  "PodDisruptionBudget": 0, "NetworkPolicy": 0})
+                  "PodDisruptionBudget": 0, "NetworkPolicy": 0, "MutatingWebhookConfiguration": 0})
+    openshift = os.path.join(HERE, "values", "webhook-openshift.yaml")
+    check_render(report, os.path.relpath(openshift), load(openshift), k8s_versions, peer,
+                 {**base, "CustomResourceDefinition": 1, "ServiceMonitor": 0, "Certificate": 0})
     if default is not None:
         check_rbac(report, default)
         check_crd(report, default)

@@ -24,17 +24,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{predicates, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::Instrument;
 
 use crate::apply::{self, Failure, Kind};
 use crate::build;
+use crate::build::sidecar::{Placement, SIDECAR_LABEL};
 use crate::crd::{SessionCache, SessionCacheStatus};
 use crate::discovery::{self, ServedKinds};
 use crate::http;
@@ -92,6 +95,8 @@ pub struct Context {
     pub platform: Platform,
     /// The emitted kinds this cluster serves.
     pub served: ServedKinds,
+    /// Where the webhook puts the shim on this cluster (for outdated-sidecar counts).
+    pub placement: Placement,
 }
 
 impl Context {
@@ -103,6 +108,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             platform: Platform::default(),
             served: ServedKinds::default(),
+            placement: Placement::Native,
         }
     }
 
@@ -112,9 +118,10 @@ impl Context {
         self
     }
 
-    /// The same context for a cluster that serves only `served`.
-    pub fn serving(mut self, served: ServedKinds) -> Self {
+    /// The same context for a cluster that serves only `served`, placing sidecars so.
+    pub fn serving(mut self, served: ServedKinds, placement: Placement) -> Self {
         self.served = served;
+        self.placement = placement;
         self
     }
 
@@ -298,7 +305,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
     .map_err(Error::Cleanup)?;
 
     // observe the workloads, then status
-    let readiness = observe::workloads(client, &plan).await?;
+    let readiness = observe::workloads(client, &plan, ctx.placement).await?;
     let new = status::compute(
         generation,
         previous,
@@ -405,6 +412,7 @@ pub async fn run(
     platform: Platform,
 ) -> Result<(), discovery::Error> {
     let served = discovery::served_kinds(&client).await?;
+    let placement = discovery::placement(&client).await?;
     for missing in served.missing() {
         tracing::warn!("{missing}: such objects are not made, and every SessionCache reports it in Degraded");
     }
@@ -430,7 +438,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
 
-    let mut controller = Controller::for_stream_with(primary, reader, resource)
+    let mut controller = Controller::for_stream_with(primary, reader, resource.clone())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
     // Secrets are not watched: that would need list and watch on every Secret in the cluster. A
     // deleted generated Secret is made again at the next periodic reconcile.
@@ -445,10 +453,22 @@ pub async fn run(
             owned_config(),
         );
     }
+    // Pods with a sidecar, so the status counts follow them (metadata only, labelled ones).
+    let pods: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::erase::<Pod>(&()));
+    let mapped = resource.clone();
+    controller = controller.watches_with(
+        pods,
+        ApiResource::erase::<Pod>(&()),
+        watcher::Config::default().labels(SIDECAR_LABEL),
+        move |pod| {
+            let cache = pod.labels().get(SIDECAR_LABEL)?.clone();
+            Some(ObjectRef::new_with(&cache, mapped.clone()).within(&pod.namespace()?))
+        },
+    );
     let ctx = Arc::new(
         Context::new(client.clone(), metrics, reporter)
             .on(platform)
-            .serving(served),
+            .serving(served, placement),
     );
     controller
         .shutdown_on_signal()
@@ -502,6 +522,7 @@ mod tests {
             failures: Mutex::new(ctx.failures.lock().unwrap().clone()),
             platform: ctx.platform,
             served: ctx.served.clone(),
+            placement: ctx.placement,
         });
         drop(ctx);
         let recorded = server.finish().await;
@@ -622,6 +643,7 @@ mod tests {
                         updated: 2,
                         current: true,
                     }),
+                    sidecars: None,
                 },
                 missing_secrets: &[],
                 failures: &[],
@@ -863,7 +885,8 @@ mod tests {
 
         let (client, server) = mock_client();
         let server = server.run(steps);
-        let ctx = Arc::new(Context::new(client, Arc::new(Metrics::new()), reporter()).serving(served));
+        let ctx =
+            Arc::new(Context::new(client, Arc::new(Metrics::new()), reporter()).serving(served, Placement::Native));
         let result = reconcile(Arc::new(sc), ctx.clone()).await;
         drop(ctx);
         server.finish().await;
@@ -872,6 +895,56 @@ mod tests {
             Action::requeue(RESYNC),
             "not an error: retrying cannot help"
         );
+    }
+
+    #[tokio::test]
+    async fn sidecar_mode_runs_no_shim_deployment_and_counts_outdated_sidecars() {
+        let sc = session_cache("  shim: {mode: Sidecar}", 1);
+        let (plan, objects) = expected(&sc, &[]);
+        assert!(
+            !objects.iter().any(|o| matches!(o, Emitted::Deployment(_))),
+            "no shim Deployment"
+        );
+        let current = crate::build::sidecar::sidecar(&plan, Placement::Native).hash;
+        let pod = |name: &str, hash: &str| {
+            json!({"metadata": {"name": name, "namespace": "isam",
+                "labels": {"redsess.io/sidecar": "cache"},
+                "annotations": {"redsess.io/sidecar-sha256": hash}}})
+        };
+        let mut steps = secret_reads(&sc, &[]);
+        steps.extend(applies(&objects));
+        steps.extend(cleanup_lists(&plan, BTreeMap::new()));
+        let mut reads = workload_reads(&plan, Some(1));
+        let pods = reads.pop().expect("the sidecar pods' list");
+        assert!(
+            pods.describe().ends_with("/namespaces/isam/pods"),
+            "{}",
+            pods.describe()
+        );
+        steps.extend(reads);
+        steps.push(
+            Step::new(Method::GET, "/api/v1/namespaces/isam/pods")
+                .query("labelSelector", "redsess.io/sidecar=cache")
+                .reply(Reply::list(vec![
+                    pod("webseal-a", &current),
+                    pod("webseal-b", "an-older-hash"),
+                ])),
+        );
+        steps.push(status_patch(&sc, |body| {
+            assert_eq!(body["status"]["sidecars"]["injected"], 2);
+            assert_eq!(body["status"]["sidecars"]["outdated"], 1);
+            assert_eq!(body["status"]["sidecars"]["summary"], "2 (1 outdated)");
+            assert!(body["status"].get("shim").is_none(), "{body:#}");
+            assert_eq!(
+                body["status"]["endpoints"]["shim"],
+                "http://127.0.0.1:18443/DSess/services/DSess"
+            );
+            // Redis is ready and no shim Deployment is waited for.
+            status_is(body, 1, "True", "False", "False");
+        }));
+        steps.push(event_post(&sc, |body| assert_eq!(body["reason"], "Available")));
+        let (result, _, _) = reconcile_with(&sc, steps).await;
+        assert_eq!(result.unwrap(), Action::requeue(RESYNC));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub const DEFAULT_SHIM_IMAGE: &str = "ghcr.io/redsess/redsess-shim:0.1.0";
     printcolumn = r#"{"name":"Redis","type":"string","jsonPath":".status.redis.summary"}"#,
     printcolumn = r#"{"name":"Sentinel","type":"string","jsonPath":".status.sentinel.summary"}"#,
     printcolumn = r#"{"name":"Shim","type":"string","jsonPath":".status.shim.summary"}"#,
+    printcolumn = r#"{"name":"Sidecars","type":"string","jsonPath":".status.sidecars.summary","priority":1}"#,
     printcolumn = r#"{"name":"Available","type":"string","jsonPath":".status.conditions[?(@.type==\"Available\")].status"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoints.shim","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -345,6 +346,9 @@ pub struct SessionCacheStatus {
     pub sentinel: Option<ReadyCount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shim: Option<ReadyCount>,
+    /// Sidecar mode: the pods running the injected shim, and how many run an older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<SidecarCount>,
     /// Where clients connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
@@ -369,6 +373,28 @@ impl ReadyCount {
             ready,
             desired,
             summary: format!("{ready}/{desired}"),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarCount {
+    /// Pods of this namespace carrying this cache's shim.
+    pub injected: i32,
+    /// Of those, the pods whose shim is not what the spec and image give now: restart them
+    /// (`kubectl rollout restart`) to take the new one.
+    pub outdated: i32,
+    /// `injected (outdated outdated)`, for `kubectl get`.
+    pub summary: String,
+}
+
+impl SidecarCount {
+    pub fn new(injected: i32, outdated: i32) -> Self {
+        Self {
+            injected,
+            outdated,
+            summary: format!("{injected} ({outdated} outdated)"),
         }
     }
 }

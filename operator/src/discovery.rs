@@ -1,5 +1,5 @@
-//! Discovery: which of the kinds a SessionCache emits the API server serves, asked once at
-//! start. A kind it does not serve is neither applied nor watched (a watch on it would fail its
+//! Discovery, asked once at start: which of the kinds a SessionCache emits the API server
+//! serves, and whether its version runs native sidecars. A kind it does not serve is neither applied nor watched (a watch on it would fail its
 //! first list over and over), and every SessionCache reports it once in `Degraded`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,9 +8,12 @@ use kube::Client;
 
 use crate::api_error::one_line;
 use crate::apply::{Failure, Kind};
+use crate::build::sidecar::Placement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot ask the API server for its version (to choose native sidecars): {}", one_line(.0))]
+    Version(#[source] kube::Error),
     #[error("cannot ask the API server which resources {api_version} has: {}", one_line(.source))]
     Discovery {
         api_version: String,
@@ -47,6 +50,15 @@ impl ServedKinds {
             .map(Failure::NotServed)
             .collect()
     }
+}
+
+/// Where the injected shim goes, as the API server's version allows: a native sidecar from
+/// Kubernetes 1.29 on.
+pub async fn placement(client: &Client) -> Result<Placement, Error> {
+    let info = client.apiserver_version().await.map_err(Error::Version)?;
+    // Minor versions may carry a suffix ("20+" on some distributions).
+    let number = |s: &str| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+    Ok(Placement::for_server(number(&info.major), number(&info.minor)))
 }
 
 /// Asks the API server for the resources of each API version the emitted kinds use (a version

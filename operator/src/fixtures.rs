@@ -405,6 +405,11 @@ pub fn workload_reads(plan: &Plan, ready: Option<i32>) -> Vec<Step> {
         steps.push(sts(names::sentinel(&plan.name), s.replicas));
     }
     if plan.shim.sidecar.is_some() {
+        steps.push(
+            Step::new(Method::GET, format!("/api/v1/namespaces/{}/pods", plan.namespace))
+                .query("labelSelector", &format!("redsess.io/sidecar={}", plan.name))
+                .reply(Reply::list(vec![])),
+        );
         return steps;
     }
     let shim = names::shim(&plan.name);

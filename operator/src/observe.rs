@@ -6,12 +6,15 @@
 //! Deployment have rolled out.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api_error::one_line;
+use crate::build::sidecar::{self, Placement, HASH_ANNOTATION, SIDECAR_LABEL};
 use crate::build::Observed;
 use crate::crd::SessionCache;
+use crate::crd::SidecarCount;
 use crate::names;
 use crate::validate::Plan;
 
@@ -21,6 +24,12 @@ pub enum Error {
     Secret {
         namespace: String,
         name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot list the pods with a sidecar in {namespace}: {}", one_line(.source))]
+    Pods {
+        namespace: String,
         #[source]
         source: kube::Error,
     },
@@ -201,6 +210,8 @@ pub struct Readiness {
     pub sentinel: Option<WorkloadState>,
     /// Absent in Sidecar mode: the shim runs in the proxies' pods.
     pub shim: Option<WorkloadState>,
+    /// Sidecar mode: the pods with this cache's shim.
+    pub sidecars: Option<SidecarCount>,
 }
 
 impl Readiness {
@@ -241,8 +252,9 @@ impl Readiness {
 }
 
 /// Reads the workloads the plan emitted (`GET`s of the Redis StatefulSet, the Sentinel
-/// StatefulSet when planned, the shim Deployment).
-pub async fn workloads(client: &Client, plan: &Plan) -> Result<Readiness, Error> {
+/// StatefulSet when planned, the shim Deployment; in Sidecar mode a list of the pods with the
+/// shim, whose hash is compared with what `placement` would inject now).
+pub async fn workloads(client: &Client, plan: &Plan, placement: Placement) -> Result<Readiness, Error> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &plan.namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &plan.namespace);
     let workload_error = |kind: &'static str, name: &str| {
@@ -283,11 +295,39 @@ pub async fn workloads(client: &Client, plan: &Plan) -> Result<Readiness, Error>
             Some(WorkloadState::from_deployment(deployment.as_ref(), plan.shim.replicas))
         }
     };
+    let sidecars = match plan.shim.sidecar {
+        None => None,
+        Some(_) => Some(sidecar_pods(client, plan, &sidecar::sidecar(plan, placement).hash).await?),
+    };
     Ok(Readiness {
         redis: WorkloadState::from_statefulset(redis.as_ref(), plan.redis.replicas),
         sentinel,
         shim,
+        sidecars,
     })
+}
+
+/// The pods the webhook gave this cache's shim (by the label it sets), and how many carry
+/// another hash than what it would inject now.
+async fn sidecar_pods(client: &Client, plan: &Plan, current: &str) -> Result<SidecarCount, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &plan.namespace);
+    let listed = pods
+        .list_metadata(&ListParams::default().labels(&format!("{SIDECAR_LABEL}={}", plan.name)))
+        .await
+        .map_err(|source| Error::Pods {
+            namespace: plan.namespace.clone(),
+            source,
+        })?;
+    let live: Vec<_> = listed
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let outdated = live
+        .iter()
+        .filter(|p| p.annotations().get(HASH_ANNOTATION).map(String::as_str) != Some(current))
+        .count();
+    Ok(SidecarCount::new(live.len() as i32, outdated as i32))
 }
 
 #[cfg(test)]
@@ -335,6 +375,7 @@ mod tests {
             redis: w,
             sentinel: None,
             shim: Some(missing),
+            sidecars: None,
         };
         assert_eq!(readiness.not_ready_summary(), "shim 0/2");
         assert_eq!(readiness.rolling_out(), ["redis", "shim"]);

@@ -307,6 +307,7 @@ pub fn compute(
             status.redis = Some(ReadyCount::new(readiness.redis.ready, readiness.redis.desired));
             status.sentinel = readiness.sentinel.as_ref().map(|s| ReadyCount::new(s.ready, s.desired));
             status.shim = readiness.shim.as_ref().map(|s| ReadyCount::new(s.ready, s.desired));
+            status.sidecars = readiness.sidecars.clone();
             status.endpoints = Some(endpoints(plan));
             status.client_config_hashes = client_config_hashes(plan);
         }
@@ -374,6 +375,7 @@ mod tests {
             redis: state(1, redis_ready),
             sentinel: None,
             shim: Some(state(2, shim_ready)),
+            sidecars: None,
         }
     }
 
@@ -585,6 +587,7 @@ mod tests {
             redis: state(3, 3),
             sentinel: Some(state(3, 2)),
             shim: Some(state(2, 2)),
+            sidecars: None,
         };
         let s = applied(&plan, &r, None, at(0));
         assert_eq!(

@@ -32,7 +32,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::admission;
-use crate::api_error::one_line;
 use crate::build::sidecar::Placement;
 use crate::certificates::{self, Material};
 use crate::controller::read_session_cache;
@@ -47,8 +46,8 @@ const REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot ask the API server for its version (to choose native sidecars): {}", one_line(.0))]
-    Version(#[source] kube::Error),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::Error),
     #[error("--webhook-cert-dir: {0}")]
     Files(String),
     #[error(transparent)]
@@ -122,13 +121,6 @@ async fn current(client: &Client, settings: &Settings) -> Result<(String, String
     }
 }
 
-/// The placement the API server's version allows.
-pub async fn placement(client: &Client) -> Result<Placement, Error> {
-    let info = client.apiserver_version().await.map_err(Error::Version)?;
-    let number = |s: &str| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
-    Ok(Placement::for_server(number(&info.major), number(&info.minor)))
-}
-
 #[derive(Clone)]
 struct Webhook {
     caches: Store<DynamicObject>,
@@ -173,7 +165,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let placement = placement(&client).await?;
+    let placement = crate::discovery::placement(&client).await?;
     let (cert_pem, key_pem) = current(&client, &settings).await?;
     let served = Arc::new(Served(RwLock::new(Arc::new(certified(&cert_pem, &key_pem)?))));
 

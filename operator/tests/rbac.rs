@@ -214,6 +214,15 @@ fn required_calls() -> BTreeMap<Call, &'static str> {
         "leader.rs try_acquire_or_renew (first replica)",
     );
 
+    // observe.rs sidecar_pods and controller.rs run: pods carrying a sidecar, by label.
+    need(
+        Scope::Cluster,
+        "",
+        "pods",
+        &["list", "watch"],
+        "observe.rs sidecar_pods / controller.rs run (watches)",
+    );
+
     // certificates.rs ensure: the webhook's own key material, one Secret in the operator's
     // namespace; ensure_ca_bundle: the chart's MutatingWebhookConfiguration, by name.
     need(

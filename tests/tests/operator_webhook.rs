@@ -164,6 +164,22 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
     assert_eq!(containers(&other), ["webseal"], "stored unchanged");
     assert!(other.metadata.labels.as_ref().unwrap().get(SIDECAR_LABEL).is_none());
 
+    // The status counts the injected pod, up to date (the pod watch needs the chart's RBAC).
+    let caches: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        NS,
+        &kube::api::ApiResource::erase::<redsess_operator::crd::SessionCache>(&()),
+    );
+    eventually(WAIT, "status.sidecars", || async {
+        let status = caches.get("sessions").await.map_err(|e| e.to_string())?.data["status"].clone();
+        if status["sidecars"]["injected"] == 1 && status["sidecars"]["outdated"] == 0 {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+
     // With the operator stopped, a selected pod is refused (failurePolicy Fail), saying why.
     operator.kill();
     let refused = create(&admin, &pod("while-down", json!({"app": "webseal"})))

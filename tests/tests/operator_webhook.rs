@@ -46,6 +46,63 @@ fn containers(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
+/// Posts an AdmissionReview of a pod shaped like the verify-access-operator's to the webhook, as
+/// the API server would, over TLS verified against `ca_pem` for 127.0.0.1.
+async fn review_over_https(port: u16, ca_pem: &[u8]) {
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let http = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "b1d2c3e4-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": NS, "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "webseal-default-", "namespace": NS,
+                             "labels": {"app": "webseal", "kind": "IBMSecurityVerifyAccess", "VerifyAccess_cr": "webseal-default"}},
+                "spec": {"containers": [{"name": "webseal-default", "image": "icr.io/ivia/ivia-wrp:11.0.0.0"}]}
+            }
+        }
+    });
+    let answer = http
+        .post(format!("https://127.0.0.1:{port}{PATH}"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&review).unwrap())
+        .send()
+        .await
+        .expect("the webhook answers over TLS for 127.0.0.1 with the operator's CA")
+        .bytes()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let response = &answer["response"];
+    assert_eq!(answer["kind"], "AdmissionReview", "{answer:#}");
+    assert_eq!(response["uid"], "b1d2c3e4-0000-4000-8000-000000000001");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch", "{response:#}");
+
+    // Not a review at all: a clear refusal, not a crash.
+    let refused = http
+        .post(format!("https://127.0.0.1:{port}{PATH}"))
+        .header("content-type", "application/json")
+        .body("{\"kind\": \"Pod\"}")
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+}
+
 #[tokio::test]
 async fn the_webhook_injects_the_shim_through_a_real_api_server() {
     let Some(plane) = ControlPlane::start("operator_webhook") else {
@@ -163,6 +220,15 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
         .expect("an unselected pod");
     assert_eq!(containers(&other), ["webseal"], "stored unchanged");
     assert!(other.metadata.labels.as_ref().unwrap().get(SIDECAR_LABEL).is_none());
+
+    // The webhook itself, over HTTPS, trusting only the CA the operator made.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+    let ca = secrets
+        .get(redsess_operator::certificates::SECRET)
+        .await
+        .expect("the webhook's Secret");
+    let ca_pem = ca.data.unwrap()["ca.crt"].0.clone();
+    review_over_https(port, &ca_pem).await;
 
     // The status counts the injected pod, up to date (the pod watch needs the chart's RBAC).
     let caches: Api<kube::api::DynamicObject> = Api::namespaced_with(

@@ -674,6 +674,18 @@ mod tests {
     }
 
     #[test]
+    fn webseal_dsc_in_sidecar_mode_points_at_its_own_pod() {
+        let p = plan("  shim: {mode: Sidecar, sidecar: {port: 18500}}\n  clients: [{name: web, kind: WebSEALDSC}]");
+        let (_, content) = fragment(&p, client(&p, "web"));
+        let s = Stanzas::parse(&content);
+        assert_eq!(
+            s.one("dsess-cluster", "server"),
+            "9,http://127.0.0.1:18500/DSess/services/DSess"
+        );
+        assert_eq!(s.one("session", "dsess-auto-update"), "no");
+    }
+
+    #[test]
     fn webseal_dsc_keeps_its_server_list() {
         let p = plan("  clients: [{name: web, kind: WebSEALDSC}]");
         let (_, content) = fragment(&p, client(&p, "web"));

@@ -1,6 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus/OpenMetrics text), `/healthz` (the
 //! process runs: always 200) and `/readyz` (200 once this replica knows its role: the leader
-//! once its SessionCache watch has synchronised, a standby once it knows another replica leads).
+//! once its SessionCache watch has synchronised, a standby once it knows another replica leads;
+//! and, with the admission webhook on, once that serves).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,11 +22,15 @@ pub struct Health {
     pub controller_ready: AtomicBool,
     /// Leader election found another replica leading: this one waits, which is a known state.
     pub standby: AtomicBool,
+    /// The admission webhook is configured but not serving yet: the webhook Service must not
+    /// send this replica reviews it cannot answer (they would be refused).
+    pub webhook_pending: AtomicBool,
 }
 
 impl Health {
     pub fn is_ready(&self) -> bool {
-        self.controller_ready.load(Ordering::SeqCst) || self.standby.load(Ordering::SeqCst)
+        (self.controller_ready.load(Ordering::SeqCst) || self.standby.load(Ordering::SeqCst))
+            && !self.webhook_pending.load(Ordering::SeqCst)
     }
 }
 
@@ -110,6 +115,13 @@ mod tests {
         health.standby.store(false, Ordering::SeqCst);
         health.controller_ready.store(true, Ordering::SeqCst);
         assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
+        health.webhook_pending.store(true, Ordering::SeqCst);
+        assert_eq!(
+            get(app.clone(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready while its webhook does not serve"
+        );
+        health.webhook_pending.store(false, Ordering::SeqCst);
 
         let (status, body, content_type) = get(app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);

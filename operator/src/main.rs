@@ -187,8 +187,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             platform,
         };
         let client = client.clone();
+        health.webhook_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+        let ready = health.clone();
+        let serving = move || ready.webhook_pending.store(false, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
-            if let Err(error) = webhook::serve(client, settings, shutdown_signal()).await {
+            if let Err(error) = webhook::serve(client, settings, serving, shutdown_signal()).await {
                 // Without its webhook a replica must not look healthy: pods would be refused.
                 tracing::error!(%error, "the admission webhook stopped; exiting");
                 std::process::exit(1);

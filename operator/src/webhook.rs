@@ -158,10 +158,11 @@ async fn mutate(
     Json(response.into_review())
 }
 
-/// Serves the webhook until `shutdown` resolves.
+/// Serves the webhook until `shutdown` resolves; `serving` is told once it listens.
 pub async fn serve(
     client: Client,
     settings: Settings,
+    serving: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -223,6 +224,14 @@ pub async fn serve(
         tokio::spawn(async move {
             shutdown.await;
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+    }
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if handle.listening().await.is_some() {
+                serving();
+            }
         });
     }
     tracing::info!(addr = %settings.addr, ?placement, own_certificate = settings.cert_dir.is_none(), "serving the admission webhook");

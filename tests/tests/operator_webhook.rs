@@ -178,6 +178,19 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
     })
     .await;
 
+    // Ready only once its webhook serves (the webhook Service sends reviews to ready replicas).
+    eventually(WAIT, "the operator ready, its webhook serving", || {
+        let ready = operator.is_ready();
+        async move {
+            if ready {
+                Ok(())
+            } else {
+                Err("not ready".to_string())
+            }
+        }
+    })
+    .await;
+
     k8s::apply(
         &admin,
         &serde_json::from_value(json!({

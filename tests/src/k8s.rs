@@ -408,3 +408,26 @@ pub async fn namespace(client: &Client, name: &str) {
     .unwrap();
     apply(client, &object).await.expect("namespace");
 }
+
+/// The status of SessionCache `namespace/name` once it describes `generation` (at most 40 s).
+pub async fn cache_status_at(client: &Client, namespace: &str, name: &str, generation: i64) -> serde_json::Value {
+    let resource = kube::api::ApiResource::erase::<redsess_operator::crd::SessionCache>(&());
+    let caches: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    eventually(
+        Duration::from_secs(40),
+        &format!("the status of {name} at generation {generation}"),
+        || {
+            let caches = caches.clone();
+            async move {
+                let object = caches.get(name).await.map_err(|e| e.to_string())?;
+                let status = object.data.get("status").cloned().unwrap_or_default();
+                if status["observedGeneration"] == generation {
+                    Ok(status)
+                } else {
+                    Err(status.to_string())
+                }
+            }
+        },
+    )
+    .await
+}

@@ -130,28 +130,6 @@ async fn assert_owned(client: &Client, cache: &DynamicObject, expected: &BTreeSe
     }
 }
 
-/// The cache's status once it describes `generation`.
-async fn status_at(client: &Client, cache: &str, generation: i64) -> Value {
-    let api = caches(client);
-    eventually(
-        WAIT,
-        &format!("the status of {cache} at generation {generation}"),
-        || {
-            let api = api.clone();
-            async move {
-                let object = api.get(cache).await.map_err(|e| e.to_string())?;
-                let status = object.data.get("status").cloned().unwrap_or_default();
-                if status["observedGeneration"] == generation {
-                    Ok(status)
-                } else {
-                    Err(format!("{status}"))
-                }
-            }
-        },
-    )
-    .await
-}
-
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
@@ -293,7 +271,7 @@ async fn the_operator_against_a_real_api_server() {
 
     // 1. The minimal sample: everything but the PodDisruptionBudgets, owned and applied.
     let minimal = apply_cache(&admin, &sample("minimal.yaml", |_| {})).await;
-    let status = status_at(&admin, "sessions-dev", 1).await;
+    let status = k8s::cache_status_at(&admin, NS, "sessions-dev", 1).await;
     let mut expected = rendered(&minimal);
     expected.extend(generated_secrets("sessions-dev"));
     assert_owned(&admin, &minimal, &expected).await;
@@ -344,7 +322,7 @@ async fn the_operator_against_a_real_api_server() {
         })
     });
     let grown = apply_cache(&admin, &grown).await;
-    let status = status_at(&admin, "sessions-dev", 2).await;
+    let status = k8s::cache_status_at(&admin, NS, "sessions-dev", 2).await;
     let mut expected = rendered(&grown);
     expected.extend(generated_secrets("sessions-dev"));
     assert!(expected.contains(&("StatefulSet".into(), "sessions-dev-sentinel".into())));
@@ -371,7 +349,7 @@ async fn the_operator_against_a_real_api_server() {
         v["spec"] = json!({"clients": [{"name": "www", "kind": "WebSEALDSC"}]})
     });
     let shrunk = apply_cache(&admin, &shrunk).await;
-    let status = status_at(&admin, "sessions-dev", 3).await;
+    let status = k8s::cache_status_at(&admin, NS, "sessions-dev", 3).await;
     let mut expected = rendered(&shrunk);
     expected.extend(generated_secrets("sessions-dev"));
     assert!(!expected
@@ -435,7 +413,7 @@ async fn the_operator_against_a_real_api_server() {
         operator.logs()
     );
     let edge = apply_cache(&admin, &sample("webseal-and-iag.yaml", |_| {})).await;
-    let status = status_at(&admin, "sessions-edge", 1).await;
+    let status = k8s::cache_status_at(&admin, NS, "sessions-edge", 1).await;
     let mut expected = rendered(&edge);
     expected.extend(generated_secrets("sessions-edge"));
     assert_owned(&admin, &edge, &expected).await;

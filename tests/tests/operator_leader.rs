@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, DynamicObject};
 use kube::Client;
-use redsess_operator::crd::SessionCache;
 use redsess_operator::leader::{LEASE_DURATION, LEASE_NAME, RENEW_INTERVAL};
 use redsess_tests::k8s::{self, eventually, ControlPlane, Operator, OPERATOR_NAMESPACE};
 use serde_json::json;
@@ -32,27 +31,6 @@ fn cache(shim_replicas: i32) -> DynamicObject {
         "spec": {"shim": {"replicas": shim_replicas}}
     }))
     .unwrap()
-}
-
-async fn observed_generation(client: &Client, generation: i64) {
-    let caches: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &ApiResource::erase::<SessionCache>(&()));
-    eventually(
-        Duration::from_secs(40),
-        &format!("the status at generation {generation}"),
-        || {
-            let caches = caches.clone();
-            async move {
-                let object = caches.get("sessions").await.map_err(|e| e.to_string())?;
-                let status = &object.data["status"];
-                if status["observedGeneration"] == generation {
-                    Ok(())
-                } else {
-                    Err(status.to_string())
-                }
-            }
-        },
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -83,7 +61,7 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     k8s::apply(&admin, &cache(2))
         .await
         .expect("the SessionCache is accepted");
-    observed_generation(&admin, 1).await;
+    k8s::cache_status_at(&admin, NS, "sessions", 1).await;
     assert!(a.reconciles() >= 1, "the leader reconciles");
     assert_eq!(b.reconciles(), 0, "the standby does not reconcile");
     assert_eq!(holder(&admin).await.as_deref(), Some("redsess-operator-a"));
@@ -112,6 +90,6 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     k8s::apply(&admin, &cache(3))
         .await
         .expect("the SessionCache is accepted");
-    observed_generation(&admin, 2).await;
+    k8s::cache_status_at(&admin, NS, "sessions", 2).await;
     assert!(b.reconciles() >= 1, "the new leader reconciles");
 }

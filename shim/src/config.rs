@@ -12,7 +12,9 @@ use crate::session::Settings;
 use crate::store::redis::RedisSettings;
 use crate::store::SessionLimit;
 
-#[derive(Debug, Clone, Args)]
+/// The settings as given; no `Debug`, since the Redis URL may carry a password (the validated
+/// [`Config`] redacts it).
+#[derive(Clone, Args)]
 pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "REDSESS_LISTEN", default_value = "0.0.0.0:8080")]
@@ -21,7 +23,8 @@ pub struct ServeArgs {
     /// Redis URL (redis:// or rediss://, user and password allowed); none = the embedded
     /// in-memory store. Prefer the environment variable: a URL with a password on the
     /// command line is visible to every user of the machine.
-    #[arg(long, env = "REDSESS_REDIS_URL")]
+    // hide_env_values: clap would print the URL, password and all, in --help.
+    #[arg(long, env = "REDSESS_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Comma-separated Sentinels (host:port) to ask for the current primary; the URL then

@@ -692,3 +692,38 @@ fn redis_command_with_auth(port: u16, password: &str, command: &str) -> String {
     assert!(answer.starts_with("+OK"), "AUTH: {answer}");
     answer.lines().nth(1).unwrap_or_default().to_string()
 }
+
+/// Every secret setting, set in the environment, stays out of `--help` (clap prints
+/// environment values there unless told not to), for the command and each subcommand.
+#[test]
+fn secrets_stay_out_of_help() {
+    // (setting, value, the secret in it)
+    let secrets = [
+        (
+            "REDSESS_REDIS_URL",
+            "redis://redsess:url-pass-7f3a@redis:6379",
+            "url-pass-7f3a",
+        ),
+        ("REDSESS_REDIS_PASSWORD", "env-pass-91c2", "env-pass-91c2"),
+        ("REDSESS_BASIC_AUTH_PASSWORD", "basic-pass-4e8d", "basic-pass-4e8d"),
+        ("REDSESS_PROBE_PASSWORD", "probe-pass-2b6f", "probe-pass-2b6f"),
+    ];
+    for command in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["probe", "--help"],
+        &["ready", "--help"],
+    ] {
+        let out = std::process::Command::new(redsess_tests::shim_binary())
+            .args(command)
+            .envs(secrets.map(|(name, value, _)| (name, value)))
+            .output()
+            .expect("redsess-shim --help");
+        assert!(out.status.success(), "{command:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("REDSESS_") || command[0] != "--help", "{help}");
+        for (name, _, secret) in secrets {
+            assert!(!help.contains(secret), "{command:?} prints {name}:\n{help}");
+        }
+    }
+}

@@ -93,7 +93,137 @@ pub struct RedisPlan {
     pub tolerations: Vec<Toleration>,
     pub node_selector: BTreeMap<String, String>,
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// `spec.redis.config` but the memory settings, which `memory` holds.
     pub extra_config: BTreeMap<String, String>,
+    pub memory: MemoryPlan,
+}
+
+/// Redis's memory bound and what happens at it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    /// `maxmemory` in bytes: the user's, or derived from the container's memory limit; `None`
+    /// without either (Redis then grows until the node has no memory left).
+    pub max_bytes: Option<u64>,
+    /// Derived from the limit (for the comment in redis.conf).
+    pub derived: bool,
+    /// `maxmemory-policy`.
+    pub policy: String,
+}
+
+/// Memory settings of `spec.redis.config` that validation reads and the plan carries.
+const MEMORY_SETTINGS: [&str; 2] = ["maxmemory", "maxmemory-policy"];
+
+/// Policies that only ever evict keys with a TTL. The shim's key material, members and replica
+/// sets carry none, so they are never evicted; sessions and their user index may be.
+const VOLATILE_POLICIES: [&str; 4] = ["volatile-ttl", "volatile-lru", "volatile-lfu", "volatile-random"];
+
+/// The share of the container's memory limit given to the data set: the rest is for replication
+/// and client buffers and for the copy-on-write pages of the fork that writes the AOF or RDB
+/// file (which can approach the data set's size under a heavy write load).
+fn data_share(persistence: PersistenceMode) -> (u64, u64) {
+    match persistence {
+        PersistenceMode::Aof | PersistenceMode::Rdb => (1, 2),
+        PersistenceMode::None => (3, 4),
+    }
+}
+
+/// Bytes of a Kubernetes quantity (`1536Mi`, `2G`, `1.5Gi`, `1073741824`).
+pub fn quantity_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(split);
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000_u64.pow(2),
+        "G" => 1000_u64.pow(3),
+        "T" => 1000_u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some((value * factor as f64) as u64)
+}
+
+/// Bytes of a redis.conf memory value (`2gb`, `512mb`, `100000`; `1k` is 1000, `1kb` 1024).
+fn redis_bytes(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1 << 10,
+        "m" => 1000_u64.pow(2),
+        "mb" => 1 << 20,
+        "g" => 1000_u64.pow(3),
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+fn memory_plan(redis: &crate::crd::RedisSpec) -> Result<MemoryPlan, ValidationError> {
+    let setting = |name: &str| {
+        redis
+            .config
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(k, v)| (format!("spec.redis.config.{k}"), v.trim().to_ascii_lowercase()))
+    };
+    let policy = match setting("maxmemory-policy") {
+        None => "noeviction".to_string(),
+        Some((field, p)) if p.starts_with("allkeys-") => {
+            return Err(invalid(
+                field,
+                format!("{p} would evict the replica sets' key material and membership; use noeviction (the default: writes fail when full, no session is lost) or volatile-ttl (the sessions closest to their end go first)"),
+            ))
+        }
+        Some((field, p)) if p != "noeviction" && !VOLATILE_POLICIES.contains(&p.as_str()) => {
+            return Err(invalid(field, format!("{p} is not a maxmemory-policy")))
+        }
+        Some((_, p)) => p,
+    };
+    let limit = redis
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| {
+            quantity_bytes(&q.0).ok_or_else(|| {
+                invalid(
+                    "spec.redis.resources.limits.memory",
+                    format!("{} is not a memory quantity", q.0),
+                )
+            })
+        })
+        .transpose()?;
+    let (max_bytes, derived) = match (setting("maxmemory"), limit) {
+        (Some((field, value)), limit) => {
+            let bytes = redis_bytes(&value)
+                .ok_or_else(|| invalid(field.clone(), format!("{value} is not a size (e.g. 1gb, 512mb)")))?;
+            if let Some(limit) = limit.filter(|l| bytes >= *l) {
+                return Err(invalid(
+                    field,
+                    format!("{value} is not below the container's memory limit ({limit} bytes): the kernel would kill Redis before Redis refuses a write"),
+                ));
+            }
+            (Some(bytes), false)
+        }
+        (None, Some(limit)) => {
+            let (num, den) = data_share(redis.persistence);
+            (Some(limit / den * num), true)
+        }
+        (None, None) => (None, false),
+    };
+    Ok(MemoryPlan {
+        max_bytes,
+        derived,
+        policy,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +380,9 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
             return Err(invalid(format!("spec.redis.config.{key}"), "must be one line"));
         }
     }
+    let memory = memory_plan(redis)?;
+    let mut extra_config = redis.config.clone();
+    extra_config.retain(|k, _| !MEMORY_SETTINGS.contains(&k.to_ascii_lowercase().as_str()));
 
     let sentinel = if redis.replicas >= 2 {
         let s = &spec.sentinel;
@@ -388,7 +521,8 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
             tolerations: redis.scheduling.tolerations.clone(),
             node_selector: redis.scheduling.node_selector.clone(),
             topology_spread_constraints: redis.scheduling.topology_spread_constraints.clone(),
-            extra_config: redis.config.clone(),
+            extra_config,
+            memory,
         },
         sentinel,
         shim: ShimPlan {
@@ -457,6 +591,34 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
+        for (spec, field) in [
+            (
+                "  redis: {config: {maxmemory-policy: allkeys-lru}}",
+                "spec.redis.config.maxmemory-policy",
+            ),
+            (
+                "  redis: {config: {maxmemory-policy: forget-everything}}",
+                "spec.redis.config.maxmemory-policy",
+            ),
+            ("  redis: {config: {maxmemory: lots}}", "spec.redis.config.maxmemory"),
+            (
+                "  redis: {config: {maxmemory: 2gb}, resources: {limits: {memory: 1Gi}}}",
+                "spec.redis.config.maxmemory",
+            ),
+            (
+                "  redis: {resources: {limits: {memory: plenty}}}",
+                "spec.redis.resources.limits.memory",
+            ),
+        ] {
+            assert_eq!(error(spec).field, field, "{spec}");
+        }
+        assert!(error("  redis: {config: {maxmemory-policy: allkeys-lru}}")
+            .problem
+            .contains("key material"));
+        assert_eq!(quantity_bytes("1536Mi"), Some(1536 << 20));
+        assert_eq!(quantity_bytes("2G"), Some(2_000_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("1x"), None);
         assert_eq!(
             error("  shim: {mode: Sidecar, sidecar: {port: 8443}}").field,
             "spec.shim.sidecar.port"

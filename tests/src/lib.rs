@@ -29,6 +29,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// A redis.conf read first; the harness's own settings override it.
+    conf: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -38,6 +40,12 @@ impl RedisServer {
 
     /// `extra` are further `--name value` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_conf(None, extra)
+    }
+
+    /// Like [`start_with`](Self::start_with), reading `conf` first (its port, bind address and
+    /// directory are the harness's).
+    pub fn start_with_conf(conf: Option<&Path>, extra: &[&str]) -> Self {
         assert!(
             Command::new("redis-server").arg("--version").output().is_ok(),
             "redis-server is not installed: run scripts/test, which installs Debian's redis-server"
@@ -47,6 +55,7 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temporary directory"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            conf: conf.map(Path::to_path_buf),
         };
         server.launch();
         server
@@ -54,6 +63,7 @@ impl RedisServer {
 
     fn launch(&mut self) {
         let child = Command::new("redis-server")
+            .args(&self.conf)
             .arg("--port")
             .arg(self.port.to_string())
             .args([

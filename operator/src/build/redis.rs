@@ -120,6 +120,23 @@ fn redis_conf(plan: &Plan) -> String {
         // that nothing stays on disk (and a restart cannot load a stale copy).
         PersistenceMode::None => "appendonly no\nsave \"\"\nrdb-del-sync-files yes\n",
     });
+    let memory = &plan.redis.memory;
+    if let Some(bytes) = memory.max_bytes {
+        if memory.derived {
+            conf.push_str("# From the container's memory limit, leaving room for replication buffers and the\n");
+            conf.push_str("# copy-on-write pages of the fork that rewrites the AOF or writes the RDB file.\n");
+        }
+        conf.push_str(&format!("maxmemory {bytes}\n"));
+    }
+    conf.push_str(&format!(
+        "# {}\nmaxmemory-policy {}\n",
+        if memory.policy == "noeviction" {
+            "Full: refuse writes (new logins fail with a fault), never drop a live session or key material."
+        } else {
+            "Full: evict only keys with a TTL (sessions), never the key material or membership."
+        },
+        memory.policy
+    ));
     if !plan.redis.extra_config.is_empty() {
         conf.push_str("# spec.redis.config\n");
         for (key, value) in &plan.redis.extra_config {
@@ -926,16 +943,39 @@ spec:
     fn extra_config_is_appended_and_changes_roll_the_pods() {
         let plain = build(&plan("  {}"), &owner());
         let tuned = build(
-            &plan("  redis: {config: {maxmemory: 2gb, maxmemory-policy: noeviction}}"),
+            &plan("  redis: {config: {maxmemory: 2gb, maxmemory-policy: volatile-ttl, hz: '20'}}"),
             &owner(),
         );
+        let conf = &config(&tuned)["redis.conf"];
+        // The memory settings are the plan's (validated, once); the rest is appended as given.
         assert!(
-            config(&tuned)["redis.conf"].ends_with("# spec.redis.config\nmaxmemory 2gb\nmaxmemory-policy noeviction\n")
+            conf.ends_with("maxmemory 2147483648\n# Full: evict only keys with a TTL (sessions), never the key material or membership.\nmaxmemory-policy volatile-ttl\n# spec.redis.config\nhz 20\n"),
+            "{conf}"
         );
+        assert_eq!(conf.matches("maxmemory ").count(), 1);
         let checksum =
             |objects: &[Emitted]| stateful_set(objects)["spec"]["template"]["metadata"]["annotations"].clone();
         assert_ne!(checksum(&plain), checksum(&tuned));
         assert_eq!(checksum(&plain), checksum(&build(&plan("  {}"), &owner())));
+    }
+
+    #[test]
+    fn maxmemory_follows_the_memory_limit_and_nothing_is_evicted_by_default() {
+        let conf = |spec: &str| config(&build(&plan(spec), &owner()))["redis.conf"].clone();
+        // 1536Mi with AOF: half for the data set, the rest for buffers and the rewrite's fork.
+        let limited = conf("  redis: {resources: {limits: {memory: 1536Mi}}}");
+        assert!(limited.contains("\nmaxmemory 805306368\n"), "{limited}");
+        assert!(limited.contains("\nmaxmemory-policy noeviction\n"), "{limited}");
+        let ephemeral =
+            conf("  redis: {persistence: None, storage: {ephemeral: true}, resources: {limits: {memory: 1Gi}}}");
+        assert!(
+            ephemeral.contains("\nmaxmemory 805306368\n"),
+            "three quarters without a fork: {ephemeral}"
+        );
+        // No limit: no bound to derive one from.
+        let unbounded = conf("  {}");
+        assert!(!unbounded.contains("\nmaxmemory "), "{unbounded}");
+        assert!(unbounded.contains("\nmaxmemory-policy noeviction\n"));
     }
 
     #[test]

@@ -472,6 +472,39 @@ mod tests {
         assert!(e.to_string().starts_with("--max-body-bytes"), "{e}");
     }
 
+    /// Every secret setting at once: none of them in the validated configuration's Debug.
+    #[test]
+    fn no_secret_setting_reaches_debug_output() {
+        let dir = std::env::temp_dir().join(format!("redsess-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("basic");
+        std::fs::write(&file, "file-pass-5d1e\n").unwrap();
+        let env = |k: &str| (k == "REDSESS_REDIS_PASSWORD").then(|| "env-pass-91c2".to_string());
+        let with_url = args(&[
+            "--redis-url",
+            "redis://redsess:url-pass-7f3a@redis:6379",
+            "--basic-auth-user",
+            "webseal",
+            "--basic-auth-password-file",
+            file.to_str().unwrap(),
+        ])
+        .validate(env)
+        .unwrap();
+        let from_env = args(&["--redis-url", "redis://redsess@redis:6379"])
+            .validate(env)
+            .unwrap();
+        for (c, secrets) in [
+            (&with_url, ["url-pass-7f3a", "file-pass-5d1e"]),
+            (&from_env, ["env-pass-91c2", "env-pass-91c2"]),
+        ] {
+            let debug = format!("{c:?}");
+            for secret in secrets {
+                assert!(!debug.contains(secret), "{secret} in {debug}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn secrets_come_from_the_environment_and_stay_out_of_debug_output() {
         let env = |k: &str| (k == "REDSESS_BASIC_AUTH_PASSWORD").then(|| "pa55".to_string());

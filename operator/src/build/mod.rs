@@ -136,7 +136,7 @@ pub fn all(
     out.extend(redis::build(plan, owner));
     out.extend(sentinel::build(plan, owner));
     out.extend(shim::build(plan, owner));
-    out.push(network_policy::build(plan, owner));
+    out.extend(network_policy::build(plan, owner));
     out.extend(client_config::build(plan, owner));
     out
 }

@@ -1,10 +1,9 @@
-//! The NetworkPolicy that fences in Redis: only this SessionCache's own pods (shim, Sentinel,
-//! the other Redis pods for replication), the operator, and the reverse proxies that opted in
-//! with [`CLIENT_LABEL`] may open connections to port 6379. The ACL password is still required;
-//! this keeps everyone else from even trying.
-//!
-//! Only the Redis pods are fenced: Sentinel hands out addresses, not data, and must stay
-//! reachable by the shim and the native clients that ask it for the primary.
+//! The NetworkPolicies that fence in Redis and Sentinel: only this SessionCache's own pods
+//! (shim, Sentinel, the other Redis pods for replication), the operator, and the reverse
+//! proxies that opted in ([`CLIENT_LABEL`] or a client's podSelector) may open connections to
+//! port 6379, and the same pods to Sentinel's 26379. The ACL password is still required; this
+//! keeps everyone else from even trying. Sentinel is fenced too: whoever can talk to it can
+//! tell it that another host is the primary, and the shims would follow.
 
 use std::collections::BTreeMap;
 
@@ -28,16 +27,17 @@ pub const CLIENT_LABEL: &str = "redsess.io/client";
 /// Label of the operator's own pods (any namespace).
 const OPERATOR_NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", names::MANAGER);
 
-pub fn build(plan: &Plan, owner: &OwnerReference) -> Emitted {
+/// The Redis policy, and the Sentinel policy when Redis is replicated.
+pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
     let pods = |labels: BTreeMap<String, String>| NetworkPolicyPeer {
         pod_selector: Some(match_labels(labels)),
         ..NetworkPolicyPeer::default()
     };
     let own = |component: &str| pods(names::selector(&plan.name, component));
-    let redis_port = || {
+    let port = |number: i32| {
         Some(vec![NetworkPolicyPort {
             protocol: Some("TCP".into()),
-            port: Some(IntOrString::Int(names::REDIS_PORT)),
+            port: Some(IntOrString::Int(number)),
             ..NetworkPolicyPort::default()
         }])
     };
@@ -47,24 +47,21 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Emitted {
         None => own(component::SHIM),
         Some(_) => pods(BTreeMap::from([(SIDECAR_LABEL.to_string(), plan.name.clone())])),
     };
-    let components = NetworkPolicyIngressRule {
-        from: Some(vec![
-            shims,
-            own(component::SENTINEL),
-            // Replicas connect to the primary.
-            own(component::REDIS),
-            // The operator, wherever it runs (it reads replication roles).
-            NetworkPolicyPeer {
-                namespace_selector: Some(LabelSelector::default()),
-                pod_selector: Some(match_labels(BTreeMap::from([(
-                    OPERATOR_NAME_LABEL.0.to_string(),
-                    OPERATOR_NAME_LABEL.1.to_string(),
-                )]))),
-                ..NetworkPolicyPeer::default()
-            },
-        ]),
-        ports: redis_port(),
-    };
+    let components = vec![
+        shims,
+        own(component::SENTINEL),
+        // Replicas connect to the primary; Redis pods ask Sentinel for it at start.
+        own(component::REDIS),
+        // The operator, wherever it runs (it reads replication roles).
+        NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            pod_selector: Some(match_labels(BTreeMap::from([(
+                OPERATOR_NAME_LABEL.0.to_string(),
+                OPERATOR_NAME_LABEL.1.to_string(),
+            )]))),
+            ..NetworkPolicyPeer::default()
+        },
+    ];
     // Labelled pods, and the pods each native client's podSelector names (IBM's operators
     // fix their pods' labels, so the label cannot be the only way in).
     let mut clients = vec![pods(BTreeMap::from([(CLIENT_LABEL.to_string(), plan.name.clone())]))];
@@ -74,20 +71,35 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Emitted {
             ..NetworkPolicyPeer::default()
         })
     }));
-    let native_clients = NetworkPolicyIngressRule {
-        from: Some(clients),
-        ports: redis_port(),
+    let policy = |name: String, component: &str, number: i32| {
+        Emitted::NetworkPolicy(NetworkPolicy {
+            metadata: metadata(plan, name, component, owner),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(match_labels(names::selector(&plan.name, component))),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(vec![
+                    NetworkPolicyIngressRule {
+                        from: Some(components.clone()),
+                        ports: port(number),
+                    },
+                    NetworkPolicyIngressRule {
+                        from: Some(clients.clone()),
+                        ports: port(number),
+                    },
+                ]),
+                ..NetworkPolicySpec::default()
+            }),
+        })
     };
-
-    Emitted::NetworkPolicy(NetworkPolicy {
-        metadata: metadata(plan, names::redis(&plan.name), component::REDIS, owner),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(match_labels(names::selector(&plan.name, component::REDIS))),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![components, native_clients]),
-            ..NetworkPolicySpec::default()
-        }),
-    })
+    let mut out = vec![policy(names::redis(&plan.name), component::REDIS, names::REDIS_PORT)];
+    if plan.sentinel.is_some() {
+        out.push(policy(
+            names::sentinel(&plan.name),
+            component::SENTINEL,
+            names::SENTINEL_PORT,
+        ));
+    }
+    out
 }
 
 fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
@@ -104,7 +116,9 @@ mod tests {
 
     #[test]
     fn only_own_pods_the_operator_and_labelled_clients_reach_redis() {
-        let policy = build(&plan("  {}"), &owner());
+        let policies = build(&plan("  {}"), &owner());
+        assert_eq!(policies.len(), 1, "no Sentinel, no Sentinel policy");
+        let policy = policies.into_iter().next().unwrap();
         let expected: serde_json::Value = serde_yaml::from_str(
             r#"
 apiVersion: networking.k8s.io/v1
@@ -165,7 +179,7 @@ mod client_selectors {
             "  clients:\n  - {name: gw, kind: IAG, podSelector: {matchLabels: {app: iag-edge}}}\n  \
              - {name: web, kind: WebSEALRedis, podSelector: {matchLabels: {app: isamwebseal, kind: webseal}}}",
         );
-        let Emitted::NetworkPolicy(policy) = build(&p, &owner()) else {
+        let Emitted::NetworkPolicy(policy) = build(&p, &owner()).remove(0) else {
             unreachable!()
         };
         let clients = policy.spec.unwrap().ingress.unwrap()[1].from.clone().unwrap();
@@ -192,7 +206,7 @@ mod client_selectors {
 
     #[test]
     fn in_sidecar_mode_the_labelled_proxy_pods_reach_redis() {
-        let Emitted::NetworkPolicy(policy) = build(&plan("  shim: {mode: Sidecar}"), &owner()) else {
+        let Emitted::NetworkPolicy(policy) = build(&plan("  shim: {mode: Sidecar}"), &owner()).remove(0) else {
             unreachable!()
         };
         let components = policy.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap();
@@ -201,6 +215,40 @@ mod client_selectors {
             first,
             BTreeMap::from([(SIDECAR_LABEL.to_string(), "cache".to_string())])
         );
+    }
+
+    /// Whoever reaches Sentinel can name another host the primary: the same pods as for Redis,
+    /// on 26379, and nobody else.
+    #[test]
+    fn sentinel_is_fenced_like_redis() {
+        let policies = build(&plan("  redis: {replicas: 3}"), &owner());
+        let [Emitted::NetworkPolicy(redis), Emitted::NetworkPolicy(sentinel)] = policies.as_slice() else {
+            panic!("a Redis and a Sentinel policy: {policies:?}")
+        };
+        assert_eq!(sentinel.metadata.name.as_deref(), Some("cache-sentinel"));
+        let spec = sentinel.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/component"],
+            "sentinel"
+        );
+        let ingress = spec.ingress.as_ref().unwrap();
+        for rule in ingress {
+            let ports = rule.ports.as_ref().unwrap();
+            assert_eq!(ports[0].port, Some(IntOrString::Int(26379)));
+        }
+        let peers = |p: &NetworkPolicy| -> Vec<Option<LabelSelector>> {
+            p.spec
+                .as_ref()
+                .unwrap()
+                .ingress
+                .as_ref()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.from.clone().unwrap())
+                .map(|peer| peer.pod_selector)
+                .collect()
+        };
+        assert_eq!(peers(sentinel), peers(redis), "the same pods as Redis admits");
     }
 
     #[test]

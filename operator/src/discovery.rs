@@ -56,9 +56,8 @@ impl ServedKinds {
 /// Kubernetes 1.29 on.
 pub async fn placement(client: &Client) -> Result<Placement, Error> {
     let info = client.apiserver_version().await.map_err(Error::Version)?;
-    // Minor versions may carry a suffix ("20+" on some distributions).
-    let number = |s: &str| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
-    Ok(Placement::for_server(number(&info.major), number(&info.minor)))
+    // A version that does not read as numbers gets the container that works everywhere.
+    Ok(Placement::for_version(&info.major, &info.minor).unwrap_or(Placement::Plain))
 }
 
 /// Asks the API server for the resources of each API version the emitted kinds use (a version

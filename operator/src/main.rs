@@ -248,13 +248,12 @@ fn main() -> anyhow::Result<()> {
             let read = |path: &PathBuf| {
                 std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
             };
-            let (major, minor) = kubernetes_version
+            let placement = kubernetes_version
                 .split_once('.')
-                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .and_then(|(major, minor)| redsess_operator::build::sidecar::Placement::for_version(major, minor))
                 .with_context(|| {
                     format!("--kubernetes-version {kubernetes_version}: expected MAJOR.MINOR, e.g. 1.30")
                 })?;
-            let placement = redsess_operator::build::sidecar::Placement::for_server(major, minor);
             let (pod, _) = redsess_operator::render::inject(&read(&pod)?, &read(&cache)?, placement, platform)?;
             print!("{pod}");
         }

@@ -54,6 +54,8 @@ pub enum Error {
     Certificates(#[from] certificates::Error),
     #[error("the webhook's certificate does not load: {0}")]
     Tls(String),
+    #[error("the webhook's SessionCache watch ended before it listed every cache: {0}")]
+    Watch(String),
     #[error("the webhook cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -187,7 +189,7 @@ pub async fn serve(
     caches
         .wait_until_ready()
         .await
-        .map_err(|e| Error::Tls(format!("the SessionCache watch ended before it listed: {e}")))?;
+        .map_err(|e| Error::Watch(e.to_string()))?;
 
     // Renewals and new files, every minute.
     {

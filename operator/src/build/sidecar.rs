@@ -53,6 +53,13 @@ impl Placement {
             Placement::Plain
         }
     }
+
+    /// From a version as the API server reports it (`major` "1", `minor` "29" or "29+" on
+    /// some distributions); `None` when it is not a number.
+    pub fn for_version(major: &str, minor: &str) -> Option<Placement> {
+        let number = |s: &str| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok();
+        Some(Placement::for_server(number(major)?, number(minor)?))
+    }
 }
 
 /// What the webhook adds to a pod.
@@ -175,6 +182,9 @@ mod tests {
         assert_eq!(Placement::for_server(1, 28), Placement::Plain);
         assert_eq!(Placement::for_server(1, 29), Placement::Native);
         assert_eq!(Placement::for_server(2, 0), Placement::Native);
+        assert_eq!(Placement::for_version("1", "29+"), Some(Placement::Native));
+        assert_eq!(Placement::for_version("1", "20"), Some(Placement::Plain));
+        assert_eq!(Placement::for_version("1", "x"), None);
         let p = plan("  shim: {mode: Sidecar}");
         let native = sidecar(&p, Placement::Native);
         assert_eq!(native.container.restart_policy.as_deref(), Some("Always"));

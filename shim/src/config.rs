@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::session::Settings;
-use crate::store::redis::RedisSettings;
+use crate::store::redis::{RedisSettings, SentinelAuth};
 use crate::store::SessionLimit;
 
 /// The settings as given; no `Debug`, since the Redis URL may carry a password (the validated
@@ -35,6 +35,15 @@ pub struct ServeArgs {
     /// The primary's name as the Sentinels monitor it.
     #[arg(long, env = "REDSESS_REDIS_SENTINEL_PRIMARY", default_value = "redsess")]
     pub redis_sentinel_primary: String,
+
+    /// ACL user to authenticate to the Sentinels as (Sentinels with `user` or `requirepass`).
+    #[arg(long, env = "REDSESS_REDIS_SENTINEL_USER")]
+    pub redis_sentinel_user: Option<String>,
+
+    /// File holding the Sentinels' password (or set REDSESS_REDIS_SENTINEL_PASSWORD); none =
+    /// the Sentinels are asked without authentication.
+    #[arg(long, env = "REDSESS_REDIS_SENTINEL_PASSWORD_FILE")]
+    pub redis_sentinel_password_file: Option<PathBuf>,
 
     /// File holding the Redis password (for ACL users, with the user in the URL).
     #[arg(long, env = "REDSESS_REDIS_PASSWORD_FILE")]
@@ -199,6 +208,37 @@ fn readable(setting: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
 }
 
 impl ServeArgs {
+    /// The Sentinels' credentials: a password from the file or the environment, and the
+    /// optional user; only where there are Sentinels to ask.
+    fn sentinel_auth(
+        &self,
+        sentinels: &[String],
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<SentinelAuth>, ConfigError> {
+        const FILE: &str = "--redis-sentinel-password-file (REDSESS_REDIS_SENTINEL_PASSWORD_FILE)";
+        const USER: &str = "--redis-sentinel-user (REDSESS_REDIS_SENTINEL_USER)";
+        let password = match &self.redis_sentinel_password_file {
+            Some(p) => Some(read_secret(FILE, p)?),
+            None => env("REDSESS_REDIS_SENTINEL_PASSWORD").filter(|p| !p.is_empty()),
+        };
+        let user = self.redis_sentinel_user.clone().filter(|u| !u.is_empty());
+        if sentinels.is_empty() && (password.is_some() || user.is_some()) {
+            let setting = if user.is_some() { USER } else { FILE };
+            return Err(bad(
+                setting,
+                "is set, but there are no --redis-sentinels to authenticate to",
+            ));
+        }
+        match (user, password) {
+            (Some(_), None) => Err(bad(
+                USER,
+                "needs a password: set --redis-sentinel-password-file or REDSESS_REDIS_SENTINEL_PASSWORD",
+            )),
+            (user, Some(password)) => Ok(Some(SentinelAuth { user, password })),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Checks every setting; `env` supplies REDSESS_BASIC_AUTH_PASSWORD and
     /// REDSESS_REDIS_PASSWORD (a parameter so tests need not touch the process environment).
     pub fn validate(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -248,6 +288,7 @@ impl ServeArgs {
                     key_prefix: self.key_prefix.clone(),
                     sentinels: sentinels.clone(),
                     sentinel_primary: self.redis_sentinel_primary.clone(),
+                    sentinel_auth: self.sentinel_auth(&sentinels, &env)?,
                     connect_timeout: self.request_timeout,
                     response_timeout: self.request_timeout,
                 })
@@ -479,10 +520,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("basic");
         std::fs::write(&file, "file-pass-5d1e\n").unwrap();
-        let env = |k: &str| (k == "REDSESS_REDIS_PASSWORD").then(|| "env-pass-91c2".to_string());
+        let sentinel_file = dir.join("sentinel");
+        std::fs::write(&sentinel_file, "sentinel-file-pass-0b7c\n").unwrap();
+        let env = |k: &str| match k {
+            "REDSESS_REDIS_PASSWORD" => Some("env-pass-91c2".to_string()),
+            "REDSESS_REDIS_SENTINEL_PASSWORD" => Some("sentinel-env-pass-44e1".to_string()),
+            _ => None,
+        };
         let with_url = args(&[
             "--redis-url",
             "redis://redsess:url-pass-7f3a@redis:6379",
+            "--redis-sentinels",
+            "sentinel:26379",
+            "--redis-sentinel-password-file",
+            sentinel_file.to_str().unwrap(),
             "--basic-auth-user",
             "webseal",
             "--basic-auth-password-file",
@@ -490,12 +541,22 @@ mod tests {
         ])
         .validate(env)
         .unwrap();
-        let from_env = args(&["--redis-url", "redis://redsess@redis:6379"])
-            .validate(env)
-            .unwrap();
+        let from_env = args(&[
+            "--redis-url",
+            "redis://redsess@redis:6379",
+            "--redis-sentinels",
+            "sentinel:26379",
+            "--redis-sentinel-user",
+            "shim",
+        ])
+        .validate(env)
+        .unwrap();
         for (c, secrets) in [
-            (&with_url, ["url-pass-7f3a", "file-pass-5d1e"]),
-            (&from_env, ["env-pass-91c2", "env-pass-91c2"]),
+            (
+                &with_url,
+                ["url-pass-7f3a", "file-pass-5d1e", "sentinel-file-pass-0b7c"],
+            ),
+            (&from_env, ["env-pass-91c2", "sentinel-env-pass-44e1", "env-pass-91c2"]),
         ] {
             let debug = format!("{c:?}");
             for secret in secrets {
@@ -503,6 +564,35 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sentinel_credentials_need_sentinels_and_a_password() {
+        let e = args(&["--redis-url", "redis://r:6379", "--redis-sentinel-user", "shim"])
+            .validate(no_env)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("--redis-sentinel-user"), "{e}");
+        assert!(e.to_string().contains("no --redis-sentinels"), "{e}");
+        let with_sentinels = ["--redis-url", "redis://r:6379", "--redis-sentinels", "s:26379"];
+        let e = args(&[&with_sentinels[..], &["--redis-sentinel-user", "shim"]].concat())
+            .validate(no_env)
+            .unwrap_err();
+        assert!(e.to_string().contains("needs a password"), "{e}");
+        let env = |k: &str| (k == "REDSESS_REDIS_SENTINEL_PASSWORD").then(|| "pw".to_string());
+        let c = args(&[&with_sentinels[..], &["--redis-sentinel-user", "shim"]].concat())
+            .validate(env)
+            .unwrap();
+        let StoreConfig::Redis(redis) = c.store else {
+            panic!("a Redis store")
+        };
+        let auth = redis.sentinel_auth.expect("Sentinel credentials");
+        assert_eq!((auth.user.as_deref(), auth.password.as_str()), (Some("shim"), "pw"));
+        // No password and no user: the Sentinels are asked as before.
+        let c = args(&with_sentinels).validate(no_env).unwrap();
+        let StoreConfig::Redis(redis) = c.store else {
+            panic!("a Redis store")
+        };
+        assert!(redis.sentinel_auth.is_none());
     }
 
     #[test]

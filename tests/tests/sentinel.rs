@@ -11,11 +11,26 @@ use redsess_tests::{free_port, webseal_session, RedisServer, Shim, SUCCESS};
 struct Sentinel {
     child: Child,
     port: u16,
+    /// Authenticate as `admin` (see [`SENTINEL_ACL`]).
+    admin: bool,
     _dir: tempfile::TempDir,
 }
 
+/// Sentinel ACL users as the operator writes them: the default user off, an administrator
+/// the Sentinels use among themselves, and `redsess` for the shims, which may only ask.
+const SENTINEL_ACL: &str = "user default off\n\
+     user admin on >admin-pass ~* &* +@all\n\
+     user redsess on >shim-pass -@all +ping +auth +hello +client|setname +sentinel|get-master-addr-by-name \
+     +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels\n\
+     sentinel sentinel-user admin\nsentinel sentinel-pass admin-pass\n";
+
 impl Sentinel {
     fn start(primary_port: u16) -> Sentinel {
+        Self::start_with(primary_port, "")
+    }
+
+    /// With `extra` appended to sentinel.conf (ACL users, say); the `admin` user asks, if any.
+    fn start_with(primary_port: u16, extra: &str) -> Sentinel {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -24,7 +39,7 @@ impl Sentinel {
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor redsess 127.0.0.1 {primary_port} 1\n\
                  sentinel down-after-milliseconds redsess 1000\nsentinel failover-timeout redsess 5000\n\
-                 sentinel parallel-syncs redsess 1\n",
+                 sentinel parallel-syncs redsess 1\n{extra}",
                 dir.path().display()
             ),
         )
@@ -36,7 +51,12 @@ impl Sentinel {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server --sentinel");
-        let sentinel = Sentinel { child, port, _dir: dir };
+        let sentinel = Sentinel {
+            child,
+            port,
+            admin: extra.contains("user admin"),
+            _dir: dir,
+        };
         wait_until(Duration::from_secs(10), "Sentinel answers", || {
             sentinel.primary_port() == Some(primary_port)
         });
@@ -45,17 +65,22 @@ impl Sentinel {
 
     /// The primary's port as Sentinel names it now.
     fn primary_port(&self) -> Option<u16> {
-        let out = Command::new("redis-cli")
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "sentinel",
-                "get-master-addr-by-name",
-                "redsess",
-            ])
+        let out = self
+            .cli(&["sentinel", "get-master-addr-by-name", "redsess"])
             .output()
             .ok()?;
         String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Sentinel {
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut cli = Command::new("redis-cli");
+        if self.admin {
+            cli.args(["--user", "admin"]).env("REDISCLI_AUTH", "admin-pass");
+        }
+        cli.args(["-p", &self.port.to_string()]).args(args);
+        cli
     }
 }
 
@@ -129,4 +154,79 @@ async fn the_shim_follows_a_sentinel_failover() {
     }
     let after = c.create_session("web", "default", "S-after", 0, &items).await.unwrap();
     assert_eq!(after.result(), SUCCESS, "writes go to the new primary");
+}
+
+/// What redis-cli prints for `args` sent to Sentinel `port`, as `user` (or unauthenticated).
+fn sentinel_says(port: u16, auth: Option<(&str, &str)>, args: &[&str]) -> String {
+    let mut cli = Command::new("redis-cli");
+    if let Some((user, password)) = auth {
+        cli.args(["--user", user]).env("REDISCLI_AUTH", password);
+    }
+    let out = cli.args(["-p", &port.to_string()]).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sentinel_acls_the_shim_authenticates_and_only_reads() {
+    let primary = RedisServer::start();
+    let sentinel = Sentinel::start_with(primary.port, SENTINEL_ACL);
+    let sentinels = format!("127.0.0.1:{}", sentinel.port);
+    let password_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(password_file.path(), "shim-pass\n").unwrap();
+    let shim = Shim::start(
+        &["--request-timeout", "1s"],
+        &[
+            ("REDSESS_REDIS_URL", "redis://127.0.0.1:1"),
+            ("REDSESS_REDIS_SENTINELS", &sentinels),
+            ("REDSESS_REDIS_SENTINEL_USER", "redsess"),
+            (
+                "REDSESS_REDIS_SENTINEL_PASSWORD_FILE",
+                password_file.path().to_str().unwrap(),
+            ),
+        ],
+    );
+    let items = webseal_session("acl-user");
+    let created = shim
+        .client()
+        .create_session("web", "default", "S-acl", 0, &items)
+        .await
+        .unwrap();
+    assert_eq!(created.result(), SUCCESS, "{}", shim.logs());
+
+    // Without credentials Sentinel names no primary, and the shim says why.
+    let anonymous = Shim::start(
+        &["--request-timeout", "1s"],
+        &[
+            ("REDSESS_REDIS_URL", "redis://127.0.0.1:1"),
+            ("REDSESS_REDIS_SENTINELS", &sentinels),
+        ],
+    );
+    let refused = anonymous.client().get_session("web", "default", "S-acl").await;
+    assert!(!matches!(&refused, Ok(r) if r.result() == SUCCESS));
+    let (status, body) = anonymous.http_get("/readyz").expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("NOAUTH") || anonymous.logs().contains("NOAUTH"),
+        "the reason is named: {body}\n{}",
+        anonymous.logs()
+    );
+
+    // Nobody reconfigures Sentinel without the administrator's password: not anonymously,
+    // and not with the shim's.
+    let port = sentinel.port;
+    let primary_port = primary.port.to_string();
+    for auth in [None, Some(("redsess", "shim-pass"))] {
+        for command in [
+            &["sentinel", "set", "redsess", "quorum", "5"][..],
+            &["sentinel", "remove", "redsess"],
+            &["sentinel", "monitor", "evil", "127.0.0.1", &primary_port, "1"],
+        ] {
+            let said = sentinel_says(port, auth, command);
+            assert!(
+                said.contains("NOAUTH") || said.contains("NOPERM"),
+                "{command:?} as {auth:?} was not refused: {said}"
+            );
+        }
+    }
+    assert_eq!(sentinel.primary_port(), Some(primary.port), "the monitor is unchanged");
 }

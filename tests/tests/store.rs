@@ -33,6 +33,7 @@ fn redis_store(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
             key_prefix: prefix.into(),
             sentinels: vec![],
             sentinel_primary: "redsess".into(),
+            sentinel_auth: None,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
         })
@@ -478,6 +479,7 @@ async fn a_redis_store_starts_while_redis_is_down() {
         key_prefix: "late:".into(),
         sentinels: vec![],
         sentinel_primary: "redsess".into(),
+        sentinel_auth: None,
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_millis(500),
     })

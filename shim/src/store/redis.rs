@@ -52,6 +52,8 @@ pub struct RedisSettings {
     pub sentinels: Vec<String>,
     /// The primary's name as Sentinel monitors it.
     pub sentinel_primary: String,
+    /// How to authenticate to the Sentinels (their own users, not Redis's); none = not at all.
+    pub sentinel_auth: Option<SentinelAuth>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
 }
@@ -63,8 +65,37 @@ impl std::fmt::Debug for RedisSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("key_prefix", &self.key_prefix)
             .field("sentinels", &self.sentinels)
+            .field("sentinel_auth", &self.sentinel_auth)
             .finish()
     }
+}
+
+/// A Sentinel ACL user (or none, for `requirepass`) and its password.
+#[derive(Clone)]
+pub struct SentinelAuth {
+    pub user: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SentinelAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One Sentinel's address (`host:port`) with the Sentinels' credentials, if any.
+fn sentinel_connection_info(address: &str, auth: Option<&SentinelAuth>) -> Result<redis::ConnectionInfo, StoreError> {
+    let mut info = format!("redis://{address}")
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| StoreError::Unavailable(format!("the Sentinel address {address:?} is not valid: {e}")))?;
+    if let Some(auth) = auth {
+        info.redis.username = auth.user.clone();
+        info.redis.password = Some(auth.password.clone());
+    }
+    Ok(info)
 }
 
 /// The URL with any password replaced, fit for logs.
@@ -138,7 +169,11 @@ impl RedisStore {
                 tls_mode,
                 redis_connection_info: Some(info.redis.clone()),
             };
-            let sentinels: Vec<String> = settings.sentinels.iter().map(|s| format!("redis://{s}")).collect();
+            let sentinels = settings
+                .sentinels
+                .iter()
+                .map(|s| sentinel_connection_info(s, settings.sentinel_auth.as_ref()))
+                .collect::<Result<Vec<_>, _>>()?;
             Target::Sentinel(Mutex::new(
                 SentinelClient::build(
                     sentinels,

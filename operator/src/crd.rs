@@ -160,6 +160,11 @@ pub struct SentinelSpec {
     /// CPU and memory for each Sentinel container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Secret (key `password`) with the password of the Sentinels' administrator user, which
+    /// only the Sentinels know (clients ask them as the read-only Redis user). Generated once
+    /// as `<name>-sentinel-auth` when absent, and never regenerated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
 }
 
 impl Default for SentinelSpec {
@@ -170,6 +175,7 @@ impl Default for SentinelSpec {
             down_after: default_down_after(),
             failover_timeout: default_failover_timeout(),
             resources: None,
+            password_secret: None,
         }
     }
 }

@@ -25,6 +25,9 @@ pub const SHIM_PORT: i32 = 8443;
 pub const SENTINEL_PRIMARY_NAME: &str = "redsess";
 /// The Redis ACL user the shim (and WebSEAL/IAG natively) connects as.
 pub const REDIS_USER: &str = "redsess";
+/// The Sentinels' own ACL user, which they use among themselves; clients get a read-only
+/// `REDIS_USER` on the Sentinels.
+pub const SENTINEL_ADMIN_USER: &str = "redsess-sentinel";
 
 pub fn redis(cache: &str) -> String {
     format!("{cache}-redis")
@@ -46,6 +49,10 @@ pub fn shim(cache: &str) -> String {
 }
 pub fn redis_auth_secret(cache: &str) -> String {
     format!("{cache}-redis-auth")
+}
+/// The Sentinels' administrator password (key `password`), which only the Sentinels mount.
+pub fn sentinel_auth_secret(cache: &str) -> String {
+    format!("{cache}-sentinel-auth")
 }
 pub fn shim_auth_secret(cache: &str) -> String {
     format!("{cache}-shim-auth")

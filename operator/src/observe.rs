@@ -84,6 +84,21 @@ pub fn referenced_secrets(sc: &SessionCache) -> Vec<SecretRef> {
             },
         },
     ];
+    // Sentinel runs with a replicated Redis only (as validate decides).
+    if redis.replicas >= 2 {
+        out.push(match &sc.spec.sentinel.password_secret {
+            Some(name) => SecretRef {
+                field: "spec.sentinel.passwordSecret",
+                name: name.clone(),
+                generated: false,
+            },
+            None => SecretRef {
+                field: "spec.sentinel.passwordSecret",
+                name: names::sentinel_auth_secret(&cache),
+                generated: true,
+            },
+        });
+    }
     if let Some(name) = &security.tls_secret {
         out.push(SecretRef {
             field: "spec.shim.security.tlsSecret",

@@ -240,6 +240,10 @@ pub struct SentinelPlan {
     pub failover_timeout_ms: u64,
     pub image: String,
     pub resources: Option<ResourceRequirements>,
+    /// The Secret with the administrator's password (key `password`).
+    pub password_secret: String,
+    /// The operator creates `password_secret` when it does not exist.
+    pub generate_password: bool,
 }
 
 /// Ports WebSEAL and IAG containers listen on (HTTP, HTTPS, the management and DSC ports).
@@ -407,6 +411,11 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
             failover_timeout_ms: failover.as_millis() as u64,
             image: redis.image.clone(),
             resources: s.resources.clone(),
+            password_secret: s
+                .password_secret
+                .clone()
+                .unwrap_or_else(|| names::sentinel_auth_secret(&name)),
+            generate_password: s.password_secret.is_none(),
         })
     } else {
         None

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod k8s;
+pub mod pods;
 
 pub use redsess_shim::client::{ClientOptions, DscClient, Reply};
 pub use redsess_shim::dsc::{DataItem, ResultCode};

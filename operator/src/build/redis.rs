@@ -148,7 +148,7 @@ fn redis_conf(plan: &Plan) -> String {
 
 /// Drops trailing line ends from `$password`, as the shim does with its password file, so that
 /// a Secret written with a final newline (or CRLF) still gives both the same password.
-const TRIM_PASSWORD: &str = r#"nl='
+pub(crate) const TRIM_PASSWORD: &str = r#"nl='
 '
 cr=$(printf '\r')
 while :; do
@@ -195,10 +195,11 @@ redis_cli() {
   REDISCLI_AUTH="$password" timeout 3 redis-cli --user "$REDIS_USER" "$@"
 }
 
-# The primary's host as the running Sentinels name it, or nothing (no Sentinel answers).
+# The primary's host as the running Sentinels name it, or nothing (no Sentinel answers). The
+# Sentinels know the ACL user too, allowed to ask and nothing else.
 sentinel_primary() {
   [ -n "$SENTINEL_HOST" ] || return 0
-  reply=$(timeout 3 redis-cli -h "$SENTINEL_HOST" -p 26379 --raw \
+  reply=$(redis_cli -h "$SENTINEL_HOST" -p 26379 --raw \
     sentinel get-master-addr-by-name "$PRIMARY_NAME" 2>/dev/null) || return 0
   # shellcheck disable=SC2086 # split "host port" into words
   set -- $reply

@@ -1,6 +1,7 @@
 //! The Secrets a SessionCache generates when the user names none: the Redis ACL password
-//! (`<name>-redis-auth`, key `password`) and the shim's HTTP Basic credentials
-//! (`<name>-shim-auth`, keys `username` and `password`).
+//! (`<name>-redis-auth`, key `password`), the Sentinels' administrator password
+//! (`<name>-sentinel-auth`, key `password`, with Sentinel only) and the shim's HTTP Basic
+//! credentials (`<name>-shim-auth`, keys `username` and `password`).
 //!
 //! A generated Secret is emitted only while it does not exist. Once created it is never
 //! emitted again, so its value is never regenerated: Redis, the shim and every client keep
@@ -45,6 +46,16 @@ pub fn build(
             &plan.redis.password_secret,
             [("password", new_secret())],
         ));
+    }
+    if let Some(sentinel) = plan.sentinel.as_ref().filter(|s| s.generate_password) {
+        if missing(&sentinel.password_secret) {
+            out.push(opaque(
+                plan,
+                owner,
+                &sentinel.password_secret,
+                [("password", new_secret())],
+            ));
+        }
     }
     if plan.shim.generate_basic_auth && missing(&plan.shim.basic_auth_secret) {
         out.push(opaque(
@@ -166,6 +177,32 @@ mod tests {
         let out = build(&plan("  {}"), &owner(), &observed, &mut counter());
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].name(), "cache-shim-auth");
+    }
+
+    #[test]
+    fn sentinel_gets_its_own_password() {
+        let replicated = "  redis: {replicas: 3}";
+        let names = |p: &Plan, observed: &Observed| -> Vec<String> {
+            build(p, &owner(), observed, &mut counter())
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect()
+        };
+        let p = plan(replicated);
+        assert_eq!(
+            names(&p, &Observed::default()),
+            ["cache-redis-auth", "cache-sentinel-auth", "cache-shim-auth"]
+        );
+        let observed = Observed {
+            existing_secrets: ["cache-sentinel-auth".to_string()].into(),
+        };
+        assert_eq!(names(&p, &observed), ["cache-redis-auth", "cache-shim-auth"]);
+        let named = plan(&format!("{replicated}\n  sentinel: {{passwordSecret: my-sentinel}}"));
+        assert_eq!(
+            names(&named, &Observed::default()),
+            ["cache-redis-auth", "cache-shim-auth"]
+        );
+        assert_eq!(named.sentinel.unwrap().password_secret, "my-sentinel");
     }
 
     #[test]

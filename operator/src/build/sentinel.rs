@@ -7,6 +7,11 @@
 //! emptyDir, with `sentinel auth-pass` read from the mounted Secret (as for Redis, the
 //! password is never in the ConfigMap, a command line or the pod spec's environment).
 //!
+//! Sentinel's own ACL: the default user off; the administrator `redsess-sentinel` (its
+//! password in `plan.sentinel.password_secret`, mounted here only), which the Sentinels use
+//! among themselves; and the Redis ACL user with the Redis password, which may read the
+//! topology and change nothing, for the shims and the Redis pods' start script.
+//!
 //! A Sentinel keeps nothing across a pod restart, so on start it has to find out which Redis
 //! is the primary now: it asks the running Sentinels, then the Redis pods, then assumes pod 0.
 //! A wrong guess is corrected by the other Sentinels' announcements, which carry a newer
@@ -23,12 +28,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use crate::build::redis::{
     config_checksum, config_volume, empty_dir, exec_probe, mount, non_empty, pod_disruption_budget, pod_identity_env,
     pod_template_metadata, secret_volume, service_port, shell_common, shell_common_vars, soft_anti_affinity, AUTH_DIR,
+    TRIM_PASSWORD,
 };
 use crate::build::{metadata, pod_security, Emitted};
 use crate::names::{self, component};
 use crate::validate::{Plan, SentinelPlan};
 
 const CONFIG_DIR: &str = "/etc/sentinel";
+/// The administrator's password (the Secret `plan.sentinel.password_secret`).
+const ADMIN_AUTH_DIR: &str = "/etc/sentinel-auth";
 /// Holds the generated sentinel.conf (with the password), which Sentinel keeps rewriting.
 const RUN_DIR: &str = "/run/sentinel";
 
@@ -61,10 +69,10 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
 fn config_map(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference) -> ConfigMap {
     ConfigMap {
         metadata: metadata(plan, names::sentinel_config(&plan.name), component::SENTINEL, owner),
-        data: Some(BTreeMap::from([(
-            "start-sentinel.sh".to_string(),
-            start_script(plan, sentinel),
-        )])),
+        data: Some(BTreeMap::from([
+            ("start-sentinel.sh".to_string(), start_script(plan, sentinel)),
+            ("ping-sentinel.sh".to_string(), ping_script()),
+        ])),
         ..ConfigMap::default()
     }
 }
@@ -78,6 +86,8 @@ fn start_script(plan: &Plan, sentinel: &SentinelPlan) -> String {
          {vars}\
          NAMESPACE={ns}\n\
          SENTINEL_DOMAIN={sentinel_domain}\n\
+         ADMIN_USER={admin}\n\
+         ADMIN_AUTH_FILE={ADMIN_AUTH_DIR}/password\n\
          QUORUM={quorum}\n\
          DOWN_AFTER_MS={down_after}\n\
          FAILOVER_TIMEOUT_MS={failover}\n\
@@ -86,6 +96,7 @@ fn start_script(plan: &Plan, sentinel: &SentinelPlan) -> String {
         name = plan.name,
         vars = shell_common_vars(plan),
         sentinel_domain = names::service_host(&sentinel_headless(&plan.name), &plan.namespace),
+        admin = names::SENTINEL_ADMIN_USER,
         quorum = sentinel.quorum,
         down_after = sentinel.down_after_ms,
         failover = sentinel.failover_timeout_ms,
@@ -94,6 +105,17 @@ fn start_script(plan: &Plan, sentinel: &SentinelPlan) -> String {
 }
 
 const START_SENTINEL_BODY: &str = r#"
+# The administrator's password, which only the Sentinels have ($(...) drops the final
+# newlines, the case below a CR).
+admin_password=$(cat "$ADMIN_AUTH_FILE")
+admin_password=${admin_password%"$cr"}
+case "$admin_password" in
+  "" | *"$nl"* | *"$cr"*)
+    printf '%s: %s must hold one non-empty line\n' "$0" "$ADMIN_AUTH_FILE" >&2
+    exit 1
+    ;;
+esac
+
 self="$POD_NAME.$SENTINEL_DOMAIN"
 first="$REDIS_PODS-0.$REDIS_DOMAIN"
 
@@ -124,8 +146,17 @@ conf=/run/sentinel/sentinel.conf
 {
   printf 'port 26379\n'
   printf 'bind * -::*\n'
-  # Sentinel has no password: it hands out addresses only, the data needs the ACL user.
+  # Off because the ACL is on: the default user is disabled, every client authenticates.
   printf 'protected-mode no\n'
+  # Whoever could reconfigure a Sentinel could name its own host the primary and receive the
+  # shims' Redis password: only the Sentinels themselves may. The shims and the Redis pods
+  # ask with the Redis ACL user, which may read the topology and nothing else.
+  printf 'user default off resetpass -@all\n'
+  printf 'user %s on %s ~* &* +@all\n' "$ADMIN_USER" "$(conf_string ">$admin_password")"
+  printf 'user %s on %s -@all %s\n' "$REDIS_USER" "$(conf_string ">$password")" \
+    '+ping +auth +hello +client|setname +sentinel|get-master-addr-by-name +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels'
+  printf 'sentinel sentinel-user %s\n' "$ADMIN_USER"
+  printf 'sentinel sentinel-pass %s\n' "$(conf_string "$admin_password")"
   printf 'dir /tmp\n'
   # Names, not IPs: pod IPs change on every restart, the names stay.
   printf 'sentinel resolve-hostnames yes\n'
@@ -147,13 +178,26 @@ printf 'start-sentinel: %s monitors %s\n' "$self" "$primary" >&2
 exec redis-server "$conf" --sentinel
 "#;
 
+/// The probes' check: the local Sentinel answers PONG to its administrator (an unanswered
+/// or refused PING fails, where a bare `redis-cli ping` would exit 0 on NOAUTH).
+fn ping_script() -> String {
+    format!(
+        r#"#!/bin/sh
+# Health check of the local Sentinel.
+password=$(cat {ADMIN_AUTH_DIR}/password)
+{TRIM_PASSWORD}reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli --user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
+if [ "$reply" = PONG ]; then exit 0; fi
+printf '%s\n' "$reply"
+exit 1
+"#,
+        user = names::SENTINEL_ADMIN_USER,
+        port = names::SENTINEL_PORT,
+    )
+}
+
 fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, checksum: String) -> StatefulSet {
     let selector = names::selector(&plan.name, component::SENTINEL);
-    let ping = || {
-        ["redis-cli", "-h", "127.0.0.1", "-p", "26379", "ping"]
-            .map(String::from)
-            .to_vec()
-    };
+    let ping = || vec!["sh".to_string(), format!("{CONFIG_DIR}/ping-sentinel.sh")];
     let container = Container {
         name: "sentinel".into(),
         image: Some(sentinel.image.clone()),
@@ -173,6 +217,7 @@ fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, ch
         volume_mounts: Some(vec![
             mount("config", CONFIG_DIR, true),
             mount("auth", AUTH_DIR, true),
+            mount("admin-auth", ADMIN_AUTH_DIR, true),
             mount("run", RUN_DIR, false),
             mount("tmp", "/tmp", false),
         ]),
@@ -197,6 +242,7 @@ fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, ch
                     volumes: Some(vec![
                         config_volume("config", names::sentinel_config(&plan.name)),
                         secret_volume("auth", &plan.redis.password_secret),
+                        secret_volume("admin-auth", &sentinel.password_secret),
                         empty_dir("run", true),
                         empty_dir("tmp", false),
                     ]),
@@ -341,18 +387,20 @@ spec:
         image: docker.io/library/redis:7.4.2-alpine
         command: [sh, /etc/sentinel/start-sentinel.sh]
         ports: [{name: sentinel, containerPort: 26379, protocol: TCP}]
-        readinessProbe: {exec: {command: [redis-cli, -h, 127.0.0.1, -p, "26379", ping]}}
-        livenessProbe: {exec: {command: [redis-cli, -h, 127.0.0.1, -p, "26379", ping]}}
+        readinessProbe: {exec: {command: [sh, /etc/sentinel/ping-sentinel.sh]}}
+        livenessProbe: {exec: {command: [sh, /etc/sentinel/ping-sentinel.sh]}}
         securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false,
                           capabilities: {drop: [ALL]}}
         volumeMounts:
         - {name: config, mountPath: /etc/sentinel, readOnly: true}
         - {name: auth, mountPath: /etc/redis-auth, readOnly: true}
+        - {name: admin-auth, mountPath: /etc/sentinel-auth, readOnly: true}
         - {name: run, mountPath: /run/sentinel}
         - {name: tmp, mountPath: /tmp}
       volumes:
       - {name: config, configMap: {name: cache-sentinel-config}}
       - {name: auth, secret: {secretName: cache-redis-auth, items: [{key: password, path: password}]}}
+      - {name: admin-auth, secret: {secretName: cache-sentinel-auth, items: [{key: password, path: password}]}}
       - {name: run, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
       - {name: tmp, emptyDir: {}}
 "#,
@@ -375,11 +423,48 @@ spec:
             "DOWN_AFTER_MS=5000",
             "FAILOVER_TIMEOUT_MS=60000",
             "AUTH_FILE=/etc/redis-auth/password",
+            "ADMIN_USER=redsess-sentinel",
+            "ADMIN_AUTH_FILE=/etc/sentinel-auth/password",
             "exec redis-server \"$conf\" --sentinel",
         ] {
             assert!(s.contains(&format!("\n{line}\n")), "{line} missing from\n{s}");
         }
         check_shell_syntax(&s);
+    }
+
+    #[test]
+    fn sentinel_authenticates_everyone_and_lets_clients_only_read() {
+        let out = replicated();
+        let s = script(&out);
+        for line in [
+            "printf 'user default off resetpass -@all\\n'",
+            "printf 'sentinel sentinel-user %s\\n' \"$ADMIN_USER\"",
+            "printf 'sentinel auth-user %s %s\\n' \"$PRIMARY_NAME\" \"$REDIS_USER\"",
+        ] {
+            assert!(s.contains(line), "{line} missing from\n{s}");
+        }
+        // The client user reads the topology; nothing that changes it is granted.
+        let client = s
+            .lines()
+            .find(|l| l.contains("+sentinel|get-master-addr-by-name"))
+            .unwrap();
+        for forbidden in [
+            "+@all",
+            "+sentinel ",
+            "+sentinel|set",
+            "+sentinel|remove",
+            "+sentinel|monitor",
+            "+sentinel|reset",
+            "+sentinel|failover",
+            "+sentinel|config",
+        ] {
+            assert!(!client.contains(forbidden), "{forbidden} in {client}");
+        }
+        let Emitted::ConfigMap(c) = &out[0] else { panic!() };
+        let ping = &c.data.as_ref().unwrap()["ping-sentinel.sh"];
+        assert!(ping.contains("password=$(cat /etc/sentinel-auth/password)"), "{ping}");
+        assert!(ping.contains("--user redsess-sentinel"), "{ping}");
+        check_shell_syntax(ping);
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub fn env(plan: &Plan) -> Vec<EnvVar> {
     if let Some(sentinels) = sentinel_address(plan) {
         env.push(plain("REDSESS_REDIS_SENTINELS", sentinels));
         env.push(plain("REDSESS_REDIS_SENTINEL_PRIMARY", names::SENTINEL_PRIMARY_NAME));
+        // The Sentinels know the Redis ACL user, read-only (see build::sentinel).
+        env.push(plain("REDSESS_REDIS_SENTINEL_USER", names::REDIS_USER));
+        env.push(plain("REDSESS_REDIS_SENTINEL_PASSWORD_FILE", REDIS_PASSWORD_FILE));
     }
     env.push(plain("REDSESS_REDIS_PASSWORD_FILE", REDIS_PASSWORD_FILE));
     env.push(EnvVar {
@@ -461,6 +464,11 @@ mod tests {
         );
         assert_eq!(value(&env, "REDSESS_REDIS_SENTINELS"), "cache-sentinel.isam.svc:26379");
         assert_eq!(value(&env, "REDSESS_REDIS_SENTINEL_PRIMARY"), "redsess");
+        assert_eq!(value(&env, "REDSESS_REDIS_SENTINEL_USER"), "redsess");
+        assert_eq!(
+            value(&env, "REDSESS_REDIS_SENTINEL_PASSWORD_FILE"),
+            "/etc/redsess/redis/password"
+        );
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! A replicated SessionCache as the operator renders it, run as pods (tests/src/pods.rs):
+//! three Redis pods and three Sentinels started by their rendered scripts, the shim by its
+//! rendered Deployment. What an attacker on the pod network may try is refused; a failover
+//! keeps the sessions and the shim follows it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use redsess_operator::build::{self, Emitted, Observed};
+use redsess_operator::validate::validate;
+use redsess_shim::client::ClientOptions;
+use redsess_tests::pods::{Network, Pod};
+use redsess_tests::{shim_binary, webseal_session, SUCCESS};
+
+const CACHE: &str = "\
+apiVersion: redsess.io/v1alpha1
+kind: SessionCache
+metadata: {name: cache, namespace: isam, uid: u1}
+spec:
+  redis: {replicas: 3}
+  sentinel: {replicas: 3, quorum: 2, downAfter: 2s, failoverTimeout: 10s}
+";
+
+/// Every object, generated Secrets included (`secret-1`, `secret-2`, … in emission order).
+fn render() -> Vec<Emitted> {
+    let plan = validate(&serde_yaml::from_str(CACHE).unwrap()).unwrap();
+    let owner = OwnerReference {
+        api_version: "redsess.io/v1alpha1".into(),
+        kind: "SessionCache".into(),
+        name: "cache".into(),
+        uid: "u1".into(),
+        controller: Some(true),
+        ..OwnerReference::default()
+    };
+    let mut n = 0;
+    build::all(&plan, &owner, &Observed::default(), &mut || {
+        n += 1;
+        format!("generated-{n}-x7Qp")
+    })
+}
+
+fn secret(objects: &[Emitted], name: &str, key: &str) -> String {
+    objects
+        .iter()
+        .find_map(|o| match o {
+            Emitted::Secret(s) if o.name() == name => s.string_data.as_ref()?.get(key).cloned(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {name}/{key} rendered"))
+}
+
+/// redis-cli from outside every pod (another pod on the network): what it prints.
+fn cli(host: &str, port: u16, auth: Option<(&str, &str)>, args: &[&str]) -> String {
+    let mut c = Command::new("redis-cli");
+    if let Some((user, password)) = auth {
+        c.args(["--user", user]).env("REDISCLI_AUTH", password);
+    }
+    let out = c
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn eventually(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
+    let objects = render();
+    let network = match Network::create(objects.clone()) {
+        Ok(n) => n,
+        Err(why) if std::env::var_os("REDSESS_REQUIRE_PODS").is_none() => {
+            eprintln!("SKIPPED cache_pods: {why}");
+            return;
+        }
+        Err(why) => panic!("REDSESS_REQUIRE_PODS is set, but: {why}"),
+    };
+    let redis_password = secret(&objects, "cache-redis-auth", "password");
+    let admin_password = secret(&objects, "cache-sentinel-auth", "password");
+    let redis_auth = Some(("redsess", redis_password.as_str()));
+    let admin_auth = Some(("redsess-sentinel", admin_password.as_str()));
+
+    let mut redis: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-redis", i)).collect();
+    for pod in &redis {
+        pod.wait_ready(Duration::from_secs(30));
+    }
+    let sentinels: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-sentinel", i)).collect();
+    for pod in &sentinels {
+        pod.wait_ready(Duration::from_secs(60));
+    }
+    let shim = network.start_deployment("cache-shim", "cache-shim-0", &shim_binary());
+    let shim_url = format!("http://{}:8443", shim.ip);
+    let client = redsess_shim::client::DscClient::new(
+        &shim_url,
+        ClientOptions {
+            basic_auth: Some((
+                secret(&objects, "cache-shim-auth", "username"),
+                secret(&objects, "cache-shim-auth", "password"),
+            )),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let items = webseal_session("pod-user");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.create_session("web", "default", "S-pods", 0, &items).await {
+            Ok(r) if r.result() == SUCCESS => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the shim does not serve: {:?}\n{}",
+                    other.map(|r| r.result()),
+                    shim.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    // Redis: nobody without the password, and not with a wrong one.
+    let primary = redis[0].ip.clone();
+    assert!(cli(&primary, 6379, None, &["get", "x"]).contains("NOAUTH"));
+    assert!(cli(&primary, 6379, Some(("redsess", "guess")), &["get", "x"]).contains("WRONGPASS"));
+    assert!(cli(&primary, 6379, Some(("default", "")), &["get", "x"]).contains("WRONGPASS"));
+    // Sentinel: nobody reconfigures it but the Sentinels, not even with the Redis password.
+    let sentinel = sentinels[0].ip.clone();
+    for auth in [None, redis_auth] {
+        for command in [
+            &["sentinel", "set", "redsess", "quorum", "1"][..],
+            &["sentinel", "remove", "redsess"],
+            &["sentinel", "monitor", "evil", "10.0.0.1", "6379", "1"],
+            &["sentinel", "failover", "redsess"],
+        ] {
+            let said = cli(&sentinel, 26379, auth, command);
+            assert!(
+                said.contains("NOAUTH") || said.contains("NOPERM"),
+                "{command:?} as {auth:?}: {said}"
+            );
+        }
+    }
+    let named = cli(
+        &sentinel,
+        26379,
+        redis_auth,
+        &["sentinel", "get-master-addr-by-name", "redsess"],
+    );
+    assert!(named.starts_with("cache-redis-0."), "{named}");
+    // The Sentinels found each other with their administrator's credentials.
+    eventually(Duration::from_secs(30), "every Sentinel knows the other two", || {
+        cli(&sentinel, 26379, admin_auth, &["sentinel", "master", "redsess"])
+            .lines()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == "num-other-sentinels" && w[1] == "2")
+    });
+
+    // The session reached both replicas before the primary goes.
+    eventually(Duration::from_secs(10), "the replicas have the session", || {
+        redis[1..]
+            .iter()
+            .all(|r| cli(&r.ip, 6379, redis_auth, &["dbsize"]).trim() != "0")
+    });
+    redis[0].kill();
+    eventually(Duration::from_secs(60), "Sentinel promotes a replica", || {
+        let now = cli(
+            &sentinel,
+            26379,
+            redis_auth,
+            &["sentinel", "get-master-addr-by-name", "redsess"],
+        );
+        now.starts_with("cache-redis-1.") || now.starts_with("cache-redis-2.")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get_session("web", "default", "S-pods").await {
+            Ok(r) if r.result() == SUCCESS => {
+                assert_eq!(r.data(), items);
+                break;
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the shim did not follow the failover: {:?}\n{}",
+                    other.map(|r| r.result()),
+                    shim.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let after = client
+        .create_session("web", "default", "S-after", 0, &items)
+        .await
+        .unwrap();
+    assert_eq!(after.result(), SUCCESS, "writes reach the new primary");
+
+    // The old primary comes back as a replica of the new one, as its start script asks Sentinel.
+    redis[0].run();
+    redis[0].wait_ready(Duration::from_secs(60));
+    eventually(Duration::from_secs(30), "the old primary follows the new one", || {
+        cli(&primary, 6379, redis_auth, &["role"]).starts_with("slave")
+    });
+    assert!(redis[0].logs().contains("starts as a replica"), "{}", redis[0].logs());
+}

@@ -1,13 +1,16 @@
 //! SOAP parse and write of the largest DSC messages: a createSession carrying a WebSEAL
 //! login's full item set, and the getSession answer that hands it back (written by the shim,
-//! read back by a client). Run with `cargo bench -p redsess-shim --bench soap`; each figure is
-//! per message, and the throughput in bytes of XML.
+//! read back by a client); and the record the Redis store keeps for that login, plain and
+//! sealed (AES-256-GCM), so the cost of sealing reads as a ratio to the plain record in the
+//! same run. Run with `cargo bench -p redsess-shim --bench soap`; each figure is per message.
 
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use redsess_shim::client::Reply;
 use redsess_shim::dsc::{self, DataItem, Endpoint, Request, ResultCode};
 use redsess_shim::soap;
+use redsess_shim::store::record;
+use redsess_shim::store::sealing::{new_key_line, KeyRing, Mode, Sealing};
 use std::hint::black_box;
 
 // The allocator the shim's binary runs with, so that these figures are the binary's.
@@ -172,6 +175,30 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(&answer).to_xml())
     });
     write_group.finish();
+
+    // The stored record: what getSession decodes and createSession encodes, plain and sealed.
+    let keys = KeyRing::parse("bench", &new_key_line(Some("bench"))).unwrap();
+    let sealing = Sealing::new(Mode::Sealed, Some(keys));
+    let plain = record::encode_items(&items);
+    let sealed = sealing.seal("default", "S1", plain.clone());
+    assert_eq!(
+        record::decode_items(&sealing.open("default", "S1", sealed.clone()).unwrap()).unwrap(),
+        items
+    );
+    let mut record_group = c.benchmark_group("record");
+    record_group.bench_function(BenchmarkId::new("encode", plain.len()), |b| {
+        b.iter(|| record::encode_items(black_box(&items)))
+    });
+    record_group.bench_function(BenchmarkId::new("encode+seal", sealed.len()), |b| {
+        b.iter(|| sealing.seal("default", "S1", record::encode_items(black_box(&items))))
+    });
+    record_group.bench_function(BenchmarkId::new("decode", plain.len()), |b| {
+        b.iter(|| record::decode_items(black_box(&plain)).unwrap())
+    });
+    record_group.bench_function(BenchmarkId::new("open+decode", sealed.len()), |b| {
+        b.iter(|| record::decode_items(&sealing.open("default", "S1", black_box(sealed.clone())).unwrap()).unwrap())
+    });
+    record_group.finish();
 }
 
 criterion_group!(soap_benches, benches);

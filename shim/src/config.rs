@@ -45,6 +45,20 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_REDIS_SENTINEL_PASSWORD_FILE")]
     pub redis_sentinel_password_file: Option<PathBuf>,
 
+    /// Sealing of session records in Redis (AES-256-GCM): plain, sealed, or one of the two
+    /// migrating modes, which read both forms and write sealed (seal-migrating) or plain.
+    #[arg(long, env = "REDSESS_RECORD_ENCRYPTION", value_enum, default_value = "plain")]
+    pub record_encryption: crate::store::sealing::Mode,
+
+    /// Key file for record encryption: lines `<key ID> <base64 key>`, the first seals, all
+    /// open (`redsess-shim keygen` prints one); read again when it changes.
+    #[arg(long, env = "REDSESS_RECORD_KEYS_FILE")]
+    pub record_keys_file: Option<PathBuf>,
+
+    /// How often the record key file is checked for a new version.
+    #[arg(long, env = "REDSESS_RECORD_KEYS_CHECK", default_value = "10s", value_parser = parse_duration)]
+    pub record_keys_check: Duration,
+
     /// File holding the Redis password (for ACL users, with the user in the URL).
     #[arg(long, env = "REDSESS_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
@@ -139,7 +153,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     Memory,
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +222,25 @@ fn readable(setting: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
 }
 
 impl ServeArgs {
+    /// The record key file, checked now so that a bad one stops the start naming the setting.
+    fn record_keys(&self) -> Result<Option<PathBuf>, ConfigError> {
+        const FILE: &str = "--record-keys-file (REDSESS_RECORD_KEYS_FILE)";
+        const MODE: &str = "--record-encryption (REDSESS_RECORD_ENCRYPTION)";
+        match (&self.record_keys_file, self.record_encryption.needs_keys()) {
+            (None, true) => Err(bad(MODE, "needs a key file: set --record-keys-file")),
+            (Some(_), false) => Err(bad(
+                FILE,
+                "is set, but --record-encryption is plain: choose seal-migrating to seal (or plain-migrating to read sealed records)",
+            )),
+            (Some(path), true) => {
+                let ring = crate::store::sealing::KeyRing::load(path).map_err(|e| bad(FILE, e.to_string()))?;
+                tracing::debug!(keys = ?ring.ids(), "record keys");
+                Ok(Some(path.clone()))
+            }
+            (None, false) => Ok(None),
+        }
+    }
+
     /// The Sentinels' credentials: a password from the file or the environment, and the
     /// optional user; only where there are Sentinels to ask.
     fn sentinel_auth(
@@ -270,6 +303,12 @@ impl ServeArgs {
             ));
         }
         let store = match &self.redis_url {
+            None if self.record_encryption.needs_keys() || self.record_keys_file.is_some() => {
+                return Err(bad(
+                    "--record-encryption (REDSESS_RECORD_ENCRYPTION)",
+                    "seals records in Redis; the embedded store keeps them in this process's memory only",
+                ))
+            }
             None => StoreConfig::Memory,
             Some(url) => {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -282,16 +321,19 @@ impl ServeArgs {
                     Some(p) => Some(read_secret("--redis-password-file (REDSESS_REDIS_PASSWORD_FILE)", p)?),
                     None => env("REDSESS_REDIS_PASSWORD").filter(|p| !p.is_empty()),
                 };
-                StoreConfig::Redis(RedisSettings {
+                StoreConfig::Redis(Box::new(RedisSettings {
                     url: url.clone(),
                     password,
                     key_prefix: self.key_prefix.clone(),
                     sentinels: sentinels.clone(),
                     sentinel_primary: self.redis_sentinel_primary.clone(),
                     sentinel_auth: self.sentinel_auth(&sentinels, &env)?,
+                    record_encryption: self.record_encryption,
+                    record_keys_file: self.record_keys()?,
+                    record_keys_check: self.record_keys_check,
                     connect_timeout: self.request_timeout,
                     response_timeout: self.request_timeout,
-                })
+                }))
             }
         };
         if self.key_prefix.contains(['{', '}']) {

@@ -38,6 +38,12 @@ enum Command {
         #[arg(default_value = "127.0.0.1:8080")]
         address: std::net::SocketAddr,
     },
+    /// Print a new record encryption key as a line of the key file (`<key ID> <base64 key>`).
+    Keygen {
+        /// The key's ID (default: `k` and 8 random hex digits).
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -62,12 +68,23 @@ struct ProbeArgs {
     response_by: u64,
 }
 
+fn keygen(id: Option<&str>) -> std::process::ExitCode {
+    use redsess_shim::store::sealing::{new_key_line, valid_key_id, KEY_ID_RULE};
+    if id.is_some_and(|id| !valid_key_id(id)) {
+        eprintln!("redsess-shim keygen: --id: {KEY_ID_RULE}");
+        return std::process::ExitCode::FAILURE;
+    }
+    println!("{}", new_key_line(id));
+    std::process::ExitCode::SUCCESS
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let workers = match &cli.command {
         Some(Command::Serve(args)) => args.worker_threads,
         Some(Command::Probe(_)) => 0,
         Some(Command::Ready { address }) => return ready(*address),
+        Some(Command::Keygen { id }) => return keygen(id.as_deref()),
         None => cli.serve.worker_threads,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -85,7 +102,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Some(Command::Probe(args)) => run_probe(args).await,
             Some(Command::Serve(args)) => serve(*args).await,
-            Some(Command::Ready { .. }) => unreachable!("answered before the runtime starts"),
+            Some(Command::Ready { .. } | Command::Keygen { .. }) => {
+                unreachable!("answered before the runtime starts")
+            }
             None => serve(cli.serve).await,
         }
     });

@@ -65,6 +65,11 @@ impl Metrics {
             "Requests answered with a SOAP fault or an HTTP error, by cause",
             faults.clone(),
         );
+        registry.register(
+            "records_unopened",
+            "Session records treated as absent because they did not open, by cause (tampered, unknown_key, plain, no_keys, truncated)",
+            crate::store::sealing::UNOPENED.clone(),
+        );
         let waiting_polls = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "waiting_polls",

@@ -60,8 +60,9 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ServerError> 
             store
         }
         StoreConfig::Redis(settings) => {
-            let store = Arc::new(RedisStore::new(settings.clone())?);
+            let store = Arc::new(RedisStore::new((**settings).clone())?);
             store.spawn_rotation_listener();
+            store.follow_record_keys();
             store
         }
     })

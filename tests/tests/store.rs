@@ -1,12 +1,14 @@
 //! One behavioural suite, run against both stores: the embedded memory store and a real
 //! `redis-server` started on a free port. Every behaviour the session rules rely on is here.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redsess_shim::dsc::DataItem;
 use redsess_shim::store::memory::MemoryStore;
 use redsess_shim::store::redis::{RedisSettings, RedisStore};
+use redsess_shim::store::sealing::{new_key_line, Mode};
 use redsess_shim::store::{
     CreateOutcome, JoinOutcome, Lifetime, Member, ReplaceOutcome, Session, SessionLimit, Store, StoreError,
 };
@@ -26,6 +28,10 @@ fn memory() -> Subject {
 }
 
 fn redis_store(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
+    redis_store_with(redis, prefix, Mode::Plain, None)
+}
+
+fn redis_store_with(redis: &RedisServer, prefix: &str, mode: Mode, keys: Option<PathBuf>) -> Arc<RedisStore> {
     let store = Arc::new(
         RedisStore::new(RedisSettings {
             url: redis.url(),
@@ -34,6 +40,9 @@ fn redis_store(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
             sentinels: vec![],
             sentinel_primary: "redsess".into(),
             sentinel_auth: None,
+            record_encryption: mode,
+            record_keys_file: keys,
+            record_keys_check: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
         })
@@ -47,6 +56,17 @@ fn redis() -> Subject {
     let server = RedisServer::start();
     Subject {
         store: redis_store(&server, "test:"),
+        _redis: Some(server),
+    }
+}
+
+/// Redis with every record sealed: the rules must not notice.
+fn redis_sealed() -> Subject {
+    let server = RedisServer::start();
+    let keys = server.dir().join("record-keys");
+    std::fs::write(&keys, format!("{}\n", new_key_line(Some("suite")))).unwrap();
+    Subject {
+        store: redis_store_with(&server, "test:", Mode::Sealed, Some(keys)),
         _redis: Some(server),
     }
 }
@@ -397,6 +417,12 @@ macro_rules! store_suite {
                 super::$name(subject.store.clone()).await
             })*
         }
+        mod sealed_redis_store {
+            $(#[tokio::test] async fn $name() {
+                let subject = super::redis_sealed();
+                super::$name(subject.store.clone()).await
+            })*
+        }
     };
 }
 
@@ -480,6 +506,9 @@ async fn a_redis_store_starts_while_redis_is_down() {
         sentinels: vec![],
         sentinel_primary: "redsess".into(),
         sentinel_auth: None,
+        record_encryption: redsess_shim::store::sealing::Mode::Plain,
+        record_keys_file: None,
+        record_keys_check: Duration::from_secs(10),
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_millis(500),
     })

@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod record;
 pub mod redis;
+pub mod sealing;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;

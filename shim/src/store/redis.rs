@@ -22,6 +22,7 @@
 //! displacement), changeSession's compare-and-set on the version and terminateSession (with
 //! the index) are one script each, so they are atomic.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +35,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use tokio::sync::{broadcast, Mutex, RwLock};
 
 use super::record::{decode_items, encode_items};
+use super::sealing::{KeyRing, Mode, Sealing};
 use super::{
     CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Rotation, Session, SessionLimit, Store,
     StoreError,
@@ -54,6 +56,12 @@ pub struct RedisSettings {
     pub sentinel_primary: String,
     /// How to authenticate to the Sentinels (their own users, not Redis's); none = not at all.
     pub sentinel_auth: Option<SentinelAuth>,
+    /// Whether records are sealed, and which are accepted (see `sealing`).
+    pub record_encryption: Mode,
+    /// The key file; needed by every mode but `plain`.
+    pub record_keys_file: Option<std::path::PathBuf>,
+    /// How often the key file is checked for a new version.
+    pub record_keys_check: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
 }
@@ -66,6 +74,8 @@ impl std::fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("sentinels", &self.sentinels)
             .field("sentinel_auth", &self.sentinel_auth)
+            .field("record_encryption", &self.record_encryption)
+            .field("record_keys_file", &self.record_keys_file)
             .finish()
     }
 }
@@ -126,6 +136,7 @@ pub struct RedisStore {
     rediscover: AtomicBool,
     rotations: broadcast::Sender<Rotation>,
     scripts: Scripts,
+    sealing: Arc<Sealing>,
 }
 
 struct Scripts {
@@ -184,8 +195,20 @@ impl RedisStore {
                 .map_err(|e| StoreError::Unavailable(format!("the Sentinel addresses are not usable: {e}")))?,
             ))
         };
+        let ring = match &settings.record_keys_file {
+            Some(path) => Some(KeyRing::load(path).map_err(|e| StoreError::Unavailable(e.to_string()))?),
+            None => None,
+        };
+        if settings.record_encryption.needs_keys() && ring.is_none() {
+            return Err(StoreError::Unavailable(format!(
+                "record encryption {:?} needs a key file",
+                settings.record_encryption
+            )));
+        }
+        let sealing = Arc::new(Sealing::new(settings.record_encryption, ring));
         Ok(Self {
             target,
+            sealing,
             settings,
             connection: RwLock::new(None),
             rediscover: AtomicBool::new(false),
@@ -201,6 +224,14 @@ impl RedisStore {
                 rotate: Script::new(ROTATE),
             },
         })
+    }
+
+    /// Reads the record key file again when it changes (a key rotation, see `sealing`).
+    pub fn follow_record_keys(&self) {
+        if let Some(path) = &self.settings.record_keys_file {
+            self.sealing
+                .follow_key_file(path.clone(), self.settings.record_keys_check);
+        }
     }
 
     /// Follows key rotations announced by every shim, reconnecting after failures.
@@ -333,14 +364,35 @@ impl RedisStore {
         format!("{}keys", self.settings.key_prefix)
     }
 
-    async fn read_session(&self, key: &str, conn: &mut ConnectionManager) -> Result<Option<Session>, StoreError> {
+    async fn read_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        conn: &mut ConnectionManager,
+    ) -> Result<Option<Session>, StoreError> {
         let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(key)
+            .arg(self.session_key(replica_set, session_id))
             .arg(&["v", "d", "e", "i", "t", "c", "u"])
             .query_async(conn)
             .await
             .map_err(|e| self.failed(e))?;
-        decode_session(fields)
+        self.decode_session(replica_set, session_id, fields)
+    }
+
+    /// A session from its hash fields; `None` when absent, or when its items do not open
+    /// (see `sealing`: counted and logged there).
+    fn decode_session(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        fields: Vec<Option<Vec<u8>>>,
+    ) -> Result<Option<Session>, StoreError> {
+        decode_session(fields, |stored| self.sealing.open(replica_set, session_id, stored))
+    }
+
+    /// The stored form of a session's items: encoded, and sealed where the mode says so.
+    fn stored_items(&self, replica_set: &str, session_id: &str, session: &Session) -> Vec<u8> {
+        self.sealing.seal(replica_set, session_id, encode_items(&session.items))
     }
 }
 
@@ -360,7 +412,10 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn decode_session(fields: Vec<Option<Vec<u8>>>) -> Result<Option<Session>, StoreError> {
+fn decode_session(
+    fields: Vec<Option<Vec<u8>>>,
+    open: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
+) -> Result<Option<Session>, StoreError> {
     let mut f = fields.into_iter();
     let mut next = || f.next().flatten();
     let Some(version) = next() else { return Ok(None) };
@@ -372,7 +427,10 @@ fn decode_session(fields: Vec<Option<Vec<u8>>>) -> Result<Option<Session>, Store
             .ok_or_else(|| StoreError::Corrupt(format!("session field {name} is not a number")))
     };
     let version = number(Some(version), "v")? as u64;
-    let items = decode_items(&next().unwrap_or_default()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let Some(items) = open(next().unwrap_or_default()) else {
+        return Ok(None);
+    };
+    let items = decode_items(&items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let ends_at = number(next(), "e")?;
     let idle_secs = number(next(), "i")?;
     let touched = number(next(), "t")?;
@@ -434,7 +492,7 @@ impl Store for RedisStore {
             call.key(self.user_key(replica_set, user));
         }
         let expires_ms = session.lifetime.expires_at(session.touched) * 1000;
-        call.arg(encode_items(&session.items))
+        call.arg(self.stored_items(replica_set, session_id, session))
             .arg(session.lifetime.ends_at)
             .arg(session.lifetime.idle_secs)
             .arg(session.touched)
@@ -475,7 +533,7 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let key = self.session_key(replica_set, session_id);
         if !touch {
-            return self.read_session(&key, &mut conn).await;
+            return self.read_session(replica_set, session_id, &mut conn).await;
         }
         let fields: Vec<Option<Vec<u8>>> = self
             .scripts
@@ -485,7 +543,7 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
-        decode_session(fields)
+        self.decode_session(replica_set, session_id, fields)
     }
 
     async fn replace_session(
@@ -517,7 +575,7 @@ impl Store for RedisStore {
         }
         call.arg(expected_version)
             .arg(session.version)
-            .arg(encode_items(&session.items))
+            .arg(self.stored_items(replica_set, session_id, session))
             .arg(session.lifetime.ends_at)
             .arg(session.lifetime.idle_secs)
             .arg(session.touched)
@@ -598,7 +656,7 @@ impl Store for RedisStore {
             let Some(id) = key.strip_prefix(&prefix).and_then(|r| r.strip_suffix('}')) else {
                 continue;
             };
-            if let Some(session) = self.read_session(&key, &mut conn).await? {
+            if let Some(session) = self.read_session(replica_set, id, &mut conn).await? {
                 out.push((id.to_string(), session));
             }
         }

@@ -362,6 +362,30 @@ pub mod code {
 pub use code::SUCCESS;
 
 /// The reply, checked to carry `code`.
+/// Calls `call` until it answers SUCCESS (a shim that is starting, or following a
+/// failover), at most `within`; the panic says `what` failed, with `logs()`.
+pub async fn until_success<F, Fut>(within: Duration, what: &str, logs: impl Fn() -> String, mut call: F) -> Reply
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Reply, redsess_shim::client::ClientError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(r) if r.result() == SUCCESS => return r,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {:?}\n{}",
+                    other.map(|r| r.result()),
+                    logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 pub fn expect(reply: Result<Reply, redsess_shim::client::ClientError>, code: u32, what: &str) -> Reply {
     let reply = reply.unwrap_or_else(|e| panic!("{what}: the call failed: {e}"));
     assert_eq!(reply.result(), code, "{what}: unexpected result in {:?}", reply.ret);

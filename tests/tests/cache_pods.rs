@@ -11,7 +11,7 @@ use redsess_operator::build::{self, Emitted, Observed};
 use redsess_operator::validate::validate;
 use redsess_shim::client::ClientOptions;
 use redsess_tests::pods::{Network, Pod};
-use redsess_tests::{shim_binary, webseal_session, SUCCESS};
+use redsess_tests::{shim_binary, until_success, webseal_session, SUCCESS};
 
 const CACHE: &str = "\
 apiVersion: redsess.io/v1alpha1
@@ -110,21 +110,13 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     )
     .unwrap();
     let items = webseal_session("pod-user");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.create_session("web", "default", "S-pods", 0, &items).await {
-            Ok(r) if r.result() == SUCCESS => break,
-            other => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the shim does not serve: {:?}\n{}",
-                    other.map(|r| r.result()),
-                    shim.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    until_success(
+        Duration::from_secs(30),
+        "the shim does not serve",
+        || shim.logs(),
+        || client.create_session("web", "default", "S-pods", 0, &items),
+    )
+    .await;
 
     // Redis: nobody without the password, and not with a wrong one.
     let primary = redis[0].ip.clone();
@@ -179,24 +171,14 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
         );
         now.starts_with("cache-redis-1.") || now.starts_with("cache-redis-2.")
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.get_session("web", "default", "S-pods").await {
-            Ok(r) if r.result() == SUCCESS => {
-                assert_eq!(r.data(), items);
-                break;
-            }
-            other => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the shim did not follow the failover: {:?}\n{}",
-                    other.map(|r| r.result()),
-                    shim.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    let r = until_success(
+        Duration::from_secs(30),
+        "the shim did not follow the failover",
+        || shim.logs(),
+        || client.get_session("web", "default", "S-pods"),
+    )
+    .await;
+    assert_eq!(r.data(), items);
     let after = client
         .create_session("web", "default", "S-after", 0, &items)
         .await

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redsess_tests::{free_port, webseal_session, RedisServer, Shim, SUCCESS};
+use redsess_tests::{free_port, until_success, webseal_session, RedisServer, Shim, SUCCESS};
 
 /// A Sentinel process monitoring `primary_port` as `redsess`, quorum 1, down after 1 s.
 struct Sentinel {
@@ -134,24 +134,14 @@ async fn the_shim_follows_a_sentinel_failover() {
     assert_ne!(old_primary, replica.port);
 
     // The first calls may fail while the shim notices; within seconds it follows Sentinel.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match c.get_session("web", "default", "S-before").await {
-            Ok(r) if r.result() == SUCCESS => {
-                assert_eq!(r.data(), items);
-                break;
-            }
-            other => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the shim did not follow the failover: {:?}\n{}",
-                    other.map(|r| r.result()),
-                    shim.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    let r = until_success(
+        Duration::from_secs(15),
+        "the shim did not follow the failover",
+        || shim.logs(),
+        || c.get_session("web", "default", "S-before"),
+    )
+    .await;
+    assert_eq!(r.data(), items);
     let after = c.create_session("web", "default", "S-after", 0, &items).await.unwrap();
     assert_eq!(after.result(), SUCCESS, "writes go to the new primary");
 }

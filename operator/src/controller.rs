@@ -559,7 +559,15 @@ mod tests {
     async fn create_applies_every_object_and_reports_progress() {
         let sc = session_cache("  clients: [{name: web, kind: WebSEALDSC}]", 1);
         let (plan, objects) = expected(&sc, &[]);
-        assert_eq!(secrets_of(&objects), ["cache-redis-auth", "cache-shim-auth"]);
+        assert_eq!(
+            secrets_of(&objects),
+            [
+                "cache-redis-auth",
+                "cache-redis-replication-auth",
+                "cache-redis-monitor-auth",
+                "cache-shim-auth"
+            ]
+        );
 
         let mut steps = secret_reads(&sc, &[]);
         steps.extend(applies(&objects));
@@ -582,7 +590,7 @@ mod tests {
             .iter()
             .filter(|r| r.method == Method::PATCH && r.path.contains("/secrets/"))
             .count();
-        assert_eq!(patched_secrets, 2, "both generated Secrets are created");
+        assert_eq!(patched_secrets, 4, "every generated Secret is created");
         assert_eq!(ctx.metrics.reconciles(), 1);
     }
 
@@ -620,7 +628,12 @@ mod tests {
     #[tokio::test]
     async fn update_keeps_existing_secrets() {
         let mut sc = session_cache("  shim: {replicas: 3}", 2);
-        let existing = ["cache-redis-auth", "cache-shim-auth"];
+        let existing = [
+            "cache-redis-auth",
+            "cache-redis-replication-auth",
+            "cache-redis-monitor-auth",
+            "cache-shim-auth",
+        ];
         let (plan, objects) = expected(&sc, &existing);
         assert!(secrets_of(&objects).is_empty(), "no Secret is emitted again");
         // A previous status: available, from generation 1.
@@ -685,7 +698,12 @@ mod tests {
     async fn objects_no_longer_needed_are_deleted() {
         // Redis went from 3 replicas to 1 and the client `old` was removed.
         let sc = session_cache("  clients: [{name: web, kind: IAG}]", 3);
-        let existing = ["cache-redis-auth", "cache-shim-auth"];
+        let existing = [
+            "cache-redis-auth",
+            "cache-redis-replication-auth",
+            "cache-redis-monitor-auth",
+            "cache-shim-auth",
+        ];
         let (plan, objects) = expected(&sc, &existing);
         let sentinel = owned_item(&sc, "cache-sentinel", names::component::SENTINEL);
         let old_client = owned_item(&sc, "cache-client-old", names::component::CLIENT_CONFIG);

@@ -25,6 +25,10 @@ pub const SHIM_PORT: i32 = 8443;
 pub const SENTINEL_PRIMARY_NAME: &str = "redsess";
 /// The Redis ACL user the shim (and WebSEAL/IAG natively) connects as.
 pub const REDIS_USER: &str = "redsess";
+/// Replicas authenticate to their primary as this user.
+pub const REPLICATION_USER: &str = "redsess-replication";
+/// Sentinel's user on Redis, also the start scripts' and probes'.
+pub const MONITOR_USER: &str = "redsess-monitor";
 /// The Sentinels' own ACL user, which they use among themselves; clients get a read-only
 /// `REDIS_USER` on the Sentinels.
 pub const SENTINEL_ADMIN_USER: &str = "redsess-sentinel";
@@ -49,6 +53,19 @@ pub fn shim(cache: &str) -> String {
 }
 pub fn redis_auth_secret(cache: &str) -> String {
     format!("{cache}-redis-auth")
+}
+pub fn redis_replication_secret(cache: &str) -> String {
+    format!("{cache}-redis-replication-auth")
+}
+pub fn redis_monitor_secret(cache: &str) -> String {
+    format!("{cache}-redis-monitor-auth")
+}
+/// A native client's Redis ACL user.
+pub fn client_redis_user(client: &str) -> String {
+    format!("client-{client}")
+}
+pub fn client_redis_secret(cache: &str, client: &str) -> String {
+    format!("{cache}-client-{client}-redis-auth")
 }
 /// The Sentinels' administrator password (key `password`), which only the Sentinels mount.
 pub fn sentinel_auth_secret(cache: &str) -> String {

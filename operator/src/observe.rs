@@ -13,8 +13,8 @@ use kube::{Api, Client, ResourceExt};
 use crate::api_error::one_line;
 use crate::build::sidecar::{self, Placement, HASH_ANNOTATION, SIDECAR_LABEL};
 use crate::build::Observed;
-use crate::crd::SessionCache;
 use crate::crd::SidecarCount;
+use crate::crd::{ClientKind, SessionCache};
 use crate::names;
 use crate::validate::Plan;
 
@@ -84,6 +84,19 @@ pub fn referenced_secrets(sc: &SessionCache) -> Vec<SecretRef> {
             },
         },
     ];
+    // The other Redis ACL users (build::acl), generated.
+    let generated = |name: String| SecretRef {
+        field: "spec.redis",
+        name,
+        generated: true,
+    };
+    out.push(generated(names::redis_replication_secret(&cache)));
+    out.push(generated(names::redis_monitor_secret(&cache)));
+    for client in &sc.spec.clients {
+        if matches!(client.kind, ClientKind::WebSealRedis | ClientKind::Iag) {
+            out.push(generated(names::client_redis_secret(&cache, &client.name)));
+        }
+    }
     // Sentinel runs with a replicated Redis only (as validate decides).
     if redis.replicas >= 2 {
         out.push(match &sc.spec.sentinel.password_secret {
@@ -358,7 +371,24 @@ mod tests {
         let refs = referenced_secrets(&cache("  {}"));
         assert_eq!(
             refs.iter().map(|r| (r.name.as_str(), r.generated)).collect::<Vec<_>>(),
-            [("cache-redis-auth", true), ("cache-shim-auth", true)]
+            [
+                ("cache-redis-auth", true),
+                ("cache-shim-auth", true),
+                ("cache-redis-replication-auth", true),
+                ("cache-redis-monitor-auth", true)
+            ]
+        );
+        let refs = referenced_secrets(&cache(
+            "  redis: {replicas: 3}\n  clients: [{name: www, kind: WebSEALRedis}, {name: dsc, kind: WebSEALDSC}]",
+        ));
+        assert_eq!(
+            refs[2..].iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            [
+                "cache-redis-replication-auth",
+                "cache-redis-monitor-auth",
+                "cache-client-www-redis-auth",
+                "cache-sentinel-auth"
+            ]
         );
         let refs = referenced_secrets(&cache(
             "  redis: {passwordSecret: pw}\n  shim: {security: {tlsSecret: tls, clientCaSecret: tls}}",
@@ -370,6 +400,8 @@ mod tests {
             [
                 ("spec.redis.passwordSecret", "pw", false),
                 ("spec.shim.security.basicAuthSecret", "cache-shim-auth", true),
+                ("spec.redis", "cache-redis-replication-auth", true),
+                ("spec.redis", "cache-redis-monitor-auth", true),
                 ("spec.shim.security.tlsSecret", "tls", false),
             ]
         );

@@ -234,8 +234,8 @@ impl Network {
         out
     }
 
-    /// ConfigMap and Secret volumes as files (from the rendered objects), others as
-    /// directories.
+    /// ConfigMap, Secret and projected Secret volumes as files (from the rendered objects),
+    /// others as directories.
     fn write_volumes(&self, spec: &PodSpec, dir: &Path) {
         for volume in spec.volumes.iter().flatten() {
             let path = dir.join(&volume.name);
@@ -257,6 +257,19 @@ impl Network {
                     Some(items) => items.iter().map(|i| (i.path.clone(), data[&i.key].clone())).collect(),
                     None => data,
                 }
+            } else if let Some(projected) = &volume.projected {
+                let mut files = BTreeMap::new();
+                for source in projected.sources.iter().flatten() {
+                    let secret = source.secret.as_ref().expect("projected Secrets only");
+                    let data = secret_data(self.rendered("Secret", &secret.name, |o| match o {
+                        Emitted::Secret(s) => Some(s),
+                        _ => None,
+                    }));
+                    for item in secret.items.iter().flatten() {
+                        files.insert(item.path.clone(), data[&item.key].clone());
+                    }
+                }
+                files
             } else {
                 BTreeMap::new()
             };

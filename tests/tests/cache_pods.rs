@@ -1,7 +1,8 @@
 //! A replicated SessionCache as the operator renders it, run as pods (tests/src/pods.rs):
 //! three Redis pods and three Sentinels started by their rendered scripts, the shim by its
-//! rendered Deployment. What an attacker on the pod network may try is refused; a failover
-//! keeps the sessions and the shim follows it.
+//! rendered Deployment. What an attacker on the pod network may try is refused; each Redis
+//! user may do what its consumer needs and nothing more; a failover keeps the sessions and
+//! the shim follows it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ metadata: {name: cache, namespace: isam, uid: u1}
 spec:
   redis: {replicas: 3}
   sentinel: {replicas: 3, quorum: 2, downAfter: 2s, failoverTimeout: 10s}
+  clients: [{name: www, kind: WebSEALRedis}, {name: gw, kind: IAG}]
 ";
 
 /// Every object, generated Secrets included (`secret-1`, `secret-2`, … in emission order).
@@ -118,11 +120,75 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     )
     .await;
 
+    // The whole DSC lifecycle (join, create, get, change, updates, terminate) passes with
+    // the shim's restricted user.
+    let basic = secret(&objects, "cache-shim-auth", "password");
+    let (ok, said) = redsess_tests::run_probe(
+        &shim_url,
+        &["--user", "webseal"],
+        &[("REDSESS_PROBE_PASSWORD", basic.as_str())],
+    );
+    assert!(ok, "{said}\n{}", shim.logs());
+    assert!(!shim.logs().contains("NOPERM"), "{}", shim.logs());
+
     // Redis: nobody without the password, and not with a wrong one.
     let primary = redis[0].ip.clone();
     assert!(cli(&primary, 6379, None, &["get", "x"]).contains("NOAUTH"));
     assert!(cli(&primary, 6379, Some(("redsess", "guess")), &["get", "x"]).contains("WRONGPASS"));
     assert!(cli(&primary, 6379, Some(("default", "")), &["get", "x"]).contains("WRONGPASS"));
+    // Each user keeps to its consumer's commands and keys.
+    let www_password = secret(&objects, "cache-client-www-redis-auth", "password");
+    let gw_password = secret(&objects, "cache-client-gw-redis-auth", "password");
+    let www = Some(("client-www", www_password.as_str()));
+    let gw = Some(("client-gw", gw_password.as_str()));
+    let replication_password = secret(&objects, "cache-redis-replication-auth", "password");
+    let replication = Some(("redsess-replication", replication_password.as_str()));
+    let ok = |said: String| assert!(!said.contains("NOPERM") && !said.contains("ERR"), "{said}");
+    let refused = |said: String| assert!(said.contains("NOPERM"), "not refused: {said}");
+    ok(cli(
+        &primary,
+        6379,
+        www,
+        &["hmset", "webseal-cache:session-x", "a", "1"],
+    ));
+    ok(cli(&primary, 6379, www, &["client", "list"]));
+    ok(cli(&primary, 6379, gw, &["hmset", "iag-cache:session-y", "a", "1"]));
+    refused(cli(&primary, 6379, www, &["hgetall", "iag-cache:session-y"]));
+    refused(cli(&primary, 6379, gw, &["hgetall", "webseal-cache:session-x"]));
+    for user in [www, gw] {
+        refused(cli(&primary, 6379, user, &["scan", "0"]));
+        refused(cli(&primary, 6379, user, &["hgetall", "redsess:s:{7:default:S-pods}"]));
+    }
+    for user in [redis_auth, www, replication] {
+        refused(cli(&primary, 6379, user, &["flushall"]));
+        refused(cli(&primary, 6379, user, &["config", "set", "appendonly", "no"]));
+        refused(cli(&primary, 6379, user, &["replicaof", "10.0.0.1", "6379"]));
+    }
+    // The shims announce key rotations on their own channel only.
+    ok(cli(&primary, 6379, redis_auth, &["publish", "redsess:keys", "default"]));
+    refused(cli(&primary, 6379, redis_auth, &["publish", "elsewhere", "x"]));
+    let subscribed = Command::new("timeout")
+        .args([
+            "1",
+            "redis-cli",
+            "--user",
+            "redsess",
+            "-h",
+            &primary,
+            "subscribe",
+            "redsess:keys",
+        ])
+        .env("REDISCLI_AUTH", &redis_password)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&subscribed.stdout).contains("redsess:keys"),
+        "{subscribed:?}"
+    );
+    refused(cli(&primary, 6379, redis_auth, &["hgetall", "webseal-cache:session-x"]));
+    refused(cli(&primary, 6379, redis_auth, &["keys", "*"]));
+    refused(cli(&primary, 6379, replication, &["get", "redsess:sets"]));
+
     // Sentinel: nobody reconfigures it but the Sentinels, not even with the Redis password.
     let sentinel = sentinels[0].ip.clone();
     for auth in [None, redis_auth] {
@@ -192,4 +258,5 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
         cli(&primary, 6379, redis_auth, &["role"]).starts_with("slave")
     });
     assert!(redis[0].logs().contains("starts as a replica"), "{}", redis[0].logs());
+    assert!(!shim.logs().contains("NOPERM"), "{}", shim.logs());
 }

@@ -85,13 +85,19 @@ async fn owned(client: &Client, cache: &str) -> BTreeMap<(String, String), Dynam
 }
 
 /// The generated Secrets of a cache that names none of its own; `sentinel`: it has (or had:
-/// generated Secrets are never pruned) Sentinel.
-fn generated_secrets(cache: &str, sentinel: bool) -> BTreeSet<(String, String)> {
-    [names::redis_auth_secret(cache), names::shim_auth_secret(cache)]
-        .into_iter()
-        .chain(sentinel.then(|| names::sentinel_auth_secret(cache)))
-        .map(|name| ("Secret".to_string(), name))
-        .collect()
+/// generated Secrets are never pruned) Sentinel; `native`: its native clients (had, too).
+fn generated_secrets(cache: &str, sentinel: bool, native: &[&str]) -> BTreeSet<(String, String)> {
+    [
+        names::redis_auth_secret(cache),
+        names::shim_auth_secret(cache),
+        names::redis_replication_secret(cache),
+        names::redis_monitor_secret(cache),
+    ]
+    .into_iter()
+    .chain(sentinel.then(|| names::sentinel_auth_secret(cache)))
+    .chain(native.iter().map(|client| names::client_redis_secret(cache, client)))
+    .map(|name| ("Secret".to_string(), name))
+    .collect()
 }
 
 /// Every owned object is exactly `expected`, each owned by the cache (controller reference with
@@ -204,7 +210,7 @@ async fn settled(client: &Client, cache: &str) -> BTreeMap<String, String> {
 async fn secret_values(client: &Client, cache: &str) -> BTreeMap<String, Value> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let mut out = BTreeMap::new();
-    for (_, name) in generated_secrets(cache, false) {
+    for (_, name) in generated_secrets(cache, false, &[]) {
         let secret = secrets
             .get(&name)
             .await
@@ -275,7 +281,7 @@ async fn the_operator_against_a_real_api_server() {
     let minimal = apply_cache(&admin, &sample("minimal.yaml", |_| {})).await;
     let status = k8s::cache_status_at(&admin, NS, "sessions-dev", 1).await;
     let mut expected = rendered(&minimal);
-    expected.extend(generated_secrets("sessions-dev", false));
+    expected.extend(generated_secrets("sessions-dev", false, &[]));
     assert_owned(&admin, &minimal, &expected).await;
     assert_degraded_only_by_the_missing_policy_v1(&status);
     assert_eq!(
@@ -326,7 +332,7 @@ async fn the_operator_against_a_real_api_server() {
     let grown = apply_cache(&admin, &grown).await;
     let status = k8s::cache_status_at(&admin, NS, "sessions-dev", 2).await;
     let mut expected = rendered(&grown);
-    expected.extend(generated_secrets("sessions-dev", true));
+    expected.extend(generated_secrets("sessions-dev", true, &["api"]));
     assert!(expected.contains(&("StatefulSet".into(), "sessions-dev-sentinel".into())));
     assert!(expected.contains(&("ConfigMap".into(), "sessions-dev-client-api".into())));
     assert_owned(&admin, &grown, &expected).await;
@@ -353,7 +359,7 @@ async fn the_operator_against_a_real_api_server() {
     let shrunk = apply_cache(&admin, &shrunk).await;
     let status = k8s::cache_status_at(&admin, NS, "sessions-dev", 3).await;
     let mut expected = rendered(&shrunk);
-    expected.extend(generated_secrets("sessions-dev", true));
+    expected.extend(generated_secrets("sessions-dev", true, &["api"]));
     assert!(!expected
         .iter()
         .any(|(kind, name)| kind != "Secret" && name.contains("sentinel") || name.ends_with("-api")));
@@ -417,7 +423,11 @@ async fn the_operator_against_a_real_api_server() {
     let edge = apply_cache(&admin, &sample("webseal-and-iag.yaml", |_| {})).await;
     let status = k8s::cache_status_at(&admin, NS, "sessions-edge", 1).await;
     let mut expected = rendered(&edge);
-    expected.extend(generated_secrets("sessions-edge", true));
+    expected.extend(generated_secrets(
+        "sessions-edge",
+        true,
+        &["partner-portal", "api-gateway"],
+    ));
     assert_owned(&admin, &edge, &expected).await;
     let degraded = condition(&status, "Degraded");
     assert_eq!(

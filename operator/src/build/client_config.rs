@@ -329,8 +329,13 @@ fn webseal_redis_conf(plan: &Plan, client: &ClientPlan) -> WebSealConf {
         let stanza = format!("redis-server:{}", e.name);
         c.set(&stanza, "server", e.host.clone());
         c.set(&stanza, "port", e.port.to_string());
-        c.set(&stanza, "username", names::REDIS_USER);
-        c.set_secret(&stanza, "password", &plan.redis.password_secret, "password");
+        c.set(&stanza, "username", names::client_redis_user(&client.name));
+        c.set_secret(
+            &stanza,
+            "password",
+            &names::client_redis_secret(&plan.name, &client.name),
+            "password",
+        );
     }
     c
 }
@@ -411,7 +416,8 @@ fn number(n: impl Into<i64>) -> Value {
 /// IBM Application Gateway: `services.redis` (current releases) and `server.session.redis`.
 fn iag(plan: &Plan, client: &ClientPlan) -> String {
     let collection = plan.name.clone();
-    let password = format!("secret:{}/password", plan.redis.password_secret);
+    let secret = names::client_redis_secret(&plan.name, &client.name);
+    let password = format!("secret:{secret}/password");
     let servers = redis_endpoints(plan)
         .into_iter()
         .map(|e| {
@@ -419,7 +425,7 @@ fn iag(plan: &Plan, client: &ClientPlan) -> String {
                 ("name", string(e.name)),
                 ("host", string(e.host)),
                 ("port", number(e.port)),
-                ("username", string(names::REDIS_USER)),
+                ("username", string(names::client_redis_user(&client.name))),
                 ("password", string(password.clone())),
             ])
         })
@@ -484,7 +490,7 @@ fn iag(plan: &Plan, client: &ClientPlan) -> String {
     let _ = writeln!(
         out,
         "# password: a reference to Secret {} (key password); IAG resolves secret:<name>/<key> from its own",
-        plan.redis.password_secret
+        secret
     );
     out.push_str("# namespace, so it must run in this namespace or hold a copy of that Secret.\n");
     if plan.sentinel.is_some() {
@@ -643,7 +649,7 @@ mod tests {
             ),
             (
                 "  clients: [{name: web, kind: WebSEALRedis}]",
-                "isam/cache-redis-auth:password",
+                "isam/cache-client-web-redis-auth:password",
             ),
         ] {
             let p = plan(spec);
@@ -732,12 +738,12 @@ mod tests {
         let srv = "redis-server:cache-redis";
         assert_eq!(s.one(srv, "server"), "cache-redis.isam.svc");
         assert_eq!(s.one(srv, "port"), "6379");
-        assert_eq!(s.one(srv, "username"), "redsess");
+        assert_eq!(s.one(srv, "username"), "client-web");
         assert!(!s.has_key("password"));
         assert!(s
             .comments
             .iter()
-            .any(|c| c.starts_with("password: from Secret cache-redis-auth, key password")));
+            .any(|c| c.starts_with("password: from Secret cache-client-web-redis-auth, key password")));
     }
 
     #[test]
@@ -754,11 +760,16 @@ mod tests {
                 format!("cache-redis-{i}.cache-redis-headless.isam.svc")
             );
             assert_eq!(s.one(&stanza, "port"), "6379");
-            assert_eq!(s.one(&stanza, "username"), "redsess");
+            assert_eq!(s.one(&stanza, "username"), "client-web");
         }
         assert!(s.comments.iter().any(|c| c.contains("writable primary")));
         assert!(s.comments.iter().any(|c| c.contains("redsess.io/client=cache")));
-        assert!(s.comments.iter().any(|c| c.contains("Secret rpw, key password")));
+        // The client's own user and Secret, not the shim's (spec.redis.passwordSecret).
+        assert!(s
+            .comments
+            .iter()
+            .any(|c| c.contains("Secret cache-client-web-redis-auth, key password")));
+        assert!(!content.contains("rpw"));
         assert!(!s.has_key("password"));
         // Not the client Service.
         assert!(!content.contains("server = cache-redis.isam.svc"));
@@ -810,10 +821,10 @@ mod tests {
         assert_eq!(at(server, "name").as_str(), Some("cache-redis"));
         assert_eq!(at(server, "host").as_str(), Some("cache-redis.isam.svc"));
         assert_eq!(at(server, "port").as_u64(), Some(6379));
-        assert_eq!(at(server, "username").as_str(), Some("redsess"));
+        assert_eq!(at(server, "username").as_str(), Some("client-gw"));
         assert_eq!(
             at(server, "password").as_str(),
-            Some("secret:cache-redis-auth/password")
+            Some("secret:cache-client-gw-redis-auth/password")
         );
 
         let r = "server.session.redis";

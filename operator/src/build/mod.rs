@@ -1,6 +1,7 @@
 //! Build: pure functions from a validated plan to the Kubernetes objects it needs, one module
 //! per emitted kind. No I/O; unit-tested from YAML fixtures.
 
+pub mod acl;
 pub mod client_config;
 pub mod network_policy;
 pub mod pod_security;

@@ -2,14 +2,14 @@
 //! Service (stable pod names for replication and Sentinel), the client Service, and a
 //! PodDisruptionBudget when replicated.
 //!
-//! How the password reaches Redis: the Secret `plan.redis.password_secret` is mounted as a
-//! file. `start-redis.sh` (in the ConfigMap, so the script itself holds no secret) reads that
-//! file when the container starts and writes the complete redis.conf, ACL users and
-//! `masterauth` included, into a memory-backed emptyDir only the container sees. The password
-//! is never in the ConfigMap, a command line, or an environment value of the pod spec; the
-//! probes read the same file. Rotation is not orchestrated: Redis keeps the password it started
-//! with, so after the Secret changes the probes fail to authenticate and the liveness probe
-//! restarts the containers, which then read the new one.
+//! How the passwords reach Redis: each ACL user's Secret (`build::acl`) is mounted as a file
+//! of one projected volume. `start-redis.sh` (in the ConfigMap, so the script itself holds no
+//! secret) reads them when the container starts and writes the complete redis.conf, ACL users
+//! and `masterauth` included, into a memory-backed emptyDir only the container sees. No
+//! password is in the ConfigMap, a command line, or an environment value of the pod spec; the
+//! probes read the monitor user's file. Rotation is not orchestrated: Redis keeps the passwords
+//! it started with until the pod restarts (after the monitor's changes, the failing probes
+//! restart it).
 //!
 //! How a replica finds the primary: pod 0 is the first primary. A starting pod asks Sentinel
 //! (when replicated) who the primary is now, since after a failover it is no longer pod 0;
@@ -42,7 +42,7 @@ use crate::validate::Plan;
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "redsess.io/config-checksum";
 
 /// Where the Secret with the ACL password is mounted (file `password`), in Redis and Sentinel pods.
-pub const AUTH_DIR: &str = "/etc/redis-auth";
+pub use crate::build::acl::AUTH_DIR;
 const CONFIG_DIR: &str = "/etc/redis";
 /// Memory-backed and private to the container: holds the generated redis.conf (with the
 /// password) and whatever Redis rewrites into it (`CONFIG REWRITE` after a failover).
@@ -99,12 +99,12 @@ fn redis_conf(plan: &Plan) -> String {
     let mut conf = format!(
         "# redis.conf of SessionCache {ns}/{name}, written by redsess-operator: change the\n\
          # SessionCache, not this ConfigMap. start-redis.sh appends the ACL users and the\n\
-         # replication settings at start, reading the password from the mounted Secret.\n\
+         # replication settings at start, reading the passwords from the mounted Secrets.\n\
          port {port}\n\
          # Every IPv4 address, and every IPv6 address where the pod has IPv6 (`-` = optional).\n\
          bind * -::*\n\
-         # Off because the ACL is on: the default user is disabled and every client must\n\
-         # authenticate as `{user}`.\n\
+         # Off because the ACL is on: the default user is disabled and every client\n\
+         # authenticates as its own user (`{user}` for the shim).\n\
          protected-mode no\n\
          dir {DATA_DIR}\n",
         ns = plan.namespace,
@@ -146,57 +146,60 @@ fn redis_conf(plan: &Plan) -> String {
     conf
 }
 
-/// Drops trailing line ends from `$password`, as the shim does with its password file, so that
-/// a Secret written with a final newline (or CRLF) still gives both the same password.
-pub(crate) const TRIM_PASSWORD: &str = r#"nl='
+/// `read_secret FILE`: a mounted Secret's value without its final line end, as the shim reads
+/// its password files, so that a Secret written with a final newline (or CRLF) gives both the
+/// same password. An empty value, or one of more than one line, stops the start.
+pub(crate) const READ_SECRET: &str = r#"read_secret() {
+  value=$(cat "$1") || exit 1
+  nl='
 '
-cr=$(printf '\r')
-while :; do
-  case "$password" in
-    *"$cr" | *"$nl") password=${password%?} ;;
-    *) break ;;
+  cr=$(printf '\r')
+  while :; do
+    case "$value" in
+      *"$cr" | *"$nl") value=${value%?} ;;
+      *) break ;;
+    esac
+  done
+  case "$value" in
+    "" | *"
+"*)
+      printf '%s: %s must hold one non-empty line\n' "$0" "$1" >&2
+      exit 1
+      ;;
   esac
-done
+  printf '%s' "$value"
+}
 "#;
 
 /// Shell shared by start-redis.sh and start-sentinel.sh (POSIX sh: busybox in the Alpine
-/// image, dash in the Debian one). Expects `AUTH_FILE`, `REDIS_USER`, `SENTINEL_HOST`,
+/// image, dash in the Debian one). Expects `AUTH_FILE`, `MONITOR_USER`, `SENTINEL_HOST`,
 /// `PRIMARY_NAME`, `REDIS_PODS`, `REDIS_DOMAIN`, `REDIS_REPLICAS` and (optionally) `self`.
 pub(crate) fn shell_common() -> String {
     [
-        "\n# The password, from the mounted Secret only (never from the pod spec).\n",
-        "password=$(cat \"$AUTH_FILE\")\n",
-        TRIM_PASSWORD,
+        "\n",
+        READ_SECRET,
+        "\n# The scripts act as the monitor user; passwords come from the mounted Secrets only\n",
+        "# (never from the pod spec).\n",
+        "password=$(read_secret \"$AUTH_FILE\")\n",
         SHELL_FUNCTIONS,
     ]
     .concat()
 }
 
-const SHELL_FUNCTIONS: &str = r#"if [ -z "$password" ]; then
-  printf '%s: %s is empty\n' "$0" "$AUTH_FILE" >&2
-  exit 1
-fi
-case "$password" in
-  *"
-"*)
-    printf '%s: the password in %s must be one line\n' "$0" "$AUTH_FILE" >&2
-    exit 1
-    ;;
-esac
-
+const SHELL_FUNCTIONS: &str = r#"
 # A string for redis.conf / sentinel.conf: in double quotes, backslashes and quotes escaped.
 conf_string() {
   printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')"
 }
 
-# redis-cli as the ACL user; the password is in redis-cli's environment only, not in its
+# redis-cli as the monitor user; the password is in redis-cli's environment only, not in its
 # arguments (which every process can read) and not in this shell's exported environment.
 redis_cli() {
-  REDISCLI_AUTH="$password" timeout 3 redis-cli --user "$REDIS_USER" "$@"
+  REDISCLI_AUTH="$password" timeout 3 redis-cli --user "$MONITOR_USER" "$@"
 }
 
 # The primary's host as the running Sentinels name it, or nothing (no Sentinel answers). The
-# Sentinels know the ACL user too, allowed to ask and nothing else.
+# Sentinels know the monitor user too, allowed to ask and nothing else.
 sentinel_primary() {
   [ -n "$SENTINEL_HOST" ] || return 0
   reply=$(redis_cli -h "$SENTINEL_HOST" -p 26379 --raw \
@@ -230,14 +233,14 @@ pub(crate) fn shell_common_vars(plan: &Plan) -> String {
         None => String::new(),
     };
     format!(
-        "AUTH_FILE={AUTH_DIR}/password\n\
-         REDIS_USER={user}\n\
+        "AUTH_FILE={AUTH_DIR}/{user}\n\
+         MONITOR_USER={user}\n\
          PRIMARY_NAME={primary}\n\
          SENTINEL_HOST={sentinel_host}\n\
          REDIS_PODS={pods}\n\
          REDIS_DOMAIN={domain}\n\
          REDIS_REPLICAS={replicas}\n",
-        user = names::REDIS_USER,
+        user = names::MONITOR_USER,
         primary = names::SENTINEL_PRIMARY_NAME,
         pods = names::redis(&plan.name),
         domain = names::service_host(&names::redis_headless(&plan.name), &plan.namespace),
@@ -267,12 +270,15 @@ fn start_script(plan: &Plan) -> String {
          {vars}\
          PERSISTENT={persistent}\n\
          FAILOVER_WAIT={wait}\n\
-         {common}{START_REDIS_BODY}",
+         REPLICATION_USER={replication}\n\
+         {common}\n{acl}{START_REDIS_BODY}",
         ns = plan.namespace,
         name = plan.name,
         vars = shell_common_vars(plan),
         wait = failover_wait_secs(plan),
+        replication = names::REPLICATION_USER,
         common = shell_common(),
+        acl = crate::build::acl::write_acl_function(plan),
     )
 }
 
@@ -328,11 +334,10 @@ conf=/run/redis/redis.conf
 {
   cat /etc/redis/redis.conf
   printf '\n# Written by start-redis.sh at start.\n'
-  printf 'user default off resetpass -@all\n'
-  printf 'user %s on %s ~* &* +@all\n' "$REDIS_USER" "$(conf_string ">$password")"
+  write_acl
   # Every pod, the primary too: after a failover it becomes a replica and must authenticate.
-  printf 'masteruser %s\n' "$REDIS_USER"
-  printf 'masterauth %s\n' "$(conf_string "$password")"
+  printf 'masteruser %s\n' "$REPLICATION_USER"
+  printf 'masterauth %s\n' "$(conf_string "$(read_secret "/etc/redis-auth/$REPLICATION_USER")")"
   printf 'replica-announce-ip %s\n' "$self"
   if ! is_self "$primary"; then
     printf 'replicaof %s 6379\n' "$primary"
@@ -353,15 +358,15 @@ fn ping_script() -> String {
     format!(
         r#"#!/bin/sh
 # Health check of the local Redis: `ping.sh ready` or `ping.sh alive`.
-password=$(cat {AUTH_DIR}/password)
-{TRIM_PASSWORD}reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli --user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
+{READ_SECRET}password=$(read_secret {AUTH_DIR}/{user})
+reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli --user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
 case "$1:$reply" in
   *:PONG | alive:LOADING* | alive:MASTERDOWN*) exit 0 ;;
 esac
 printf '%s\n' "$reply"
 exit 1
 "#,
-        user = names::REDIS_USER,
+        user = names::MONITOR_USER,
         port = names::REDIS_PORT,
     )
 }
@@ -388,7 +393,7 @@ fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> Statef
 
     let mut volumes = vec![
         config_volume("config", names::redis_config(&plan.name)),
-        secret_volume("auth", &redis.password_secret),
+        crate::build::acl::passwords_volume("auth", &crate::build::acl::users(plan)),
         empty_dir("run", true),
         empty_dir("tmp", false),
     ];
@@ -866,9 +871,11 @@ spec:
       volumes:
       - {name: config, configMap: {name: cache-redis-config}}
       - name: auth
-        secret:
-          secretName: cache-redis-auth
-          items: [{key: password, path: password}]
+        projected:
+          sources:
+          - secret: {name: cache-redis-auth, items: [{key: password, path: redsess}]}
+          - secret: {name: cache-redis-replication-auth, items: [{key: password, path: redsess-replication}]}
+          - secret: {name: cache-redis-monitor-auth, items: [{key: password, path: redsess-monitor}]}
       - {name: run, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
       - {name: tmp, emptyDir: {}}
   volumeClaimTemplates:
@@ -995,8 +1002,9 @@ spec:
             assert!(container.get("envFrom").is_none() && container.get("args").is_none());
             // The scripts read the password from the mounted file.
             let data = config(&out);
-            assert!(data["start-redis.sh"].contains("AUTH_FILE=/etc/redis-auth/password\n"));
-            assert!(data["ping.sh"].contains("password=$(cat /etc/redis-auth/password)"));
+            assert!(data["start-redis.sh"].contains("AUTH_FILE=/etc/redis-auth/redsess-monitor\n"));
+            assert!(data["start-redis.sh"].contains("(read_secret /etc/redis-auth/redsess)"));
+            assert!(data["ping.sh"].contains("password=$(read_secret /etc/redis-auth/redsess-monitor)"));
             assert!(!data["redis.conf"].contains("requirepass") && !data["redis.conf"].contains("masterauth"));
         }
     }
@@ -1018,7 +1026,8 @@ spec:
             "REDIS_DOMAIN=cache-redis-headless.isam.svc",
             "REDIS_REPLICAS=3",
             "PRIMARY_NAME=redsess",
-            "REDIS_USER=redsess",
+            "MONITOR_USER=redsess-monitor",
+            "REPLICATION_USER=redsess-replication",
             "FAILOVER_WAIT=75",
         ] {
             assert!(replicated.contains(&format!("\n{line}\n")), "{line} missing");
@@ -1066,16 +1075,18 @@ spec:
 
     #[test]
     fn the_password_is_trimmed_like_the_shim_does_and_quoted_for_redis_conf() {
-        let trim = |raw: &str| {
+        let read = |raw: &str| {
             run_shell(&format!(
-                "password=$(printf '{raw}')\n{TRIM_PASSWORD}printf '%s' \"$password\""
+                "f=$(mktemp)\nprintf '{raw}' >\"$f\"\n{READ_SECRET}v=$(read_secret \"$f\") || v=refused\n\
+                 rm -f \"$f\"\nprintf 'read:%s' \"$v\""
             ))
         };
-        let Some(plain) = trim("pw") else { return };
-        assert_eq!(plain, "pw");
-        assert_eq!(trim("pw\\n").unwrap(), "pw");
-        assert_eq!(trim("pw\\r\\n\\r\\n").unwrap(), "pw");
-        assert_eq!(trim("a b\\r\\nc\\n").unwrap(), "a b\r\nc", "only trailing line ends go");
+        let Some(plain) = read("pw") else { return };
+        assert_eq!(plain, "read:pw");
+        assert_eq!(read("pw\\n").unwrap(), "read:pw");
+        assert_eq!(read("pw\\r\\n\\r\\n").unwrap(), "read:pw");
+        assert_eq!(read("a b\\r\\nc\\n").unwrap(), "read:refused", "more than one line");
+        assert_eq!(read("\\n").unwrap(), "read:refused", "an empty value");
 
         // conf_string: what redis.conf's parser reads back as the same string.
         let functions = &SHELL_FUNCTIONS[SHELL_FUNCTIONS.find("conf_string()").unwrap()..];

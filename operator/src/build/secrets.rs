@@ -1,5 +1,6 @@
-//! The Secrets a SessionCache generates when the user names none: the Redis ACL password
-//! (`<name>-redis-auth`, key `password`), the Sentinels' administrator password
+//! The Secrets a SessionCache generates when the user names none: the shim's Redis ACL
+//! password (`<name>-redis-auth`, key `password`); the other Redis users' (replication,
+//! monitor, each native client: see `acl`), always; the Sentinels' administrator password
 //! (`<name>-sentinel-auth`, key `password`, with Sentinel only) and the shim's HTTP Basic
 //! credentials (`<name>-shim-auth`, keys `username` and `password`).
 //!
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::build::{metadata, Emitted, Observed};
+use crate::build::{acl, metadata, Emitted, Observed};
 use crate::names;
 use crate::validate::Plan;
 
@@ -46,6 +47,12 @@ pub fn build(
             &plan.redis.password_secret,
             [("password", new_secret())],
         ));
+    }
+    // The other Redis ACL users' passwords (the shim's is above): always generated.
+    for user in acl::users(plan).into_iter().skip(1) {
+        if missing(&user.secret) {
+            out.push(opaque(plan, owner, &user.secret, [("password", new_secret())]));
+        }
     }
     if let Some(sentinel) = plan.sentinel.as_ref().filter(|s| s.generate_password) {
         if missing(&sentinel.password_secret) {
@@ -150,17 +157,37 @@ mod tests {
       blockOwnerDeletion: true
   stringData:
     username: webseal
-    password: secret-2
+    password: secret-4
 "#,
         )
         .unwrap();
-        assert_eq!(yaml(&out), expected);
+        let got = yaml(&out);
+        assert_eq!([got[0].clone(), got[3].clone()], expected[..]);
+        // Between them, the other Redis users' passwords (build::acl), each its own value.
+        let names: Vec<_> = out.iter().map(|o| o.name().to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "cache-redis-auth",
+                "cache-redis-replication-auth",
+                "cache-redis-monitor-auth",
+                "cache-shim-auth"
+            ]
+        );
+        assert_eq!(got[1]["stringData"]["password"], "secret-2");
+        assert_eq!(got[2]["stringData"]["password"], "secret-3");
     }
 
     #[test]
     fn existing_secrets_are_never_regenerated() {
+        let all = [
+            "cache-redis-auth",
+            "cache-redis-replication-auth",
+            "cache-redis-monitor-auth",
+            "cache-shim-auth",
+        ];
         let observed = Observed {
-            existing_secrets: ["cache-redis-auth".to_string(), "cache-shim-auth".to_string()].into(),
+            existing_secrets: all.iter().map(|s| s.to_string()).collect(),
         };
         let mut calls = 0;
         let mut next = || {
@@ -172,7 +199,7 @@ mod tests {
 
         // Only the missing one comes back.
         let observed = Observed {
-            existing_secrets: ["cache-redis-auth".to_string()].into(),
+            existing_secrets: all[..3].iter().map(|s| s.to_string()).collect(),
         };
         let out = build(&plan("  {}"), &owner(), &observed, &mut counter());
         assert_eq!(out.len(), 1);
@@ -189,27 +216,27 @@ mod tests {
                 .collect()
         };
         let p = plan(replicated);
-        assert_eq!(
-            names(&p, &Observed::default()),
-            ["cache-redis-auth", "cache-sentinel-auth", "cache-shim-auth"]
-        );
+        let sentinel = |out: Vec<String>| out.into_iter().filter(|n| n.contains("sentinel")).collect::<Vec<_>>();
+        assert_eq!(sentinel(names(&p, &Observed::default())), ["cache-sentinel-auth"]);
         let observed = Observed {
             existing_secrets: ["cache-sentinel-auth".to_string()].into(),
         };
-        assert_eq!(names(&p, &observed), ["cache-redis-auth", "cache-shim-auth"]);
+        assert!(sentinel(names(&p, &observed)).is_empty());
         let named = plan(&format!("{replicated}\n  sentinel: {{passwordSecret: my-sentinel}}"));
-        assert_eq!(
-            names(&named, &Observed::default()),
-            ["cache-redis-auth", "cache-shim-auth"]
-        );
+        assert!(sentinel(names(&named, &Observed::default())).is_empty());
         assert_eq!(named.sentinel.unwrap().password_secret, "my-sentinel");
     }
 
     #[test]
     fn secrets_the_user_names_are_left_alone() {
         let p = plan("  redis: {passwordSecret: my-redis}\n  shim: {security: {basicAuthSecret: my-basic}}");
-        // Absent or not, they are the user's to create: the operator only reads them.
-        assert!(build(&p, &owner(), &Observed::default(), &mut counter()).is_empty());
+        // Absent or not, they are the user's to create: the operator only reads them (and
+        // generates the other Redis users' passwords, which have no spec field).
+        let names: Vec<_> = build(&p, &owner(), &Observed::default(), &mut counter())
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        assert_eq!(names, ["cache-redis-replication-auth", "cache-redis-monitor-auth"]);
     }
 
     #[test]

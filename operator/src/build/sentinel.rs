@@ -28,9 +28,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use crate::build::redis::{
     config_checksum, config_volume, empty_dir, exec_probe, mount, non_empty, pod_disruption_budget, pod_identity_env,
     pod_template_metadata, secret_volume, service_port, shell_common, shell_common_vars, soft_anti_affinity, AUTH_DIR,
-    TRIM_PASSWORD,
+    READ_SECRET,
 };
-use crate::build::{metadata, pod_security, Emitted};
+use crate::build::{acl, metadata, pod_security, Emitted};
 use crate::names::{self, component};
 use crate::validate::{Plan, SentinelPlan};
 
@@ -87,6 +87,7 @@ fn start_script(plan: &Plan, sentinel: &SentinelPlan) -> String {
          NAMESPACE={ns}\n\
          SENTINEL_DOMAIN={sentinel_domain}\n\
          ADMIN_USER={admin}\n\
+         SHIM_USER={shim_user}\n\
          ADMIN_AUTH_FILE={ADMIN_AUTH_DIR}/password\n\
          QUORUM={quorum}\n\
          DOWN_AFTER_MS={down_after}\n\
@@ -97,6 +98,7 @@ fn start_script(plan: &Plan, sentinel: &SentinelPlan) -> String {
         vars = shell_common_vars(plan),
         sentinel_domain = names::service_host(&sentinel_headless(&plan.name), &plan.namespace),
         admin = names::SENTINEL_ADMIN_USER,
+        shim_user = names::REDIS_USER,
         quorum = sentinel.quorum,
         down_after = sentinel.down_after_ms,
         failover = sentinel.failover_timeout_ms,
@@ -105,16 +107,8 @@ fn start_script(plan: &Plan, sentinel: &SentinelPlan) -> String {
 }
 
 const START_SENTINEL_BODY: &str = r#"
-# The administrator's password, which only the Sentinels have ($(...) drops the final
-# newlines, the case below a CR).
-admin_password=$(cat "$ADMIN_AUTH_FILE")
-admin_password=${admin_password%"$cr"}
-case "$admin_password" in
-  "" | *"$nl"* | *"$cr"*)
-    printf '%s: %s must hold one non-empty line\n' "$0" "$ADMIN_AUTH_FILE" >&2
-    exit 1
-    ;;
-esac
+# The administrator's password, which only the Sentinels have.
+admin_password=$(read_secret "$ADMIN_AUTH_FILE")
 
 self="$POD_NAME.$SENTINEL_DOMAIN"
 first="$REDIS_PODS-0.$REDIS_DOMAIN"
@@ -149,12 +143,14 @@ conf=/run/sentinel/sentinel.conf
   # Off because the ACL is on: the default user is disabled, every client authenticates.
   printf 'protected-mode no\n'
   # Whoever could reconfigure a Sentinel could name its own host the primary and receive the
-  # shims' Redis password: only the Sentinels themselves may. The shims and the Redis pods
-  # ask with the Redis ACL user, which may read the topology and nothing else.
+  # shims' Redis password: only the Sentinels themselves may. The shims (as their Redis user)
+  # and the start scripts (as the monitor user) may read the topology and nothing else.
   printf 'user default off resetpass -@all\n'
   printf 'user %s on %s ~* &* +@all\n' "$ADMIN_USER" "$(conf_string ">$admin_password")"
-  printf 'user %s on %s -@all %s\n' "$REDIS_USER" "$(conf_string ">$password")" \
-    '+ping +auth +hello +client|setname +sentinel|get-master-addr-by-name +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels'
+  for user in "$SHIM_USER" "$MONITOR_USER"; do
+    printf 'user %s on %s -@all %s\n' "$user" "$(conf_string ">$(read_secret "/etc/redis-auth/$user")")" \
+      '+ping +auth +hello +client|setname +sentinel|get-master-addr-by-name +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels'
+  done
   printf 'sentinel sentinel-user %s\n' "$ADMIN_USER"
   printf 'sentinel sentinel-pass %s\n' "$(conf_string "$admin_password")"
   printf 'dir /tmp\n'
@@ -170,7 +166,7 @@ conf=/run/sentinel/sentinel.conf
   printf 'sentinel down-after-milliseconds %s %s\n' "$PRIMARY_NAME" "$DOWN_AFTER_MS"
   printf 'sentinel failover-timeout %s %s\n' "$PRIMARY_NAME" "$FAILOVER_TIMEOUT_MS"
   printf 'sentinel parallel-syncs %s 1\n' "$PRIMARY_NAME"
-  printf 'sentinel auth-user %s %s\n' "$PRIMARY_NAME" "$REDIS_USER"
+  printf 'sentinel auth-user %s %s\n' "$PRIMARY_NAME" "$MONITOR_USER"
   printf 'sentinel auth-pass %s %s\n' "$PRIMARY_NAME" "$(conf_string "$password")"
 } >"$conf"
 
@@ -184,8 +180,8 @@ fn ping_script() -> String {
     format!(
         r#"#!/bin/sh
 # Health check of the local Sentinel.
-password=$(cat {ADMIN_AUTH_DIR}/password)
-{TRIM_PASSWORD}reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli --user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
+{READ_SECRET}password=$(read_secret {ADMIN_AUTH_DIR}/password)
+reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli --user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
 if [ "$reply" = PONG ]; then exit 0; fi
 printf '%s\n' "$reply"
 exit 1
@@ -241,7 +237,7 @@ fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, ch
                     containers: vec![container],
                     volumes: Some(vec![
                         config_volume("config", names::sentinel_config(&plan.name)),
-                        secret_volume("auth", &plan.redis.password_secret),
+                        acl::passwords_volume("auth", &[acl::shim(plan), acl::monitor(plan)]),
                         secret_volume("admin-auth", &sentinel.password_secret),
                         empty_dir("run", true),
                         empty_dir("tmp", false),
@@ -399,7 +395,11 @@ spec:
         - {name: tmp, mountPath: /tmp}
       volumes:
       - {name: config, configMap: {name: cache-sentinel-config}}
-      - {name: auth, secret: {secretName: cache-redis-auth, items: [{key: password, path: password}]}}
+      - name: auth
+        projected:
+          sources:
+          - secret: {name: cache-redis-auth, items: [{key: password, path: redsess}]}
+          - secret: {name: cache-redis-monitor-auth, items: [{key: password, path: redsess-monitor}]}
       - {name: admin-auth, secret: {secretName: cache-sentinel-auth, items: [{key: password, path: password}]}}
       - {name: run, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
       - {name: tmp, emptyDir: {}}
@@ -422,7 +422,8 @@ spec:
             "QUORUM=2",
             "DOWN_AFTER_MS=5000",
             "FAILOVER_TIMEOUT_MS=60000",
-            "AUTH_FILE=/etc/redis-auth/password",
+            "AUTH_FILE=/etc/redis-auth/redsess-monitor",
+            "SHIM_USER=redsess",
             "ADMIN_USER=redsess-sentinel",
             "ADMIN_AUTH_FILE=/etc/sentinel-auth/password",
             "exec redis-server \"$conf\" --sentinel",
@@ -439,7 +440,7 @@ spec:
         for line in [
             "printf 'user default off resetpass -@all\\n'",
             "printf 'sentinel sentinel-user %s\\n' \"$ADMIN_USER\"",
-            "printf 'sentinel auth-user %s %s\\n' \"$PRIMARY_NAME\" \"$REDIS_USER\"",
+            "printf 'sentinel auth-user %s %s\\n' \"$PRIMARY_NAME\" \"$MONITOR_USER\"",
         ] {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }
@@ -462,7 +463,10 @@ spec:
         }
         let Emitted::ConfigMap(c) = &out[0] else { panic!() };
         let ping = &c.data.as_ref().unwrap()["ping-sentinel.sh"];
-        assert!(ping.contains("password=$(cat /etc/sentinel-auth/password)"), "{ping}");
+        assert!(
+            ping.contains("password=$(read_secret /etc/sentinel-auth/password)"),
+            "{ping}"
+        );
         assert!(ping.contains("--user redsess-sentinel"), "{ping}");
         check_shell_syntax(ping);
     }

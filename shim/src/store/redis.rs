@@ -555,22 +555,25 @@ impl Store for RedisStore {
         session: &Session,
     ) -> Result<ReplaceOutcome, StoreError> {
         let mut conn = self.conn().await?;
-        let mut call = self.scripts.replace.key(self.session_key(replica_set, session_id));
-        // The index entry follows the session: its user, and its lifetime end (the score).
+        let session_key = self.session_key(replica_set, session_id);
+        let mut call = self.scripts.replace.key(&session_key);
+        // The index entry follows the session: its user, and its lifetime end (the score). An
+        // index that is not there is named by the session key, not "": an ACL that limits the
+        // shim to its prefix refuses a call naming a key outside it, the empty one too.
         let user_changed = previous_user != session.user.as_deref();
         if user_changed || session.user.is_some() {
             call.key(
                 previous_user
                     .filter(|_| user_changed)
                     .map(|u| self.user_key(replica_set, u))
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| session_key.clone()),
             );
             call.key(
                 session
                     .user
                     .as_ref()
                     .map(|u| self.user_key(replica_set, u))
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| session_key.clone()),
             );
         }
         call.arg(expected_version)
@@ -875,7 +878,8 @@ redis.call('PEXPIREAT', KEYS[1], at * 1000)
 return r
 "#;
 
-/// KEYS: session, [old user index (when the user changed, else ''), new user index].
+/// KEYS: session, [old user index (when the user changed), new user index], where an index
+/// that is not there is the session key again.
 /// ARGV: expected version, new version, items, ends_at, idle, touched, user, expires_ms, id,
 /// index score (lifetime end ms), now_ms.
 /// Answers {0} not found, {1, stored} version mismatch, {2} replaced.
@@ -886,8 +890,8 @@ if v ~= ARGV[1] then return {1, tonumber(v)} end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'e', ARGV[4], 'i', ARGV[5], 't', ARGV[6], 'u', ARGV[7])
 redis.call('PEXPIREAT', KEYS[1], ARGV[8])
 if #KEYS > 1 then
-  if KEYS[2] ~= '' then redis.call('ZREM', KEYS[2], ARGV[9]) end
-  if KEYS[3] ~= '' then
+  if KEYS[2] ~= KEYS[1] then redis.call('ZREM', KEYS[2], ARGV[9]) end
+  if KEYS[3] ~= KEYS[1] then
     redis.call('ZADD', KEYS[3], ARGV[10], ARGV[9])
     local keep = tonumber(ARGV[4]) * 1000 - tonumber(ARGV[11])
     if redis.call('PTTL', KEYS[3]) < keep then redis.call('PEXPIRE', KEYS[3], keep) end

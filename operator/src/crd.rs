@@ -210,6 +210,45 @@ pub struct ShimSpec {
     /// Listener security: TLS and client authentication.
     #[serde(default)]
     pub security: ListenerSecurity,
+    /// Sealing of session records in Redis (AES-256-GCM).
+    #[serde(default)]
+    pub encryption: EncryptionSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    /// `Plain`; `Sealed`; or, on the way between them as a rolling change, `PlainMigrating`
+    /// (reads both, writes plain) and `SealMigrating` (reads both, writes sealed). From
+    /// `Plain`, go through `PlainMigrating` to `SealMigrating`, each rolled out before the
+    /// next: a shim in `Plain` has no keys and cannot open what another seals.
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    /// Secret (key `keys`) with the key file (`<key ID> <base64 key>` lines, the first seals).
+    /// Generated once with one key as `<name>-record-keys` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_secret: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EncryptionMode {
+    #[default]
+    Plain,
+    PlainMigrating,
+    SealMigrating,
+    Sealed,
+}
+
+impl EncryptionMode {
+    /// The shim's `--record-encryption` value.
+    pub fn shim_value(self) -> &'static str {
+        match self {
+            EncryptionMode::Plain => "plain",
+            EncryptionMode::PlainMigrating => "plain-migrating",
+            EncryptionMode::SealMigrating => "seal-migrating",
+            EncryptionMode::Sealed => "sealed",
+        }
+    }
 }
 
 impl Default for ShimSpec {
@@ -224,6 +263,7 @@ impl Default for ShimSpec {
             replica_sets: default_replica_sets(),
             session: SessionSettings::default(),
             security: ListenerSecurity::default(),
+            encryption: EncryptionSpec::default(),
         }
     }
 }

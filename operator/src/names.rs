@@ -71,6 +71,10 @@ pub fn client_redis_secret(cache: &str, client: &str) -> String {
 pub fn sentinel_auth_secret(cache: &str) -> String {
     format!("{cache}-sentinel-auth")
 }
+/// The shim's record encryption key file (key `keys`).
+pub fn record_keys_secret(cache: &str) -> String {
+    format!("{cache}-record-keys")
+}
 pub fn shim_auth_secret(cache: &str) -> String {
     format!("{cache}-shim-auth")
 }

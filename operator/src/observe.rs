@@ -112,6 +112,20 @@ pub fn referenced_secrets(sc: &SessionCache) -> Vec<SecretRef> {
             },
         });
     }
+    if sc.spec.shim.encryption.mode != crate::crd::EncryptionMode::Plain {
+        out.push(match &sc.spec.shim.encryption.keys_secret {
+            Some(name) => SecretRef {
+                field: "spec.shim.encryption.keysSecret",
+                name: name.clone(),
+                generated: false,
+            },
+            None => SecretRef {
+                field: "spec.shim.encryption.keysSecret",
+                name: names::record_keys_secret(&cache),
+                generated: true,
+            },
+        });
+    }
     if let Some(name) = &security.tls_secret {
         out.push(SecretRef {
             field: "spec.shim.security.tlsSecret",

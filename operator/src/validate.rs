@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use crate::crd::{ClientKind, PersistenceMode, SessionCache, ShimMode};
+use crate::crd::{ClientKind, EncryptionMode, PersistenceMode, SessionCache, ShimMode};
 use crate::names;
 
 /// Longest SessionCache name: the longest derived name (`<name>-redis-headless`, pod
@@ -275,6 +275,16 @@ pub struct ShimPlan {
     /// Secret with `username` and `password` for HTTP Basic.
     pub basic_auth_secret: String,
     pub generate_basic_auth: bool,
+    /// Record encryption; `None` in `Plain` mode (no keys mounted).
+    pub encryption: Option<EncryptionPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncryptionPlan {
+    pub mode: EncryptionMode,
+    /// The Secret with the key file (key `keys`).
+    pub keys_secret: String,
+    pub generate_keys: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -553,6 +563,15 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
                 .clone()
                 .unwrap_or_else(|| names::shim_auth_secret(&name)),
             generate_basic_auth: shim.security.basic_auth_secret.is_none(),
+            encryption: (shim.encryption.mode != EncryptionMode::Plain).then(|| EncryptionPlan {
+                mode: shim.encryption.mode,
+                keys_secret: shim
+                    .encryption
+                    .keys_secret
+                    .clone()
+                    .unwrap_or_else(|| names::record_keys_secret(&name)),
+                generate_keys: shim.encryption.keys_secret.is_none(),
+            }),
         },
         clients,
         name,

@@ -21,6 +21,7 @@ metadata: {name: cache, namespace: isam, uid: u1}
 spec:
   redis: {replicas: 3}
   sentinel: {replicas: 3, quorum: 2, downAfter: 2s, failoverTimeout: 10s}
+  shim: {encryption: {mode: Sealed}}
   clients: [{name: www, kind: WebSEALRedis}, {name: gw, kind: IAG}]
 ";
 
@@ -133,6 +134,20 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
 
     // Redis: nobody without the password, and not with a wrong one.
     let primary = redis[0].ip.clone();
+    // The shim seals records with the generated key file it was given.
+    let key_id = secret(&objects, "cache-record-keys", "keys")
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let stored = cli(
+        &primary,
+        6379,
+        redis_auth,
+        &["hget", "redsess:s:{7:default:S-pods}", "d"],
+    );
+    assert!(stored.starts_with(&format!("\u{3}\u{9}{key_id}")), "{stored:?}");
     assert!(cli(&primary, 6379, None, &["get", "x"]).contains("NOAUTH"));
     assert!(cli(&primary, 6379, Some(("redsess", "guess")), &["get", "x"]).contains("WRONGPASS"));
     assert!(cli(&primary, 6379, Some(("default", "")), &["get", "x"]).contains("WRONGPASS"));

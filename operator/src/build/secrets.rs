@@ -31,6 +31,20 @@ pub fn random_secret() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), SECRET_LENGTH)
 }
 
+/// A key file for the shim's record encryption with one new key: the format of
+/// `redsess-shim keygen` (`<key ID> <base64 of 32 random bytes>`).
+pub fn record_key_file() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let id = format!("k{:08x}", rand::rng().next_u32());
+    format!(
+        "# Record encryption keys of redsess-shim: the first seals, all open.\n{id} {}\n",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
 pub fn build(
     plan: &Plan,
     owner: &OwnerReference,
@@ -61,6 +75,16 @@ pub fn build(
                 owner,
                 &sentinel.password_secret,
                 [("password", new_secret())],
+            ));
+        }
+    }
+    if let Some(encryption) = plan.shim.encryption.as_ref().filter(|e| e.generate_keys) {
+        if missing(&encryption.keys_secret) {
+            out.push(opaque(
+                plan,
+                owner,
+                &encryption.keys_secret,
+                [("keys", record_key_file())],
             ));
         }
     }
@@ -237,6 +261,36 @@ mod tests {
             .map(|o| o.name().to_string())
             .collect();
         assert_eq!(names, ["cache-redis-replication-auth", "cache-redis-monitor-auth"]);
+    }
+
+    #[test]
+    fn a_sealing_cache_gets_a_key_file_once() {
+        let p = plan("  shim: {encryption: {mode: SealMigrating}}");
+        let out = build(&p, &owner(), &Observed::default(), &mut counter());
+        let keys = out
+            .iter()
+            .find(|o| o.name() == "cache-record-keys")
+            .expect("the key Secret");
+        let file = yaml(std::slice::from_ref(keys))[0]["stringData"]["keys"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let line = file.lines().find(|l| !l.starts_with('#')).unwrap();
+        let (id, key) = line.split_once(' ').unwrap();
+        assert!(id.starts_with('k') && id.len() == 9, "{line}");
+        use base64::Engine;
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(key).unwrap().len(), 32);
+        assert_ne!(record_key_file(), record_key_file());
+        let observed = Observed {
+            existing_secrets: ["cache-record-keys".to_string()].into(),
+        };
+        assert!(build(&p, &owner(), &observed, &mut counter())
+            .iter()
+            .all(|o| o.name() != "cache-record-keys"));
+        // Plain: no keys.
+        assert!(build(&plan("  {}"), &owner(), &Observed::default(), &mut counter())
+            .iter()
+            .all(|o| o.name() != "cache-record-keys"));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub const TLS_CERT_FILE: &str = "/etc/redsess/tls/tls.crt";
 pub const TLS_KEY_FILE: &str = "/etc/redsess/tls/tls.key";
 pub const CLIENT_CA_DIR: &str = "/etc/redsess/client-ca";
 pub const CLIENT_CA_FILE: &str = "/etc/redsess/client-ca/ca.crt";
+pub const RECORD_KEYS_DIR: &str = "/etc/redsess/record-keys";
+pub const RECORD_KEYS_FILE: &str = "/etc/redsess/record-keys/keys";
 
 /// Shutdown budget: after SIGTERM the shim serves on for `SHUTDOWN_DELAY`, so the endpoint
 /// removal reaches every proxy first, then answers its long polls at once and finishes
@@ -175,6 +177,10 @@ pub fn env(plan: &Plan) -> Vec<EnvVar> {
     if shim.client_ca_secret.is_some() {
         env.push(plain("REDSESS_TLS_CLIENT_CA", CLIENT_CA_FILE));
     }
+    if let Some(encryption) = &shim.encryption {
+        env.push(plain("REDSESS_RECORD_ENCRYPTION", encryption.mode.shim_value()));
+        env.push(plain("REDSESS_RECORD_KEYS_FILE", RECORD_KEYS_FILE));
+    }
     env
 }
 
@@ -226,6 +232,10 @@ fn volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
     if let Some(ca) = &shim.client_ca_secret {
         volumes.push(secret_volume("client-ca", ca, &["ca.crt"]));
         mounts.push(mount("client-ca", CLIENT_CA_DIR));
+    }
+    if let Some(encryption) = &shim.encryption {
+        volumes.push(secret_volume("record-keys", &encryption.keys_secret, &["keys"]));
+        mounts.push(mount("record-keys", RECORD_KEYS_DIR));
     }
     (volumes, mounts)
 }
@@ -434,6 +444,31 @@ mod tests {
             .value
             .clone()
             .unwrap_or_else(|| panic!("{name} has no plain value"))
+    }
+
+    #[test]
+    fn record_encryption_mounts_the_key_file_and_names_the_mode() {
+        let plain = env_map(container(&deployment_of(&plan("  {}"))));
+        assert!(!plain.contains_key("REDSESS_RECORD_ENCRYPTION") && !plain.contains_key("REDSESS_RECORD_KEYS_FILE"));
+        for (mode, shim_value) in [
+            ("PlainMigrating", "plain-migrating"),
+            ("SealMigrating", "seal-migrating"),
+            ("Sealed", "sealed"),
+        ] {
+            let d = deployment_of(&plan(&format!("  shim: {{encryption: {{mode: {mode}}}}}")));
+            let env = env_map(container(&d));
+            assert_eq!(value(&env, "REDSESS_RECORD_ENCRYPTION"), shim_value);
+            assert_eq!(value(&env, "REDSESS_RECORD_KEYS_FILE"), "/etc/redsess/record-keys/keys");
+            let json = serde_json::to_value(pod(&d)).unwrap();
+            crate::build::redis::tests::assert_contains(
+                &json,
+                "volumes: [{}, {}, {name: record-keys, secret: {secretName: cache-record-keys, items: [{key: keys, path: keys}]}}]",
+            );
+        }
+        let own = deployment_of(&plan("  shim: {encryption: {mode: Sealed, keysSecret: my-keys}}"));
+        assert!(serde_json::to_string(pod(&own))
+            .unwrap()
+            .contains("\"secretName\":\"my-keys\""));
     }
 
     #[test]

@@ -34,6 +34,7 @@ const BINARY: &str = "/usr/local/bin/redsess-shim";
 /// Volume names, prefixed so they cannot clash with the proxy's own.
 const REDIS_PASSWORD_VOLUME: &str = "redsess-redis-password";
 const BASIC_AUTH_VOLUME: &str = "redsess-basic-auth";
+const RECORD_KEYS_VOLUME: &str = "redsess-record-keys";
 
 /// Where the injected shim goes in the pod spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,18 +90,27 @@ pub fn sidecar(plan: &Plan, placement: Placement) -> Sidecar {
         failure_threshold: Some(failures),
         ..Probe::default()
     };
-    let volumes = vec![
+    let mut volumes = vec![
         shim::secret_volume(REDIS_PASSWORD_VOLUME, &plan.redis.password_secret, &["password"]),
         shim::secret_volume(BASIC_AUTH_VOLUME, &plan.shim.basic_auth_secret, &["password"]),
     ];
+    let mut mounts = vec![
+        shim::mount(REDIS_PASSWORD_VOLUME, shim::REDIS_PASSWORD_DIR),
+        shim::mount(BASIC_AUTH_VOLUME, shim::BASIC_AUTH_DIR),
+    ];
+    if let Some(encryption) = &plan.shim.encryption {
+        volumes.push(shim::secret_volume(
+            RECORD_KEYS_VOLUME,
+            &encryption.keys_secret,
+            &["keys"],
+        ));
+        mounts.push(shim::mount(RECORD_KEYS_VOLUME, shim::RECORD_KEYS_DIR));
+    }
     let container = Container {
         name: CONTAINER.into(),
         image: Some(plan.shim.image.clone()),
         env: Some(shim::env(plan)),
-        volume_mounts: Some(vec![
-            shim::mount(REDIS_PASSWORD_VOLUME, shim::REDIS_PASSWORD_DIR),
-            shim::mount(BASIC_AUTH_VOLUME, shim::BASIC_AUTH_DIR),
-        ]),
+        volume_mounts: Some(mounts),
         // Up to 30 s to reach Redis before the proxy is started (native) or marked unready.
         startup_probe: Some(ready(1, 30)),
         readiness_probe: Some(ready(5, 3)),

@@ -142,7 +142,9 @@ pub fn passwords_volume(name: &str, users: &[AclUser]) -> Volume {
 }
 
 /// The shell function the start script calls to write the ACL into redis.conf (it expects
-/// `read_secret` and `conf_string`).
+/// `read_secret` and `conf_string`). Each password is read in an assignment of its own, so
+/// that a missing or empty file stops the script (`set -e`) instead of writing a user with
+/// an empty password.
 pub fn write_acl_function(plan: &Plan) -> String {
     let mut out = String::from(
         "# The ACL (build::acl): the default user off, one user per consumer, each password read\n\
@@ -151,7 +153,7 @@ pub fn write_acl_function(plan: &Plan) -> String {
     );
     for user in users(plan) {
         out.push_str(&format!(
-            "  printf 'user %s on %s %s\\n' {name} \"$(conf_string \">$(read_secret {file})\")\" '{rules}'\n",
+            "  secret=$(read_secret {file})\n  printf 'user %s on %s %s\\n' {name} \"$(conf_string \">$secret\")\" '{rules}'\n",
             name = user.name,
             file = user.password_file(),
             rules = user.rules,
@@ -199,8 +201,9 @@ mod tests {
         let f = write_acl_function(&plan("  clients: [{name: www, kind: WebSEALRedis}]"));
         assert!(f.contains("printf 'user default off resetpass -@all\\n'"), "{f}");
         assert!(
-            f.contains("client-www \"$(conf_string \">$(read_secret /etc/redis-auth/client-www)\")\""),
+            f.contains("  secret=$(read_secret /etc/redis-auth/client-www)\n"),
             "{f}"
         );
+        assert!(f.contains("client-www \"$(conf_string \">$secret\")\""), "{f}");
     }
 }

@@ -336,8 +336,9 @@ conf=/run/redis/redis.conf
   printf '\n# Written by start-redis.sh at start.\n'
   write_acl
   # Every pod, the primary too: after a failover it becomes a replica and must authenticate.
+  replication_password=$(read_secret "/etc/redis-auth/$REPLICATION_USER")
   printf 'masteruser %s\n' "$REPLICATION_USER"
-  printf 'masterauth %s\n' "$(conf_string "$(read_secret "/etc/redis-auth/$REPLICATION_USER")")"
+  printf 'masterauth %s\n' "$(conf_string "$replication_password")"
   printf 'replica-announce-ip %s\n' "$self"
   if ! is_self "$primary"; then
     printf 'replicaof %s 6379\n' "$primary"
@@ -1093,6 +1094,25 @@ spec:
         let functions = &functions[..functions.find("\n}\n").unwrap() + 3];
         let quoted = run_shell(&format!("{functions}conf_string 'a \"b\" \\c $d'")).unwrap();
         assert_eq!(quoted, r#""a \"b\" \\c $d""#);
+    }
+
+    /// A password file that is missing stops the script before any user gets a password.
+    #[test]
+    fn a_missing_password_file_stops_the_acl_before_a_user_is_written() {
+        let p = plan("  {}");
+        let conf_string = &SHELL_FUNCTIONS[SHELL_FUNCTIONS.find("conf_string()").unwrap()..];
+        let conf_string = &conf_string[..conf_string.find("\n}\n").unwrap() + 3];
+        let acl = crate::build::acl::write_acl_function(&p).replace("/etc/redis-auth/", "/nonexistent/redis-auth/");
+        let script = format!("set -eu\n{READ_SECRET}{conf_string}{acl}{{\n  write_acl\n}}\necho reached\n");
+        let Ok(out) = std::process::Command::new("sh").arg("-c").arg(&script).output() else {
+            return;
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{stdout}");
+        assert!(
+            !stdout.contains("reached") && !stdout.contains("user redsess on"),
+            "{stdout}"
+        );
     }
 
     #[test]

@@ -148,7 +148,8 @@ conf=/run/sentinel/sentinel.conf
   printf 'user default off resetpass -@all\n'
   printf 'user %s on %s ~* &* +@all\n' "$ADMIN_USER" "$(conf_string ">$admin_password")"
   for user in "$SHIM_USER" "$MONITOR_USER"; do
-    printf 'user %s on %s -@all %s\n' "$user" "$(conf_string ">$(read_secret "/etc/redis-auth/$user")")" \
+    secret=$(read_secret "/etc/redis-auth/$user")
+    printf 'user %s on %s -@all %s\n' "$user" "$(conf_string ">$secret")" \
       '+ping +auth +hello +client|setname +sentinel|get-master-addr-by-name +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels'
   done
   printf 'sentinel sentinel-user %s\n' "$ADMIN_USER"

@@ -36,6 +36,15 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_REDIS_SENTINEL_PRIMARY", default_value = "redsess")]
     pub redis_sentinel_primary: String,
 
+    /// The Sentinels speak TLS (verified with --redis-tls-ca-file, host names included).
+    #[arg(long, env = "REDSESS_REDIS_SENTINEL_TLS", default_value_t = false)]
+    pub redis_sentinel_tls: bool,
+
+    /// PEM file with the CA certificates that Redis's (rediss://) and the Sentinels'
+    /// certificates must chain to; host names are verified. Default: the web PKI roots.
+    #[arg(long, env = "REDSESS_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
     /// ACL user to authenticate to the Sentinels as (Sentinels with `user` or `requirepass`).
     #[arg(long, env = "REDSESS_REDIS_SENTINEL_USER")]
     pub redis_sentinel_user: Option<String>,
@@ -222,6 +231,34 @@ fn readable(setting: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
 }
 
 impl ServeArgs {
+    /// The CA bundle for TLS to Redis and Sentinel, read and checked now.
+    fn redis_tls_ca(&self, url: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+        const SETTING: &str = "--redis-tls-ca-file (REDSESS_REDIS_TLS_CA_FILE)";
+        if self.redis_sentinel_tls && self.redis_sentinels.is_empty() {
+            return Err(bad(
+                "--redis-sentinel-tls (REDSESS_REDIS_SENTINEL_TLS)",
+                "is set, but there are no --redis-sentinels",
+            ));
+        }
+        let Some(path) = &self.redis_tls_ca_file else {
+            return Ok(None);
+        };
+        if !url.starts_with("rediss://") && !self.redis_sentinel_tls {
+            return Err(bad(
+                SETTING,
+                "is set, but nothing uses TLS: --redis-url is not rediss:// and --redis-sentinel-tls is off",
+            ));
+        }
+        let pem = std::fs::read(path).map_err(|e| bad(SETTING, format!("cannot read {}: {e}", path.display())))?;
+        let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(SETTING, format!("{} is not PEM: {e}", path.display())))?;
+        if certificates.is_empty() {
+            return Err(bad(SETTING, format!("{} holds no certificate", path.display())));
+        }
+        Ok(Some(pem))
+    }
+
     /// The record key file, checked now so that a bad one stops the start naming the setting.
     fn record_keys(&self) -> Result<Option<PathBuf>, ConfigError> {
         const FILE: &str = "--record-keys-file (REDSESS_RECORD_KEYS_FILE)";
@@ -328,6 +365,8 @@ impl ServeArgs {
                     sentinels: sentinels.clone(),
                     sentinel_primary: self.redis_sentinel_primary.clone(),
                     sentinel_auth: self.sentinel_auth(&sentinels, &env)?,
+                    sentinel_tls: self.redis_sentinel_tls,
+                    tls_ca: self.redis_tls_ca(url)?,
                     record_encryption: self.record_encryption,
                     record_keys_file: self.record_keys()?,
                     record_keys_check: self.record_keys_check,

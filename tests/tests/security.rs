@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::ExtendedKeyUsagePurpose;
 use redsess_shim::client::ClientError;
+use redsess_tests::pki::{leaf, new_ca};
 use redsess_tests::{run_probe, shim_binary, webseal_session, ClientOptions, DscClient, RedisServer, Shim, SUCCESS};
 
 const CLIENT: &str = "/DSess/services/DSess";
@@ -254,34 +255,6 @@ impl Pki {
     fn arg(&self, name: &str) -> String {
         self.path(name).to_str().unwrap().to_string()
     }
-}
-
-fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    (params.self_signed(&key).unwrap(), key)
-}
-
-fn leaf(
-    names: Vec<String>,
-    common_name: &str,
-    usage: ExtendedKeyUsagePurpose,
-    issuer: &rcgen::Certificate,
-    issuer_key: &KeyPair,
-) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(names).unwrap();
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
-    (params.signed_by(&key, issuer, issuer_key).unwrap(), key)
 }
 
 fn https_client(shim: &Shim, ca_pem: Option<&str>, identity: Option<&str>) -> DscClient {

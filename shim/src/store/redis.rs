@@ -31,7 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, Script, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use tokio::sync::{broadcast, Mutex, RwLock};
 
 use super::record::{decode_items, encode_items};
@@ -56,6 +56,11 @@ pub struct RedisSettings {
     pub sentinel_primary: String,
     /// How to authenticate to the Sentinels (their own users, not Redis's); none = not at all.
     pub sentinel_auth: Option<SentinelAuth>,
+    /// The Sentinels speak TLS.
+    pub sentinel_tls: bool,
+    /// PEM CA certificates that Redis's and the Sentinels' certificates must chain to (host
+    /// names verified); none = the web PKI roots.
+    pub tls_ca: Option<Vec<u8>>,
     /// Whether records are sealed, and which are accepted (see `sealing`).
     pub record_encryption: Mode,
     /// The key file; needed by every mode but `plain`.
@@ -74,9 +79,20 @@ impl std::fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("sentinels", &self.sentinels)
             .field("sentinel_auth", &self.sentinel_auth)
+            .field("sentinel_tls", &self.sentinel_tls)
+            .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<PEM>"))
             .field("record_encryption", &self.record_encryption)
             .field("record_keys_file", &self.record_keys_file)
             .finish()
+    }
+}
+
+impl RedisSettings {
+    fn tls_certificates(&self) -> Option<redis::TlsCertificates> {
+        self.tls_ca.as_ref().map(|ca| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
+        })
     }
 }
 
@@ -95,17 +111,58 @@ impl std::fmt::Debug for SentinelAuth {
     }
 }
 
-/// One Sentinel's address (`host:port`) with the Sentinels' credentials, if any.
-fn sentinel_connection_info(address: &str, auth: Option<&SentinelAuth>) -> Result<redis::ConnectionInfo, StoreError> {
-    let mut info = format!("redis://{address}")
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| StoreError::Unavailable(format!("the Sentinel address {address:?} is not valid: {e}")))?;
-    if let Some(auth) = auth {
-        info.redis.username = auth.user.clone();
-        info.redis.password = Some(auth.password.clone());
+/// The Sentinel client: the Sentinels' addresses (TLS with `sentinel_tls`) and credentials,
+/// and the URL's user, password, database and TLS for the Redis nodes they name; the CA, if
+/// given, verifies both.
+fn sentinel_client(settings: &RedisSettings, info: &redis::ConnectionInfo) -> redis::RedisResult<SentinelClient> {
+    let addresses = settings.sentinels.iter().map(|s| {
+        let (host, port) = s.rsplit_once(':').unwrap_or((s, "26379"));
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = port.parse().unwrap_or(26379);
+        if settings.sentinel_tls {
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host, port)
+        }
+    });
+    let mut b = SentinelClientBuilder::new(addresses, settings.sentinel_primary.clone(), SentinelServerType::Master)?;
+    if let Some(user) = &info.redis.username {
+        b = b.set_client_to_redis_username(user.clone());
     }
-    Ok(info)
+    if let Some(password) = &info.redis.password {
+        b = b.set_client_to_redis_password(password.clone());
+    }
+    if info.redis.db != 0 {
+        b = b.set_client_to_redis_db(info.redis.db);
+    }
+    if let redis::ConnectionAddr::TcpTls { insecure, .. } = info.addr {
+        b = b.set_client_to_redis_tls_mode(if insecure {
+            redis::TlsMode::Insecure
+        } else {
+            redis::TlsMode::Secure
+        });
+        if let Some(certificates) = settings.tls_certificates() {
+            b = b.set_client_to_redis_certificates(certificates);
+        }
+    }
+    if let Some(auth) = &settings.sentinel_auth {
+        if let Some(user) = &auth.user {
+            b = b.set_client_to_sentinel_username(user.clone());
+        }
+        b = b.set_client_to_sentinel_password(auth.password.clone());
+    }
+    if settings.sentinel_tls {
+        b = b.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if let Some(certificates) = settings.tls_certificates() {
+            b = b.set_client_to_sentinel_certificates(certificates);
+        }
+    }
+    b.build()
 }
 
 /// The URL with any password replaced, fit for logs.
@@ -163,37 +220,15 @@ impl RedisStore {
             info.redis.password = settings.password.clone();
         }
         let target = if settings.sentinels.is_empty() {
-            Target::Direct(
-                redis::Client::open(info)
-                    .map_err(|e| StoreError::Unavailable(format!("the Redis URL is not usable: {e}")))?,
-            )
+            let client = match settings.tls_certificates() {
+                Some(certificates) => redis::Client::build_with_tls(info, certificates),
+                None => redis::Client::open(info),
+            };
+            Target::Direct(client.map_err(|e| StoreError::Unavailable(format!("the Redis URL is not usable: {e}")))?)
         } else {
-            let tls_mode = match info.addr {
-                redis::ConnectionAddr::TcpTls { insecure, .. } => Some(if insecure {
-                    redis::TlsMode::Insecure
-                } else {
-                    redis::TlsMode::Secure
-                }),
-                _ => None,
-            };
-            let node = SentinelNodeConnectionInfo {
-                tls_mode,
-                redis_connection_info: Some(info.redis.clone()),
-            };
-            let sentinels = settings
-                .sentinels
-                .iter()
-                .map(|s| sentinel_connection_info(s, settings.sentinel_auth.as_ref()))
-                .collect::<Result<Vec<_>, _>>()?;
-            Target::Sentinel(Mutex::new(
-                SentinelClient::build(
-                    sentinels,
-                    settings.sentinel_primary.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(|e| StoreError::Unavailable(format!("the Sentinel addresses are not usable: {e}")))?,
-            ))
+            Target::Sentinel(Mutex::new(sentinel_client(&settings, &info).map_err(|e| {
+                StoreError::Unavailable(format!("the Sentinel settings are not usable: {e}"))
+            })?))
         };
         let ring = match &settings.record_keys_file {
             Some(path) => Some(KeyRing::load(path).map_err(|e| StoreError::Unavailable(e.to_string()))?),

@@ -362,6 +362,30 @@ pub mod code {
 pub use code::SUCCESS;
 
 /// The reply, checked to carry `code`.
+/// Waits until `ok()` holds, checking every 100 ms; panics naming `what` after `within`.
+pub fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What `redis-cli -h host -p port ARGS` prints (stdout, then stderr), as `auth`'s user
+/// (password in the environment, never the arguments), or unauthenticated.
+pub fn redis_cli(host: &str, port: u16, auth: Option<(&str, &str)>, args: &[&str]) -> String {
+    let mut cli = Command::new("redis-cli");
+    if let Some((user, password)) = auth {
+        cli.args(["--user", user]).env("REDISCLI_AUTH", password);
+    }
+    let out = cli
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 /// Calls `call` until it answers SUCCESS (a shim that is starting, or following a
 /// failover), at most `within`; the panic says `what` failed, with `logs()`.
 pub async fn until_success<F, Fut>(within: Duration, what: &str, logs: impl Fn() -> String, mut call: F) -> Reply

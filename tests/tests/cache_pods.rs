@@ -5,14 +5,14 @@
 //! the shim follows it.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use redsess_operator::build::{self, Emitted, Observed};
 use redsess_operator::validate::validate;
 use redsess_shim::client::ClientOptions;
 use redsess_tests::pods::{Network, Pod};
-use redsess_tests::{shim_binary, until_success, webseal_session, SUCCESS};
+use redsess_tests::{redis_cli, shim_binary, until_success, wait_until, webseal_session, SUCCESS};
 
 const CACHE: &str = "\
 apiVersion: redsess.io/v1alpha1
@@ -51,28 +51,6 @@ fn secret(objects: &[Emitted], name: &str, key: &str) -> String {
             _ => None,
         })
         .unwrap_or_else(|| panic!("no {name}/{key} rendered"))
-}
-
-/// redis-cli from outside every pod (another pod on the network): what it prints.
-fn cli(host: &str, port: u16, auth: Option<(&str, &str)>, args: &[&str]) -> String {
-    let mut c = Command::new("redis-cli");
-    if let Some((user, password)) = auth {
-        c.args(["--user", user]).env("REDISCLI_AUTH", password);
-    }
-    let out = c
-        .args(["-h", host, "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-fn eventually(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,16 +119,16 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
-    let stored = cli(
+    let stored = redis_cli(
         &primary,
         6379,
         redis_auth,
         &["hget", "redsess:s:{7:default:S-pods}", "d"],
     );
     assert!(stored.starts_with(&format!("\u{3}\u{9}{key_id}")), "{stored:?}");
-    assert!(cli(&primary, 6379, None, &["get", "x"]).contains("NOAUTH"));
-    assert!(cli(&primary, 6379, Some(("redsess", "guess")), &["get", "x"]).contains("WRONGPASS"));
-    assert!(cli(&primary, 6379, Some(("default", "")), &["get", "x"]).contains("WRONGPASS"));
+    assert!(redis_cli(&primary, 6379, None, &["get", "x"]).contains("NOAUTH"));
+    assert!(redis_cli(&primary, 6379, Some(("redsess", "guess")), &["get", "x"]).contains("WRONGPASS"));
+    assert!(redis_cli(&primary, 6379, Some(("default", "")), &["get", "x"]).contains("WRONGPASS"));
     // Each user keeps to its consumer's commands and keys.
     let www_password = secret(&objects, "cache-client-www-redis-auth", "password");
     let gw_password = secret(&objects, "cache-client-gw-redis-auth", "password");
@@ -160,28 +138,43 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     let replication = Some(("redsess-replication", replication_password.as_str()));
     let ok = |said: String| assert!(!said.contains("NOPERM") && !said.contains("ERR"), "{said}");
     let refused = |said: String| assert!(said.contains("NOPERM"), "not refused: {said}");
-    ok(cli(
+    ok(redis_cli(
         &primary,
         6379,
         www,
         &["hmset", "webseal-cache:session-x", "a", "1"],
     ));
-    ok(cli(&primary, 6379, www, &["client", "list"]));
-    ok(cli(&primary, 6379, gw, &["hmset", "iag-cache:session-y", "a", "1"]));
-    refused(cli(&primary, 6379, www, &["hgetall", "iag-cache:session-y"]));
-    refused(cli(&primary, 6379, gw, &["hgetall", "webseal-cache:session-x"]));
+    ok(redis_cli(&primary, 6379, www, &["client", "list"]));
+    ok(redis_cli(
+        &primary,
+        6379,
+        gw,
+        &["hmset", "iag-cache:session-y", "a", "1"],
+    ));
+    refused(redis_cli(&primary, 6379, www, &["hgetall", "iag-cache:session-y"]));
+    refused(redis_cli(&primary, 6379, gw, &["hgetall", "webseal-cache:session-x"]));
     for user in [www, gw] {
-        refused(cli(&primary, 6379, user, &["scan", "0"]));
-        refused(cli(&primary, 6379, user, &["hgetall", "redsess:s:{7:default:S-pods}"]));
+        refused(redis_cli(&primary, 6379, user, &["scan", "0"]));
+        refused(redis_cli(
+            &primary,
+            6379,
+            user,
+            &["hgetall", "redsess:s:{7:default:S-pods}"],
+        ));
     }
     for user in [redis_auth, www, replication] {
-        refused(cli(&primary, 6379, user, &["flushall"]));
-        refused(cli(&primary, 6379, user, &["config", "set", "appendonly", "no"]));
-        refused(cli(&primary, 6379, user, &["replicaof", "10.0.0.1", "6379"]));
+        refused(redis_cli(&primary, 6379, user, &["flushall"]));
+        refused(redis_cli(&primary, 6379, user, &["config", "set", "appendonly", "no"]));
+        refused(redis_cli(&primary, 6379, user, &["replicaof", "10.0.0.1", "6379"]));
     }
     // The shims announce key rotations on their own channel only.
-    ok(cli(&primary, 6379, redis_auth, &["publish", "redsess:keys", "default"]));
-    refused(cli(&primary, 6379, redis_auth, &["publish", "elsewhere", "x"]));
+    ok(redis_cli(
+        &primary,
+        6379,
+        redis_auth,
+        &["publish", "redsess:keys", "default"],
+    ));
+    refused(redis_cli(&primary, 6379, redis_auth, &["publish", "elsewhere", "x"]));
     let subscribed = Command::new("timeout")
         .args([
             "1",
@@ -200,9 +193,14 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
         String::from_utf8_lossy(&subscribed.stdout).contains("redsess:keys"),
         "{subscribed:?}"
     );
-    refused(cli(&primary, 6379, redis_auth, &["hgetall", "webseal-cache:session-x"]));
-    refused(cli(&primary, 6379, redis_auth, &["keys", "*"]));
-    refused(cli(&primary, 6379, replication, &["get", "redsess:sets"]));
+    refused(redis_cli(
+        &primary,
+        6379,
+        redis_auth,
+        &["hgetall", "webseal-cache:session-x"],
+    ));
+    refused(redis_cli(&primary, 6379, redis_auth, &["keys", "*"]));
+    refused(redis_cli(&primary, 6379, replication, &["get", "redsess:sets"]));
 
     // Sentinel: nobody reconfigures it but the Sentinels, not even with the Redis password.
     let sentinel = sentinels[0].ip.clone();
@@ -213,14 +211,14 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
             &["sentinel", "monitor", "evil", "10.0.0.1", "6379", "1"],
             &["sentinel", "failover", "redsess"],
         ] {
-            let said = cli(&sentinel, 26379, auth, command);
+            let said = redis_cli(&sentinel, 26379, auth, command);
             assert!(
                 said.contains("NOAUTH") || said.contains("NOPERM"),
                 "{command:?} as {auth:?}: {said}"
             );
         }
     }
-    let named = cli(
+    let named = redis_cli(
         &sentinel,
         26379,
         redis_auth,
@@ -228,8 +226,8 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     );
     assert!(named.starts_with("cache-redis-0."), "{named}");
     // The Sentinels found each other with their administrator's credentials.
-    eventually(Duration::from_secs(30), "every Sentinel knows the other two", || {
-        cli(&sentinel, 26379, admin_auth, &["sentinel", "master", "redsess"])
+    wait_until(Duration::from_secs(30), "every Sentinel knows the other two", || {
+        redis_cli(&sentinel, 26379, admin_auth, &["sentinel", "master", "redsess"])
             .lines()
             .collect::<Vec<_>>()
             .windows(2)
@@ -237,14 +235,14 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     });
 
     // The session reached both replicas before the primary goes.
-    eventually(Duration::from_secs(10), "the replicas have the session", || {
+    wait_until(Duration::from_secs(10), "the replicas have the session", || {
         redis[1..]
             .iter()
-            .all(|r| cli(&r.ip, 6379, redis_auth, &["dbsize"]).trim() != "0")
+            .all(|r| redis_cli(&r.ip, 6379, redis_auth, &["dbsize"]).trim() != "0")
     });
     redis[0].kill();
-    eventually(Duration::from_secs(60), "Sentinel promotes a replica", || {
-        let now = cli(
+    wait_until(Duration::from_secs(60), "Sentinel promotes a replica", || {
+        let now = redis_cli(
             &sentinel,
             26379,
             redis_auth,
@@ -269,8 +267,8 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     // The old primary comes back as a replica of the new one, as its start script asks Sentinel.
     redis[0].run();
     redis[0].wait_ready(Duration::from_secs(60));
-    eventually(Duration::from_secs(30), "the old primary follows the new one", || {
-        cli(&primary, 6379, redis_auth, &["role"]).starts_with("slave")
+    wait_until(Duration::from_secs(30), "the old primary follows the new one", || {
+        redis_cli(&primary, 6379, redis_auth, &["role"]).starts_with("slave")
     });
     assert!(redis[0].logs().contains("starts as a replica"), "{}", redis[0].logs());
     assert!(!shim.logs().contains("NOPERM"), "{}", shim.logs());

@@ -3,26 +3,29 @@
 //! without losing the sessions that had reached the replica.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redsess_tests::{free_port, until_success, webseal_session, RedisServer, Shim, SUCCESS};
+use redsess_tests::{free_port, redis_cli, until_success, wait_until, webseal_session, RedisServer, Shim, SUCCESS};
 
 /// A Sentinel process monitoring `primary_port` as `redsess`, quorum 1, down after 1 s.
 struct Sentinel {
     child: Child,
     port: u16,
-    /// Authenticate as `admin` (see [`SENTINEL_ACL`]).
+    /// Authenticate as `admin` (see [`sentinel_acl`]).
     admin: bool,
     _dir: tempfile::TempDir,
 }
 
 /// Sentinel ACL users as the operator writes them: the default user off, an administrator
-/// the Sentinels use among themselves, and `redsess` for the shims, which may only ask.
-const SENTINEL_ACL: &str = "user default off\n\
-     user admin on >admin-pass ~* &* +@all\n\
-     user redsess on >shim-pass -@all +ping +auth +hello +client|setname +sentinel|get-master-addr-by-name \
-     +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels\n\
-     sentinel sentinel-user admin\nsentinel sentinel-pass admin-pass\n";
+/// the Sentinels use among themselves, and `redsess` for the shims with the operator's
+/// client rules, which may only ask.
+fn sentinel_acl() -> String {
+    format!(
+        "user default off\nuser admin on >admin-pass ~* &* +@all\nuser redsess on >shim-pass {}\n\
+         sentinel sentinel-user admin\nsentinel sentinel-pass admin-pass\n",
+        redsess_operator::build::sentinel::CLIENT_RULES
+    )
+}
 
 impl Sentinel {
     fn start(primary_port: u16) -> Sentinel {
@@ -65,22 +68,14 @@ impl Sentinel {
 
     /// The primary's port as Sentinel names it now.
     fn primary_port(&self) -> Option<u16> {
-        let out = self
-            .cli(&["sentinel", "get-master-addr-by-name", "redsess"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
-    }
-}
-
-impl Sentinel {
-    fn cli(&self, args: &[&str]) -> Command {
-        let mut cli = Command::new("redis-cli");
-        if self.admin {
-            cli.args(["--user", "admin"]).env("REDISCLI_AUTH", "admin-pass");
-        }
-        cli.args(["-p", &self.port.to_string()]).args(args);
-        cli
+        let auth = self.admin.then_some(("admin", "admin-pass"));
+        let said = redis_cli(
+            "127.0.0.1",
+            self.port,
+            auth,
+            &["sentinel", "get-master-addr-by-name", "redsess"],
+        );
+        said.lines().nth(1)?.trim().parse().ok()
     }
 }
 
@@ -88,14 +83,6 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -146,20 +133,10 @@ async fn the_shim_follows_a_sentinel_failover() {
     assert_eq!(after.result(), SUCCESS, "writes go to the new primary");
 }
 
-/// What redis-cli prints for `args` sent to Sentinel `port`, as `user` (or unauthenticated).
-fn sentinel_says(port: u16, auth: Option<(&str, &str)>, args: &[&str]) -> String {
-    let mut cli = Command::new("redis-cli");
-    if let Some((user, password)) = auth {
-        cli.args(["--user", user]).env("REDISCLI_AUTH", password);
-    }
-    let out = cli.args(["-p", &port.to_string()]).args(args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn with_sentinel_acls_the_shim_authenticates_and_only_reads() {
     let primary = RedisServer::start();
-    let sentinel = Sentinel::start_with(primary.port, SENTINEL_ACL);
+    let sentinel = Sentinel::start_with(primary.port, &sentinel_acl());
     let sentinels = format!("127.0.0.1:{}", sentinel.port);
     let password_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(password_file.path(), "shim-pass\n").unwrap();
@@ -211,7 +188,7 @@ async fn with_sentinel_acls_the_shim_authenticates_and_only_reads() {
             &["sentinel", "remove", "redsess"],
             &["sentinel", "monitor", "evil", "127.0.0.1", &primary_port, "1"],
         ] {
-            let said = sentinel_says(port, auth, command);
+            let said = redis_cli("127.0.0.1", port, auth, command);
             assert!(
                 said.contains("NOAUTH") || said.contains("NOPERM"),
                 "{command:?} as {auth:?} was not refused: {said}"

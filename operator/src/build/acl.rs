@@ -104,9 +104,15 @@ pub fn native_clients(plan: &Plan) -> Vec<AclUser> {
         .collect()
 }
 
+/// The cache's own users besides the shim: replication and the monitor.
+pub fn internal_users(plan: &Plan) -> Vec<AclUser> {
+    vec![replication(plan), monitor(plan)]
+}
+
 /// Every user of the Redis ACL.
 pub fn users(plan: &Plan) -> Vec<AclUser> {
-    let mut users = vec![shim(plan), replication(plan), monitor(plan)];
+    let mut users = vec![shim(plan)];
+    users.extend(internal_users(plan));
     users.extend(native_clients(plan));
     users
 }

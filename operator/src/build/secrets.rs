@@ -63,7 +63,7 @@ pub fn build(
         ));
     }
     // The other Redis ACL users' passwords (the shim's is above): always generated.
-    for user in acl::users(plan).into_iter().skip(1) {
+    for user in acl::internal_users(plan).into_iter().chain(acl::native_clients(plan)) {
         if missing(&user.secret) {
             out.push(opaque(plan, owner, &user.secret, [("password", new_secret())]));
         }

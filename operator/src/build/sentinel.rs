@@ -40,6 +40,11 @@ const ADMIN_AUTH_DIR: &str = "/etc/sentinel-auth";
 /// Holds the generated sentinel.conf (with the password), which Sentinel keeps rewriting.
 const RUN_DIR: &str = "/run/sentinel";
 
+/// What the shims and the start scripts may do on a Sentinel: read the topology, nothing that
+/// changes it.
+pub const CLIENT_RULES: &str = "-@all +ping +auth +hello +client|setname +sentinel|get-master-addr-by-name \
+     +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels";
+
 /// The headless Service that gives Sentinel pods their stable DNS names.
 /// (A candidate for `names.rs`.)
 pub fn sentinel_headless(cache: &str) -> String {
@@ -88,6 +93,7 @@ fn start_script(plan: &Plan, sentinel: &SentinelPlan) -> String {
          SENTINEL_DOMAIN={sentinel_domain}\n\
          ADMIN_USER={admin}\n\
          SHIM_USER={shim_user}\n\
+         CLIENT_RULES='{CLIENT_RULES}'\n\
          ADMIN_AUTH_FILE={ADMIN_AUTH_DIR}/password\n\
          QUORUM={quorum}\n\
          DOWN_AFTER_MS={down_after}\n\
@@ -149,8 +155,7 @@ conf=/run/sentinel/sentinel.conf
   printf 'user %s on %s ~* &* +@all\n' "$ADMIN_USER" "$(conf_string ">$admin_password")"
   for user in "$SHIM_USER" "$MONITOR_USER"; do
     secret=$(read_secret "/etc/redis-auth/$user")
-    printf 'user %s on %s -@all %s\n' "$user" "$(conf_string ">$secret")" \
-      '+ping +auth +hello +client|setname +sentinel|get-master-addr-by-name +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels'
+    printf 'user %s on %s %s\n' "$user" "$(conf_string ">$secret")" "$CLIENT_RULES"
   done
   printf 'sentinel sentinel-user %s\n' "$ADMIN_USER"
   printf 'sentinel sentinel-pass %s\n' "$(conf_string "$admin_password")"
@@ -442,6 +447,7 @@ spec:
             "printf 'user default off resetpass -@all\\n'",
             "printf 'sentinel sentinel-user %s\\n' \"$ADMIN_USER\"",
             "printf 'sentinel auth-user %s %s\\n' \"$PRIMARY_NAME\" \"$MONITOR_USER\"",
+            "printf 'user %s on %s %s\\n' \"$user\" \"$(conf_string \">$secret\")\" \"$CLIENT_RULES\"",
         ] {
             assert!(s.contains(line), "{line} missing from\n{s}");
         }

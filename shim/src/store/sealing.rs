@@ -255,14 +255,6 @@ pub struct Sealing {
 }
 
 impl Sealing {
-    pub fn plain() -> Sealing {
-        Sealing {
-            mode: Mode::Plain,
-            ring: RwLock::new(None),
-            rng: SystemRandom::new(),
-        }
-    }
-
     pub fn new(mode: Mode, ring: Option<KeyRing>) -> Sealing {
         Sealing {
             mode,
@@ -438,7 +430,7 @@ mod tests {
         assert_eq!(migrating.seal("web", "S", plain.clone())[0], FORMAT_SEALED);
         let back = Sealing::new(Mode::PlainMigrating, keys());
         assert_eq!(back.seal("web", "S", plain.clone()), plain);
-        let none = Sealing::plain();
+        let none = Sealing::new(Mode::Plain, None);
         assert_eq!(none.seal("web", "S", plain.clone()), plain);
         assert_eq!(none.open("web", "S", plain.clone()), Some(plain.clone()));
         let before = unopened("no_keys");

@@ -27,7 +27,7 @@ const CA_NAME: &str = "redsess-operator webhook CA";
 const CA_YEARS: i64 = 10;
 const SERVING_DAYS: i64 = 365;
 /// Renewed this long before it expires.
-const RENEW_BEFORE_DAYS: i64 = 30;
+pub const RENEW_BEFORE_DAYS: i64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,9 +58,9 @@ pub struct Material {
     pub key_pem: String,
 }
 
-fn ca_params(now: Timestamp) -> Result<CertificateParams, rcgen::Error> {
+fn ca_params(ca_name: &str, now: Timestamp) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params.distinguished_name.push(DnType::CommonName, ca_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     // The same CA is rebuilt from its key at renewal: fixed dates from a fixed day.
@@ -70,15 +70,23 @@ fn ca_params(now: Timestamp) -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
-/// A serving certificate for `hosts` (DNS names or IP addresses), signed by the CA of
-/// `ca_key`; the certificate, its key, and when it expires.
-fn serving(
+/// A new CA named `ca_name`: its certificate and its key (PEM).
+pub fn new_ca(ca_name: &str, now: Timestamp) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let ca = ca_params(ca_name, now)?.self_signed(&key)?;
+    Ok((ca.pem(), key.serialize_pem()))
+}
+
+/// A serving certificate for `hosts` (DNS names, wildcards or IP addresses), signed by the
+/// CA `ca_name` of `ca_key` made at `ca_issued`; the certificate, its key, and when it expires.
+pub fn serving(
     hosts: &[String],
     ca_key: &KeyPair,
+    ca_name: &str,
     ca_issued: Timestamp,
     now: Timestamp,
 ) -> Result<(String, String, Timestamp), rcgen::Error> {
-    let ca = ca_params(ca_issued)?.self_signed(ca_key)?;
+    let ca = ca_params(ca_name, ca_issued)?.self_signed(ca_key)?;
     let mut params = CertificateParams::new(hosts.to_vec())?;
     params
         .distinguished_name
@@ -98,8 +106,8 @@ fn serving(
 /// Fresh key material: a new CA and a serving certificate for `hosts`.
 pub fn generate(hosts: &[String], now: Timestamp) -> Result<(Material, String, Timestamp), Error> {
     let ca_key = KeyPair::generate()?;
-    let ca = ca_params(now)?.self_signed(&ca_key)?;
-    let (cert_pem, key_pem, not_after) = serving(hosts, &ca_key, now, now)?;
+    let ca = ca_params(CA_NAME, now)?.self_signed(&ca_key)?;
+    let (cert_pem, key_pem, not_after) = serving(hosts, &ca_key, CA_NAME, now, now)?;
     Ok((
         Material {
             ca_pem: ca.pem(),
@@ -200,7 +208,7 @@ pub async fn ensure(client: &Client, namespace: &str, hosts: &[String]) -> Resul
         }
         let ca_key = KeyPair::from_pem(&field(&secret, "ca.key", namespace)?)?;
         let issued = secret.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
-        let (cert_pem, key_pem, expires) = serving(hosts, &ca_key, issued, now)?;
+        let (cert_pem, key_pem, expires) = serving(hosts, &ca_key, CA_NAME, issued, now)?;
         let renewed = Material {
             cert_pem,
             key_pem,
@@ -262,7 +270,7 @@ pub async fn ensure_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -275,7 +283,7 @@ mod tests {
         let (material, ca_key, expires) = generate(&hosts, now).unwrap();
         assert!(expires > now + (364 * 24).hours());
         let later = now + (340 * 24).hours();
-        let (renewed, _, _) = serving(&hosts, &KeyPair::from_pem(&ca_key).unwrap(), now, later).unwrap();
+        let (renewed, _, _) = serving(&hosts, &KeyPair::from_pem(&ca_key).unwrap(), CA_NAME, now, later).unwrap();
         for cert in [&material.cert_pem, &renewed] {
             assert!(verifies(cert, &material.ca_pem, "127.0.0.1"), "{cert}");
             assert!(verifies(
@@ -292,7 +300,12 @@ mod tests {
     }
 
     /// rustls's own verification of `cert_pem` for `host`, trusting only `ca_pem`.
-    fn verifies(cert_pem: &str, ca_pem: &str, host: &str) -> bool {
+    pub(crate) fn verifies(cert_pem: &str, ca_pem: &str, host: &str) -> bool {
+        verifies_at(cert_pem, ca_pem, host, 1_809_548_800)
+    }
+
+    /// As [`verifies`], at `unix_seconds`.
+    pub(crate) fn verifies_at(cert_pem: &str, ca_pem: &str, host: &str, unix_seconds: u64) -> bool {
         use rustls::client::danger::ServerCertVerifier;
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -305,7 +318,7 @@ mod tests {
             .build()
             .unwrap();
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-        let when = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_809_548_800));
+        let when = UnixTime::since_unix_epoch(std::time::Duration::from_secs(unix_seconds));
         verifier
             .verify_server_cert(&cert, &[], &ServerName::try_from(host.to_string()).unwrap(), &[], when)
             .is_ok()

@@ -44,8 +44,9 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::names;
 use crate::observe;
+use crate::redis_tls;
 use crate::status::{self, Outcome};
-use crate::validate::{validate, Platform};
+use crate::validate::{validate, Platform, ValidationError};
 
 /// How soon an invalid spec is looked at again (its next change triggers a reconcile anyway).
 pub const INVALID_SPEC_REQUEUE: Duration = Duration::from_secs(5 * 60);
@@ -69,6 +70,8 @@ pub enum Error {
     Status(#[from] status::Error),
     #[error("SessionCache {0} has no UID yet")]
     MissingUid(String),
+    #[error("cannot make the Redis TLS certificate: {0}")]
+    KeyMaterial(rcgen::Error),
 }
 
 impl Error {
@@ -80,6 +83,7 @@ impl Error {
             Error::Cleanup(_) => "cleanup",
             Error::Status(_) => "status",
             Error::MissingUid(_) => "missing_uid",
+            Error::KeyMaterial(_) => "key_material",
         }
     }
 }
@@ -248,6 +252,34 @@ pub async fn reconcile(sc: Arc<SessionCache>, ctx: Arc<Context>) -> Result<Actio
     result
 }
 
+/// Status and a warning event for a spec (or a Secret it names) that cannot be used.
+async fn report_invalid(
+    sc: &SessionCache,
+    ctx: &Context,
+    invalid: &ValidationError,
+    requeue: Duration,
+) -> Result<Action, Error> {
+    tracing::warn!(%invalid, "invalid spec");
+    ctx.metrics.reconcile_failed("invalid_spec");
+    let previous = sc.status.as_ref();
+    let new = status::compute(
+        sc.meta().generation,
+        previous,
+        Outcome::Invalid(invalid),
+        Timestamp::now(),
+    );
+    if Some(&new) != previous {
+        status::write(&ctx.client, sc, &new).await?;
+    }
+    let note = format!("{invalid}");
+    ctx.publish(
+        &sc.object_ref(&()),
+        event(EventType::Warning, status::reason::INVALID_SPEC, "Validate", note),
+    )
+    .await;
+    Ok(Action::requeue(requeue))
+}
+
 async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     if sc.meta().deletion_timestamp.is_some() {
@@ -264,21 +296,19 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
     // validate
     let plan = match validate(sc).map(|plan| plan.on(ctx.platform)) {
         Ok(plan) => plan,
-        Err(invalid) => {
-            tracing::warn!(%invalid, "invalid spec");
-            ctx.metrics.reconcile_failed("invalid_spec");
-            let new = status::compute(generation, previous, Outcome::Invalid(&invalid), Timestamp::now());
-            if Some(&new) != previous {
-                status::write(client, sc, &new).await?;
-            }
-            let note = format!("{invalid}");
-            ctx.publish(
-                &regarding,
-                event(EventType::Warning, status::reason::INVALID_SPEC, "Validate", note),
-            )
-            .await;
-            return Ok(Action::requeue(INVALID_SPEC_REQUEUE));
+        Err(invalid) => return report_invalid(sc, ctx, &invalid, INVALID_SPEC_REQUEUE).await,
+    };
+
+    // key material
+    let found = observe::redis_tls(client, &plan).await?;
+    let mut observed = secrets.observed.clone();
+    observed.redis_tls = match redis_tls::prepare(&plan, &found, Timestamp::now()) {
+        Ok(material) => material,
+        // A Secret the user can fix: reported like an invalid spec, read again soon.
+        Err(redis_tls::Error::Unusable(invalid)) => {
+            return report_invalid(sc, ctx, &invalid, MISSING_SECRET_REQUEUE).await
         }
+        Err(redis_tls::Error::Generate(error)) => return Err(Error::KeyMaterial(error)),
     };
 
     // build
@@ -286,7 +316,7 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
         .controller_owner_ref(&())
         .filter(|o| !o.uid.is_empty())
         .ok_or_else(|| Error::MissingUid(sc.name_any()))?;
-    let objects = build::all(&plan, &owner, &secrets.observed, &mut build::secrets::random_secret);
+    let objects = build::all(&plan, &owner, &observed, &mut build::secrets::random_secret);
 
     // apply every object, then delete what is no longer planned
     let failures = apply::apply_all(client, &objects, &ctx.served).await;
@@ -535,6 +565,7 @@ mod tests {
         let owner = sc.controller_owner_ref(&()).unwrap();
         let observed = Observed {
             existing_secrets: existing.iter().map(|s| s.to_string()).collect(),
+            ..Observed::default()
         };
         let objects = build::all(&plan, &owner, &observed, &mut || "not-random".to_string());
         (plan, objects)

@@ -81,6 +81,26 @@ pub struct RedisSpec {
     /// persistence, ACLs, replication) cannot be overridden here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+    /// TLS for every connection to Redis and Sentinel: clients, replication, Sentinel's own.
+    #[serde(default)]
+    pub tls: RedisTlsSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTlsSpec {
+    /// Redis and Sentinel accept TLS only, on their usual ports (6379, 26379); the shim, the
+    /// replicas, the Sentinels and the generated client configuration all use it. Turning it
+    /// on or off changes those ports' protocol: native WebSEAL and IAG clients must take
+    /// their new configuration at the same time (see docs/security.md).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Secret with the servers' certificate (`tls.crt`, `tls.key`) and its CA (`ca.crt`), as
+    /// cert-manager writes it; it must name every Redis and Sentinel host (see
+    /// docs/security.md). When absent, the operator makes a CA and a certificate
+    /// (`<name>-redis-tls`) and renews the certificate a month before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_secret: Option<String>,
 }
 
 impl Default for RedisSpec {
@@ -94,6 +114,7 @@ impl Default for RedisSpec {
             password_secret: None,
             scheduling: SchedulingSpec::default(),
             config: BTreeMap::new(),
+            tls: RedisTlsSpec::default(),
         }
     }
 }

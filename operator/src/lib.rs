@@ -1,8 +1,9 @@
 //! redsess-operator: reconciles `SessionCache` resources into Redis (with Sentinel when
 //! replicated), the redsess-shim, and the configuration WebSEAL and IAG need.
 //!
-//! A reconcile is a pipeline: observe → validate → build (pure, one module per emitted kind)
-//! → apply (server-side apply, one field manager) → status.
+//! A reconcile is a pipeline: observe → validate → key material (`redis_tls`, which may draw
+//! new keys) → build (pure, one module per emitted kind) → apply (server-side apply, one field
+//! manager) → status.
 
 pub mod admission;
 pub mod api_error;
@@ -17,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod observe;
+pub mod redis_tls;
 pub mod render;
 pub mod status;
 pub mod validate;

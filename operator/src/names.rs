@@ -75,6 +75,19 @@ pub fn sentinel_auth_secret(cache: &str) -> String {
 pub fn record_keys_secret(cache: &str) -> String {
     format!("{cache}-record-keys")
 }
+/// Redis's and Sentinel's TLS certificate (`tls.crt`, `tls.key`, `ca.crt`), when generated.
+pub fn redis_tls_secret(cache: &str) -> String {
+    format!("{cache}-redis-tls")
+}
+/// The generated CA of that certificate (`ca.crt`, `ca.key`): read by the operator only.
+pub fn redis_tls_issuer_secret(cache: &str) -> String {
+    format!("{cache}-redis-tls-issuer")
+}
+/// The CA that vouches for Redis and Sentinel (`ca.crt` only): what the shim and the native
+/// clients trust. Written from whichever certificate is in use.
+pub fn redis_ca_secret(cache: &str) -> String {
+    format!("{cache}-redis-ca")
+}
 pub fn shim_auth_secret(cache: &str) -> String {
     format!("{cache}-shim-auth")
 }

@@ -126,6 +126,13 @@ pub fn referenced_secrets(sc: &SessionCache) -> Vec<SecretRef> {
             },
         });
     }
+    if let Some(name) = redis.tls.certificate_secret.as_ref().filter(|_| redis.tls.enabled) {
+        out.push(SecretRef {
+            field: "spec.redis.tls.certificateSecret",
+            name: name.clone(),
+            generated: false,
+        });
+    }
     if let Some(name) = &security.tls_secret {
         out.push(SecretRef {
             field: "spec.shim.security.tlsSecret",
@@ -177,6 +184,34 @@ pub async fn secrets(client: &Client, sc: &SessionCache) -> Result<SecretsObserv
         }
     }
     Ok(out)
+}
+
+/// Reads the Secrets of Redis TLS (their data: the certificate, and the generated CA's key).
+pub async fn redis_tls(client: &Client, plan: &Plan) -> Result<crate::redis_tls::Found, Error> {
+    let mut found = crate::redis_tls::Found::default();
+    let Some(tls) = &plan.redis.tls else {
+        return Ok(found);
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &plan.namespace);
+    let read = |name: String| {
+        let api = api.clone();
+        async move {
+            let secret = api.get_opt(&name).await.map_err(|source| Error::Secret {
+                namespace: plan.namespace.clone(),
+                name: name.clone(),
+                source,
+            })?;
+            Ok::<_, Error>(secret.map(|s| crate::redis_tls::SecretContent {
+                data: s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect(),
+                annotations: s.metadata.annotations.unwrap_or_default(),
+            }))
+        }
+    };
+    found.certificate = read(tls.certificate_secret.clone()).await?;
+    if tls.generate {
+        found.issuer = read(names::redis_tls_issuer_secret(&plan.name)).await?;
+    }
+    Ok(found)
 }
 
 /// How far one workload has rolled out.

@@ -36,6 +36,15 @@ const MANAGED_REDIS_SETTINGS: &[&str] = &[
     "include",
     "rename-command",
     "logfile",
+    // spec.redis.tls
+    "tls-port",
+    "tls-cert-file",
+    "tls-key-file",
+    "tls-ca-cert-file",
+    "tls-ca-cert-dir",
+    "tls-auth-clients",
+    "tls-replication",
+    "tls-cluster",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,11 +54,17 @@ pub struct ValidationError {
     pub problem: String,
 }
 
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ValidationError {
-    ValidationError {
-        field: field.into(),
-        problem: problem.into(),
+impl ValidationError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ValidationError {
+    ValidationError::new(field, problem)
 }
 
 /// Where the objects will run: OpenShift assigns each namespace's pods a UID and fsGroup
@@ -96,6 +111,19 @@ pub struct RedisPlan {
     /// `spec.redis.config` but the memory settings, which `memory` holds.
     pub extra_config: BTreeMap<String, String>,
     pub memory: MemoryPlan,
+    /// TLS-only Redis and Sentinel (`spec.redis.tls.enabled`).
+    pub tls: Option<TlsPlan>,
+}
+
+/// Where Redis's and Sentinel's certificate comes from, and where clients find its CA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPlan {
+    /// `tls.crt`, `tls.key` and `ca.crt`, mounted by the Redis and Sentinel pods.
+    pub certificate_secret: String,
+    /// The operator makes and renews it (its CA in `<name>-redis-tls-issuer`).
+    pub generate: bool,
+    /// `ca.crt` alone: what the shim and the native clients trust.
+    pub ca_secret: String,
 }
 
 /// Redis's memory bound and what happens at it.
@@ -394,6 +422,12 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
             return Err(invalid(format!("spec.redis.config.{key}"), "must be one line"));
         }
     }
+    if redis.tls.certificate_secret.is_some() && !redis.tls.enabled {
+        return Err(invalid(
+            "spec.redis.tls.certificateSecret",
+            "is set, but spec.redis.tls.enabled is false: turn TLS on, or remove the Secret's name",
+        ));
+    }
     let memory = memory_plan(redis)?;
     let mut extra_config = redis.config.clone();
     extra_config.retain(|k, _| !MEMORY_SETTINGS.contains(&k.to_ascii_lowercase().as_str()));
@@ -542,6 +576,15 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
             topology_spread_constraints: redis.scheduling.topology_spread_constraints.clone(),
             extra_config,
             memory,
+            tls: redis.tls.enabled.then(|| TlsPlan {
+                certificate_secret: redis
+                    .tls
+                    .certificate_secret
+                    .clone()
+                    .unwrap_or_else(|| names::redis_tls_secret(&name)),
+                generate: redis.tls.certificate_secret.is_none(),
+                ca_secret: names::redis_ca_secret(&name),
+            }),
         },
         sentinel,
         shim: ShimPlan {

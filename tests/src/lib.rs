@@ -361,7 +361,6 @@ pub mod code {
 }
 pub use code::SUCCESS;
 
-/// The reply, checked to carry `code`.
 /// Waits until `ok()` holds, checking every 100 ms; panics naming `what` after `within`.
 pub fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -374,7 +373,21 @@ pub fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
 /// What `redis-cli -h host -p port ARGS` prints (stdout, then stderr), as `auth`'s user
 /// (password in the environment, never the arguments), or unauthenticated.
 pub fn redis_cli(host: &str, port: u16, auth: Option<(&str, &str)>, args: &[&str]) -> String {
+    redis_cli_tls(host, port, None, auth, args)
+}
+
+/// [`redis_cli`] over TLS trusting the CA file `ca` (plain text when `None`).
+pub fn redis_cli_tls(
+    host: &str,
+    port: u16,
+    ca: Option<&std::path::Path>,
+    auth: Option<(&str, &str)>,
+    args: &[&str],
+) -> String {
     let mut cli = Command::new("redis-cli");
+    if let Some(ca) = ca {
+        cli.arg("--tls").arg("--cacert").arg(ca);
+    }
     if let Some((user, password)) = auth {
         cli.args(["--user", user]).env("REDISCLI_AUTH", password);
     }

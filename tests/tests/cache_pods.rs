@@ -8,11 +8,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
 use redsess_operator::build::{self, Emitted, Observed};
+use redsess_operator::redis_tls;
 use redsess_operator::validate::validate;
 use redsess_shim::client::ClientOptions;
 use redsess_tests::pods::{Network, Pod};
-use redsess_tests::{redis_cli, shim_binary, until_success, wait_until, webseal_session, SUCCESS};
+use redsess_tests::{redis_cli, redis_cli_tls, shim_binary, until_success, wait_until, webseal_session, SUCCESS};
 
 const CACHE: &str = "\
 apiVersion: redsess.io/v1alpha1
@@ -25,9 +27,24 @@ spec:
   clients: [{name: www, kind: WebSEALRedis}, {name: gw, kind: IAG}]
 ";
 
-/// Every object, generated Secrets included (`secret-1`, `secret-2`, … in emission order).
-fn render() -> Vec<Emitted> {
-    let plan = validate(&serde_yaml::from_str(CACHE).unwrap()).unwrap();
+/// The same cache with TLS on Redis, replication and Sentinel.
+const TLS_CACHE: &str = "\
+apiVersion: redsess.io/v1alpha1
+kind: SessionCache
+metadata: {name: cache, namespace: isam, uid: u1}
+spec:
+  redis: {replicas: 3, tls: {enabled: true}}
+  sentinel: {replicas: 3, quorum: 2, downAfter: 2s, failoverTimeout: 10s}
+";
+
+/// Every object of `cache`, generated Secrets (`generated-1-x7Qp`, … in emission order) and
+/// TLS key material included, as the operator makes them for a new cache.
+fn render(cache: &str) -> Vec<Emitted> {
+    let plan = validate(&serde_yaml::from_str(cache).unwrap()).unwrap();
+    let observed = Observed {
+        redis_tls: redis_tls::prepare(&plan, &redis_tls::Found::default(), Timestamp::now()).unwrap(),
+        ..Observed::default()
+    };
     let owner = OwnerReference {
         api_version: "redsess.io/v1alpha1".into(),
         kind: "SessionCache".into(),
@@ -37,7 +54,7 @@ fn render() -> Vec<Emitted> {
         ..OwnerReference::default()
     };
     let mut n = 0;
-    build::all(&plan, &owner, &Observed::default(), &mut || {
+    build::all(&plan, &owner, &observed, &mut || {
         n += 1;
         format!("generated-{n}-x7Qp")
     })
@@ -47,7 +64,11 @@ fn secret(objects: &[Emitted], name: &str, key: &str) -> String {
     objects
         .iter()
         .find_map(|o| match o {
-            Emitted::Secret(s) if o.name() == name => s.string_data.as_ref()?.get(key).cloned(),
+            Emitted::Secret(s) if o.name() == name => {
+                let text = s.string_data.as_ref().and_then(|d| d.get(key).cloned());
+                let bytes = s.data.as_ref().and_then(|d| d.get(key));
+                text.or_else(|| String::from_utf8(bytes?.0.clone()).ok())
+            }
             _ => None,
         })
         .unwrap_or_else(|| panic!("no {name}/{key} rendered"))
@@ -55,7 +76,7 @@ fn secret(objects: &[Emitted], name: &str, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
-    let objects = render();
+    let objects = render(CACHE);
     let network = match Network::create(objects.clone()) {
         Ok(n) => n,
         Err(why) if std::env::var_os("REDSESS_REQUIRE_PODS").is_none() => {
@@ -272,4 +293,133 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     });
     assert!(redis[0].logs().contains("starts as a replica"), "{}", redis[0].logs());
     assert!(!shim.logs().contains("NOPERM"), "{}", shim.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_only_clients_that_trust_the_ca_get_in_and_a_failover_resumes() {
+    let objects = render(TLS_CACHE);
+    let network = match Network::create(objects.clone()) {
+        Ok(n) => n,
+        Err(why) if std::env::var_os("REDSESS_REQUIRE_PODS").is_none() => {
+            eprintln!("SKIPPED cache_pods (TLS): {why}");
+            return;
+        }
+        Err(why) => panic!("REDSESS_REQUIRE_PODS is set, but: {why}"),
+    };
+    // What the clients are given (the CA alone), and a CA of somebody else's.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, secret(&objects, "cache-redis-ca", "ca.crt")).unwrap();
+    let other_ca = dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca, redsess_tests::pki::new_ca("not the cache's CA").0.pem()).unwrap();
+    let redis_password = secret(&objects, "cache-redis-auth", "password");
+    let admin_password = secret(&objects, "cache-sentinel-auth", "password");
+    let redis_auth = Some(("redsess", redis_password.as_str()));
+    let admin_auth = Some(("redsess-sentinel", admin_password.as_str()));
+    let tls = Some(ca.as_path());
+
+    let mut redis: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-redis", i)).collect();
+    for pod in &redis {
+        pod.wait_ready(Duration::from_secs(30));
+    }
+    let sentinels: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-sentinel", i)).collect();
+    for pod in &sentinels {
+        pod.wait_ready(Duration::from_secs(60));
+    }
+    let shim = network.start_deployment("cache-shim", "cache-shim-0", &shim_binary());
+    let client = redsess_shim::client::DscClient::new(
+        &format!("http://{}:8443", shim.ip),
+        ClientOptions {
+            basic_auth: Some((
+                secret(&objects, "cache-shim-auth", "username"),
+                secret(&objects, "cache-shim-auth", "password"),
+            )),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let items = webseal_session("tls-user");
+    until_success(
+        Duration::from_secs(30),
+        "the shim does not serve over TLS to Redis",
+        || shim.logs(),
+        || client.create_session("web", "default", "S-tls", 0, &items),
+    )
+    .await;
+
+    // Redis and Sentinel: TLS only, and only for a client that trusts the cache's CA.
+    let primary = redis[0].ip.clone();
+    let sentinel = sentinels[0].ip.clone();
+    for (host, port, auth) in [(&primary, 6379, redis_auth), (&sentinel, 26379, admin_auth)] {
+        let plain = redis_cli(host, port, auth, &["ping"]);
+        assert!(!plain.contains("PONG"), "plain text answered on {port}: {plain}");
+        let stranger = redis_cli_tls(host, port, Some(&other_ca), auth, &["ping"]);
+        assert!(
+            !stranger.contains("PONG"),
+            "a client without the CA got in on {port}: {stranger}"
+        );
+        assert!(stranger.contains("certificate verify failed"), "{stranger}");
+        assert_eq!(redis_cli_tls(host, port, tls, auth, &["ping"]).trim(), "PONG");
+    }
+    let guess = redis_cli_tls(&primary, 6379, tls, Some(("redsess", "guess")), &["ping"]);
+    assert!(guess.contains("WRONGPASS"), "{guess}");
+    for command in [
+        &["sentinel", "set", "redsess", "quorum", "1"][..],
+        &["sentinel", "remove", "redsess"],
+        &["sentinel", "monitor", "evil", "10.0.0.1", "6379", "1"],
+    ] {
+        for auth in [None, redis_auth] {
+            let said = redis_cli_tls(&sentinel, 26379, tls, auth, command);
+            assert!(
+                said.contains("NOAUTH") || said.contains("NOPERM"),
+                "{command:?} as {auth:?}: {said}"
+            );
+        }
+    }
+    // Replication and the Sentinels' own connections run over TLS too.
+    wait_until(Duration::from_secs(30), "both replicas sync over TLS", || {
+        redis_cli_tls(&primary, 6379, tls, redis_auth, &["dbsize"]).trim() != "0"
+            && redis[1..]
+                .iter()
+                .all(|r| redis_cli_tls(&r.ip, 6379, tls, redis_auth, &["dbsize"]).trim() != "0")
+    });
+    wait_until(Duration::from_secs(30), "every Sentinel knows the other two", || {
+        redis_cli_tls(&sentinel, 26379, tls, admin_auth, &["sentinel", "master", "redsess"])
+            .lines()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == "num-other-sentinels" && w[1] == "2")
+    });
+
+    redis[0].kill();
+    wait_until(Duration::from_secs(60), "Sentinel promotes a replica", || {
+        let now = redis_cli_tls(
+            &sentinel,
+            26379,
+            tls,
+            redis_auth,
+            &["sentinel", "get-master-addr-by-name", "redsess"],
+        );
+        now.starts_with("cache-redis-1.") || now.starts_with("cache-redis-2.")
+    });
+    let r = until_success(
+        Duration::from_secs(30),
+        "the shim did not follow the failover over TLS",
+        || shim.logs(),
+        || client.get_session("web", "default", "S-tls"),
+    )
+    .await;
+    assert_eq!(r.data(), items);
+    let after = client
+        .create_session("web", "default", "S-tls-after", 0, &items)
+        .await
+        .unwrap();
+    assert_eq!(after.result(), SUCCESS, "writes reach the new primary");
+    redis[0].run();
+    redis[0].wait_ready(Duration::from_secs(60));
+    wait_until(
+        Duration::from_secs(30),
+        "the old primary follows the new one over TLS",
+        || redis_cli_tls(&primary, 6379, tls, redis_auth, &["role"]).starts_with("slave"),
+    );
 }

@@ -325,6 +325,7 @@ fn webseal_redis_conf(plan: &Plan, client: &ClientPlan) -> WebSealConf {
     ] {
         c.set(&collection_stanza, key, value.to_string());
     }
+    let mut first = true;
     for e in &endpoints {
         let stanza = format!("redis-server:{}", e.name);
         c.set(&stanza, "server", e.host.clone());
@@ -336,8 +337,27 @@ fn webseal_redis_conf(plan: &Plan, client: &ClientPlan) -> WebSealConf {
             &names::client_redis_secret(&plan.name, &client.name),
             "password",
         );
+        if let Some(tls) = &plan.redis.tls {
+            let notes = [
+                "Redis speaks TLS only (spec.redis.tls). Create a key database of this name that holds".to_string(),
+                format!(
+                    "the CA in Secret {} (key ca.crt) as a signer certificate: in Verify Access, an",
+                    tls.ca_secret
+                ),
+                "SSL certificate database (LMI, or ibmvia_autoconf ssl_certificates).".to_string(),
+            ];
+            let notes: Vec<&str> = notes.iter().map(String::as_str).collect();
+            let notes: &[&str] = if first { &notes } else { &[] };
+            c.set_noted(&stanza, "ssl-keyfile", webseal_redis_key_database(plan), notes);
+        }
+        first = false;
     }
     c
+}
+
+/// The key database name the WebSEAL fragment asks for when Redis speaks TLS.
+fn webseal_redis_key_database(plan: &Plan) -> String {
+    format!("redsess-{}-redis.kdb", plan.name)
 }
 
 /// The WebSEAL entries of a WebSEAL client.
@@ -421,13 +441,26 @@ fn iag(plan: &Plan, client: &ClientPlan) -> String {
     let servers = redis_endpoints(plan)
         .into_iter()
         .map(|e| {
-            map(vec![
+            let mut server = vec![
                 ("name", string(e.name)),
-                ("host", string(e.host)),
+                ("host", string(e.host.clone())),
                 ("port", number(e.port)),
                 ("username", string(names::client_redis_user(&client.name))),
                 ("password", string(password.clone())),
-            ])
+            ];
+            if let Some(tls) = &plan.redis.tls {
+                server.push((
+                    "ssl",
+                    map(vec![
+                        (
+                            "trust_certificates",
+                            Value::Sequence(vec![string(format!("secret:{}/ca.crt", tls.ca_secret))]),
+                        ),
+                        ("sni", string(e.host)),
+                    ]),
+                ));
+            }
+            map(server)
         })
         .collect();
     let limit = plan.shim.max_sessions_per_user;
@@ -493,6 +526,14 @@ fn iag(plan: &Plan, client: &ClientPlan) -> String {
         secret
     );
     out.push_str("# namespace, so it must run in this namespace or hold a copy of that Secret.\n");
+    if let Some(tls) = &plan.redis.tls {
+        let _ = writeln!(
+            out,
+            "# Redis speaks TLS only: ssl.trust_certificates is the CA in Secret {} (key ca.crt), the",
+            tls.ca_secret
+        );
+        out.push_str("# same way; sni is the server's name in its certificate.\n");
+    }
     if plan.sentinel.is_some() {
         out.push_str("# Redis is replicated: every Redis pod is listed by its stable DNS name; IAG finds the\n");
         out.push_str("# writable primary among them after a Sentinel failover.\n");
@@ -861,6 +902,47 @@ mod tests {
         for s in servers {
             assert!(at(s, "password").as_str().unwrap().starts_with("secret:"));
         }
+    }
+
+    #[test]
+    fn native_clients_with_redis_tls_trust_the_caches_ca() {
+        let doc = iag("  redis: {replicas: 2, tls: {enabled: true}}\n  clients: [{name: gw, kind: IAG}]");
+        for (i, s) in at(&doc, "services.redis.collections.0.servers")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                at(s, "ssl.trust_certificates").as_sequence().unwrap(),
+                &[Value::String("secret:cache-redis-ca/ca.crt".into())]
+            );
+            let host = format!("cache-redis-{i}.cache-redis-headless.isam.svc");
+            assert_eq!(at(s, "ssl.sni").as_str(), Some(host.as_str()));
+            assert_eq!(at(s, "host").as_str(), Some(host.as_str()));
+        }
+        assert!(at(
+            &iag("  clients: [{name: gw, kind: IAG}]"),
+            "services.redis.collections.0.servers.0"
+        )
+        .get("ssl")
+        .is_none());
+
+        let p = plan("  redis: {replicas: 3, tls: {enabled: true}}\n  clients: [{name: web, kind: WebSEALRedis}]");
+        let (_, content) = fragment(&p, client(&p, "web"));
+        let s = Stanzas::parse(&content);
+        for i in 0..3 {
+            assert_eq!(
+                s.one(&format!("redis-server:cache-redis-{i}"), "ssl-keyfile"),
+                "redsess-cache-redis.kdb"
+            );
+        }
+        assert!(
+            s.comments
+                .iter()
+                .any(|c| c.contains("Secret cache-redis-ca (key ca.crt)")),
+            "{content}"
+        );
     }
 
     #[test]

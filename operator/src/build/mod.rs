@@ -29,6 +29,8 @@ use crate::validate::Plan;
 pub struct Observed {
     /// Secrets that already exist in the namespace: generated ones are never regenerated.
     pub existing_secrets: BTreeSet<String>,
+    /// Redis TLS certificate and CA (`spec.redis.tls`), when on and available.
+    pub redis_tls: Option<crate::redis_tls::Material>,
 }
 
 /// One object a SessionCache emits.
@@ -134,9 +136,9 @@ pub fn all(
 ) -> Vec<Emitted> {
     let mut out = Vec::new();
     out.extend(secrets::build(plan, owner, observed, new_secret));
-    out.extend(redis::build(plan, owner));
-    out.extend(sentinel::build(plan, owner));
-    out.extend(shim::build(plan, owner));
+    out.extend(redis::build(plan, owner, observed));
+    out.extend(sentinel::build(plan, owner, observed));
+    out.extend(shim::build(plan, owner, observed));
     out.extend(network_policy::build(plan, owner));
     out.extend(client_config::build(plan, owner));
     out

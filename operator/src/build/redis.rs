@@ -32,9 +32,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use crate::build::{metadata, pod_security, Emitted};
+use crate::build::{metadata, pod_security, Emitted, Observed};
 use crate::crd::PersistenceMode;
 use crate::names::{self, component};
+use crate::redis_tls;
 use crate::validate::Plan;
 
 /// Pod-template annotation with the SHA-256 of the pod's ConfigMap: a configuration change
@@ -58,12 +59,12 @@ pub fn redis_pod_host(plan: &Plan, ordinal: i32) -> String {
     )
 }
 
-pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
+pub fn build(plan: &Plan, owner: &OwnerReference, observed: &Observed) -> Vec<Emitted> {
     let config = config_map(plan, owner);
     let checksum = config_checksum(config.data.as_ref().expect("the ConfigMap has data"));
     let mut out = vec![
         Emitted::ConfigMap(config),
-        Emitted::StatefulSet(stateful_set(plan, owner, checksum)),
+        Emitted::StatefulSet(stateful_set(plan, owner, checksum, observed)),
         Emitted::Service(headless_service(plan, owner)),
         Emitted::Service(client_service(plan, owner)),
     ];
@@ -88,7 +89,7 @@ fn config_map(plan: &Plan, owner: &OwnerReference) -> ConfigMap {
         data: Some(BTreeMap::from([
             ("redis.conf".to_string(), redis_conf(plan)),
             ("start-redis.sh".to_string(), start_script(plan)),
-            ("ping.sh".to_string(), ping_script()),
+            ("ping.sh".to_string(), ping_script(plan)),
         ])),
         ..ConfigMap::default()
     }
@@ -100,7 +101,7 @@ fn redis_conf(plan: &Plan) -> String {
         "# redis.conf of SessionCache {ns}/{name}, written by redsess-operator: change the\n\
          # SessionCache, not this ConfigMap. start-redis.sh appends the ACL users and the\n\
          # replication settings at start, reading the passwords from the mounted Secrets.\n\
-         port {port}\n\
+         {listen}\
          # Every IPv4 address, and every IPv6 address where the pod has IPv6 (`-` = optional).\n\
          bind * -::*\n\
          # Off because the ACL is on: the default user is disabled and every client\n\
@@ -109,7 +110,7 @@ fn redis_conf(plan: &Plan) -> String {
          dir {DATA_DIR}\n",
         ns = plan.namespace,
         name = plan.name,
-        port = names::REDIS_PORT,
+        listen = listen_conf(plan, names::REDIS_PORT),
         user = names::REDIS_USER,
     );
     conf.push_str(match plan.redis.persistence {
@@ -146,6 +147,34 @@ fn redis_conf(plan: &Plan) -> String {
     conf
 }
 
+/// The listening lines of redis.conf and sentinel.conf: the plain port, or with TLS the same
+/// port speaking TLS only, replication (and Sentinel's own connections) over TLS too.
+/// Clients authenticate with their ACL passwords, not certificates.
+pub(crate) fn listen_conf(plan: &Plan, port: i32) -> String {
+    match plan.redis.tls {
+        None => format!("port {port}\n"),
+        Some(_) => format!(
+            "# spec.redis.tls: TLS only, on the usual port.\n\
+             port 0\n\
+             tls-port {port}\n\
+             tls-cert-file {dir}/tls.crt\n\
+             tls-key-file {dir}/tls.key\n\
+             tls-ca-cert-file {dir}/ca.crt\n\
+             tls-auth-clients no\n\
+             tls-replication yes\n",
+            dir = redis_tls::SERVER_DIR,
+        ),
+    }
+}
+
+/// redis-cli's TLS options for the scripts and probes (nothing without TLS).
+pub(crate) fn redis_cli_tls(plan: &Plan) -> String {
+    match plan.redis.tls {
+        None => String::new(),
+        Some(_) => format!("--tls --cacert {}/ca.crt", redis_tls::SERVER_DIR),
+    }
+}
+
 /// `read_secret FILE`: a mounted Secret's value without its final line end, as the shim reads
 /// its password files, so that a Secret written with a final newline (or CRLF) gives both the
 /// same password. An empty value, or one of more than one line, stops the start.
@@ -173,7 +202,8 @@ pub(crate) const READ_SECRET: &str = r#"read_secret() {
 
 /// Shell shared by start-redis.sh and start-sentinel.sh (POSIX sh: busybox in the Alpine
 /// image, dash in the Debian one). Expects `AUTH_FILE`, `MONITOR_USER`, `SENTINEL_HOST`,
-/// `PRIMARY_NAME`, `REDIS_PODS`, `REDIS_DOMAIN`, `REDIS_REPLICAS` and (optionally) `self`.
+/// `PRIMARY_NAME`, `REDIS_PODS`, `REDIS_DOMAIN`, `REDIS_REPLICAS`, `CLI_TLS` and (optionally)
+/// `self`.
 pub(crate) fn shell_common() -> String {
     [
         "\n",
@@ -195,7 +225,8 @@ conf_string() {
 # redis-cli as the monitor user; the password is in redis-cli's environment only, not in its
 # arguments (which every process can read) and not in this shell's exported environment.
 redis_cli() {
-  REDISCLI_AUTH="$password" timeout 3 redis-cli --user "$MONITOR_USER" "$@"
+  # shellcheck disable=SC2086 # CLI_TLS is empty or several options
+  REDISCLI_AUTH="$password" timeout 3 redis-cli $CLI_TLS --user "$MONITOR_USER" "$@"
 }
 
 # The primary's host as the running Sentinels name it, or nothing (no Sentinel answers). The
@@ -239,12 +270,14 @@ pub(crate) fn shell_common_vars(plan: &Plan) -> String {
          SENTINEL_HOST={sentinel_host}\n\
          REDIS_PODS={pods}\n\
          REDIS_DOMAIN={domain}\n\
-         REDIS_REPLICAS={replicas}\n",
+         REDIS_REPLICAS={replicas}\n\
+         CLI_TLS='{cli_tls}'\n",
         user = names::MONITOR_USER,
         primary = names::SENTINEL_PRIMARY_NAME,
         pods = names::redis(&plan.name),
         domain = names::service_host(&names::redis_headless(&plan.name), &plan.namespace),
         replicas = plan.redis.replicas,
+        cli_tls = redis_cli_tls(plan),
     )
 }
 
@@ -355,12 +388,12 @@ exec redis-server "$conf"
 
 /// The probes' check. `ready`: Redis answers PONG. `alive`: Redis answers at all, also while
 /// loading its data or syncing from its primary, so a slow start is not killed.
-fn ping_script() -> String {
+fn ping_script(plan: &Plan) -> String {
     format!(
         r#"#!/bin/sh
 # Health check of the local Redis: `ping.sh ready` or `ping.sh alive`.
 {READ_SECRET}password=$(read_secret {AUTH_DIR}/{user})
-reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli --user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
+reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli {tls}--user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
 case "$1:$reply" in
   *:PONG | alive:LOADING* | alive:MASTERDOWN*) exit 0 ;;
 esac
@@ -369,7 +402,17 @@ exit 1
 "#,
         user = names::MONITOR_USER,
         port = names::REDIS_PORT,
+        tls = spaced(redis_cli_tls(plan)),
     )
+}
+
+/// `options` followed by a space, or nothing.
+pub(crate) fn spaced(options: String) -> String {
+    if options.is_empty() {
+        options
+    } else {
+        options + " "
+    }
 }
 
 /// SHA-256 (hex) of a ConfigMap's data, for [`CONFIG_CHECKSUM_ANNOTATION`].
@@ -388,7 +431,7 @@ pub fn config_checksum(data: &BTreeMap<String, String>) -> String {
 // ---------------------------------------------------------------------------------------
 // StatefulSet
 
-fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> StatefulSet {
+fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String, observed: &Observed) -> StatefulSet {
     let redis = &plan.redis;
     let selector = names::selector(&plan.name, component::REDIS);
 
@@ -398,6 +441,7 @@ fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> Statef
         empty_dir("run", true),
         empty_dir("tmp", false),
     ];
+    volumes.extend(tls_server_volume(plan));
     // The claim template is written as the API server stores it, defaults included (see
     // `Emitted::to_json`): a template without them counts as a change at every server-side
     // apply, and the server writes the StatefulSet again each time.
@@ -449,13 +493,18 @@ fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> Statef
         // A minute of silence, not one slow answer (a fork or a long command can stall Redis).
         liveness_probe: Some(exec_probe(ping("alive"), 10, 6)),
         resources: redis.resources.clone(),
-        volume_mounts: Some(vec![
-            mount("data", DATA_DIR, false),
-            mount("config", CONFIG_DIR, true),
-            mount("auth", AUTH_DIR, true),
-            mount("run", RUN_DIR, false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("data", DATA_DIR, false),
+                mount("config", CONFIG_DIR, true),
+                mount("auth", AUTH_DIR, true),
+                mount("run", RUN_DIR, false),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(tls_server_mount(plan))
+            .collect(),
+        ),
         security_context: Some(pod_security::container(true)),
         ..Container::default()
     };
@@ -472,7 +521,7 @@ fn stateful_set(plan: &Plan, owner: &OwnerReference, checksum: String) -> Statef
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
-                metadata: Some(pod_template_metadata(plan, component::REDIS, checksum)),
+                metadata: Some(pod_template_metadata(plan, component::REDIS, checksum, observed)),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
@@ -555,12 +604,51 @@ pub(crate) fn pod_disruption_budget(
 // ---------------------------------------------------------------------------------------
 // Pieces shared with sentinel.rs
 
-pub(crate) fn pod_template_metadata(plan: &Plan, component: &str, checksum: String) -> ObjectMeta {
+/// Labels, and the annotations whose change rolls the pods: the configuration's checksum and
+/// (with TLS) the digest of the certificate the servers present.
+pub(crate) fn pod_template_metadata(plan: &Plan, component: &str, checksum: String, observed: &Observed) -> ObjectMeta {
+    let mut annotations = BTreeMap::from([(CONFIG_CHECKSUM_ANNOTATION.to_string(), checksum)]);
+    if let (Some(_), Some(material)) = (&plan.redis.tls, &observed.redis_tls) {
+        annotations.insert(
+            redis_tls::CERTIFICATE_ANNOTATION.to_string(),
+            material.certificate_digest(),
+        );
+    }
     ObjectMeta {
         labels: Some(names::labels(&plan.name, component)),
-        annotations: Some(BTreeMap::from([(CONFIG_CHECKSUM_ANNOTATION.to_string(), checksum)])),
+        annotations: Some(annotations),
         ..ObjectMeta::default()
     }
+}
+
+/// The servers' certificate, key and CA (Redis and Sentinel pods), when TLS is on.
+pub(crate) fn tls_server_volume(plan: &Plan) -> Option<Volume> {
+    let tls = plan.redis.tls.as_ref()?;
+    Some(Volume {
+        name: "tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(tls.certificate_secret.clone()),
+            items: Some(
+                ["tls.crt", "tls.key", "ca.crt"]
+                    .into_iter()
+                    .map(|key| k8s_openapi::api::core::v1::KeyToPath {
+                        key: key.into(),
+                        path: key.into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
+}
+
+pub(crate) fn tls_server_mount(plan: &Plan) -> Option<VolumeMount> {
+    plan.redis
+        .tls
+        .as_ref()
+        .map(|_| mount("tls", redis_tls::SERVER_DIR, true))
 }
 
 /// Prefer one pod per node, but schedule anyway when there are fewer nodes.
@@ -750,7 +838,7 @@ pub(crate) mod tests {
 
     #[test]
     fn standalone_emits_config_statefulset_and_two_services_but_no_pdb() {
-        let out = build(&plan("  {}"), &owner());
+        let out = build(&plan("  {}"), &owner(), &Observed::default());
         let kinds: Vec<_> = out.iter().map(|o| (o.kind(), o.name())).collect();
         assert_eq!(
             kinds,
@@ -779,7 +867,7 @@ metadata:
     /// StatefulSet at every reconcile (seen on kube-apiserver 1.20); it is sent as stored.
     #[test]
     fn the_claim_template_is_sent_as_the_server_stores_it() {
-        let out = build(&plan("  {}"), &owner());
+        let out = build(&plan("  {}"), &owner(), &Observed::default());
         let template = &stateful_set(&out)["spec"]["volumeClaimTemplates"][0];
         assert_eq!(template["metadata"]["creationTimestamp"], serde_json::Value::Null);
         assert!(template["metadata"]
@@ -792,6 +880,7 @@ metadata:
         let out = build(
             &plan("  redis: {persistence: None, storage: {ephemeral: true}}"),
             &owner(),
+            &Observed::default(),
         );
         let spec = stateful_set(&out)["spec"].clone();
         assert!(
@@ -802,7 +891,7 @@ metadata:
 
     #[test]
     fn services_give_stable_pod_names_and_a_client_address() {
-        let out = build(&plan("  {}"), &owner());
+        let out = build(&plan("  {}"), &owner(), &Observed::default());
         assert_contains(
             &json(find(&out, "Service", "cache-redis-headless")),
             r#"
@@ -827,7 +916,7 @@ spec:
 
     #[test]
     fn the_statefulset_runs_the_script_with_restricted_security() {
-        let sts = stateful_set(&build(&plan("  {}"), &owner()));
+        let sts = stateful_set(&build(&plan("  {}"), &owner(), &Observed::default()));
         assert_contains(
             &sts,
             r#"
@@ -900,6 +989,7 @@ spec:
         let sts = stateful_set(&build(
             &plan("  redis: {storage: {size: 5Gi, storageClassName: fast}}"),
             &owner(),
+            &Observed::default(),
         ));
         assert_contains(
             &sts,
@@ -917,6 +1007,7 @@ spec:
         let sts = stateful_set(&build(
             &plan("  redis: {persistence: None, storage: {ephemeral: true}}"),
             &owner(),
+            &Observed::default(),
         ));
         assert!(sts["spec"].get("volumeClaimTemplates").is_none());
         let volumes = sts["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
@@ -928,7 +1019,7 @@ spec:
 
     #[test]
     fn persistence_modes_configure_redis() {
-        let conf = |spec: &str| config(&build(&plan(spec), &owner()))["redis.conf"].clone();
+        let conf = |spec: &str| config(&build(&plan(spec), &owner(), &Observed::default()))["redis.conf"].clone();
         let aof = conf("  {}");
         assert!(
             aof.contains("\nappendonly yes\nappendfsync everysec\nsave \"\"\n"),
@@ -950,10 +1041,11 @@ spec:
 
     #[test]
     fn extra_config_is_appended_and_changes_roll_the_pods() {
-        let plain = build(&plan("  {}"), &owner());
+        let plain = build(&plan("  {}"), &owner(), &Observed::default());
         let tuned = build(
             &plan("  redis: {config: {maxmemory: 2gb, maxmemory-policy: volatile-ttl, hz: '20'}}"),
             &owner(),
+            &Observed::default(),
         );
         let conf = &config(&tuned)["redis.conf"];
         // The memory settings are the plan's (validated, once); the rest is appended as given.
@@ -965,12 +1057,15 @@ spec:
         let checksum =
             |objects: &[Emitted]| stateful_set(objects)["spec"]["template"]["metadata"]["annotations"].clone();
         assert_ne!(checksum(&plain), checksum(&tuned));
-        assert_eq!(checksum(&plain), checksum(&build(&plan("  {}"), &owner())));
+        assert_eq!(
+            checksum(&plain),
+            checksum(&build(&plan("  {}"), &owner(), &Observed::default()))
+        );
     }
 
     #[test]
     fn maxmemory_follows_the_memory_limit_and_nothing_is_evicted_by_default() {
-        let conf = |spec: &str| config(&build(&plan(spec), &owner()))["redis.conf"].clone();
+        let conf = |spec: &str| config(&build(&plan(spec), &owner(), &Observed::default()))["redis.conf"].clone();
         // 1536Mi with AOF: half for the data set, the rest for buffers and the rewrite's fork.
         let limited = conf("  redis: {resources: {limits: {memory: 1536Mi}}}");
         assert!(limited.contains("\nmaxmemory 805306368\n"), "{limited}");
@@ -990,7 +1085,7 @@ spec:
     #[test]
     fn no_secret_in_the_pod_spec_or_configmap() {
         for spec in ["  {}", "  redis: {replicas: 3}"] {
-            let out = build(&plan(spec), &owner());
+            let out = build(&plan(spec), &owner(), &Observed::default());
             let sts = stateful_set(&out);
             let container = &sts["spec"]["template"]["spec"]["containers"][0];
             // Only downward-API variables, no literal values and no secretKeyRef.
@@ -1012,13 +1107,14 @@ spec:
 
     #[test]
     fn the_start_script_knows_where_to_look_for_the_primary() {
-        let standalone = config(&build(&plan("  {}"), &owner()))["start-redis.sh"].clone();
+        let standalone = config(&build(&plan("  {}"), &owner(), &Observed::default()))["start-redis.sh"].clone();
         assert!(standalone.contains("\nSENTINEL_HOST=\n"));
         assert!(standalone.contains("\nFAILOVER_WAIT=0\n"));
 
         let replicated = config(&build(
             &plan("  redis: {replicas: 3}\n  sentinel: {downAfter: 5s, failoverTimeout: 60s}"),
             &owner(),
+            &Observed::default(),
         ))["start-redis.sh"]
             .clone();
         for line in [
@@ -1041,7 +1137,7 @@ spec:
 
     #[test]
     fn scripts_are_valid_posix_shell() {
-        let data = config(&build(&plan("  redis: {replicas: 3}"), &owner()));
+        let data = config(&build(&plan("  redis: {replicas: 3}"), &owner(), &Observed::default()));
         for script in ["start-redis.sh", "ping.sh"] {
             check_shell_syntax(&data[script]);
         }
@@ -1115,9 +1211,99 @@ spec:
         );
     }
 
+    /// Observed with freshly made TLS material for `p`.
+    pub(crate) fn with_tls(p: &Plan) -> Observed {
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        Observed {
+            redis_tls: redis_tls::prepare(p, &redis_tls::Found::default(), now).unwrap(),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn tls_serves_only_tls_on_the_usual_port_and_rolls_on_a_new_certificate() {
+        let p = plan("  redis: {replicas: 3, tls: {enabled: true}}");
+        let observed = with_tls(&p);
+        let out = build(&p, &owner(), &observed);
+        let conf = &config(&out)["redis.conf"];
+        for line in [
+            "port 0\n",
+            "tls-port 6379\n",
+            "tls-cert-file /etc/redis-tls/tls.crt\n",
+            "tls-key-file /etc/redis-tls/tls.key\n",
+            "tls-ca-cert-file /etc/redis-tls/ca.crt\n",
+            "tls-auth-clients no\n",
+            "tls-replication yes\n",
+        ] {
+            assert!(conf.contains(line), "{line}: {conf}");
+        }
+        assert!(!conf.lines().any(|l| l == "port 6379"), "{conf}");
+        // Every redis-cli of the scripts and probes speaks TLS, trusting the CA.
+        for script in ["start-redis.sh", "ping.sh"] {
+            let text = &config(&out)[script];
+            check_shell_syntax(text);
+            assert!(
+                text.contains("--tls --cacert /etc/redis-tls/ca.crt"),
+                "{script}: {text}"
+            );
+        }
+        let sts = stateful_set(&out);
+        assert_contains(
+            &sts,
+            r#"
+spec:
+  template:
+    metadata:
+      annotations: {redsess.io/tls-certificate: DIGEST}
+    spec:
+      containers:
+      - volumeMounts:
+        - {name: data}
+        - {name: config}
+        - {name: auth}
+        - {name: run}
+        - {name: tmp}
+        - {name: tls, mountPath: /etc/redis-tls, readOnly: true}
+"#
+            .replace("DIGEST", &observed.redis_tls.as_ref().unwrap().certificate_digest())
+            .as_str(),
+        );
+        let volumes = sts["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        let tls = volumes.iter().find(|v| v["name"] == "tls").unwrap();
+        assert_eq!(tls["secret"]["secretName"], "cache-redis-tls");
+        // Without the material (not yet read): no annotation, nothing else changes.
+        let unread = stateful_set(&build(&p, &owner(), &Observed::default()));
+        assert!(unread["spec"]["template"]["metadata"]["annotations"]
+            .get("redsess.io/tls-certificate")
+            .is_none());
+        // Off: the plain port, no TLS anywhere.
+        let off = build(&plan("  redis: {replicas: 3}"), &owner(), &observed);
+        assert!(config(&off)["redis.conf"].contains("port 6379\n"));
+        assert!(!config(&off).values().any(|v| v.contains("tls")), "{:?}", config(&off));
+    }
+
+    #[test]
+    fn tls_settings_are_the_operators() {
+        let error = validate(&crate::fixtures::session_cache(
+            "  redis: {config: {tls-port: '6380'}}",
+            1,
+        ))
+        .unwrap_err();
+        assert_eq!(error.field, "spec.redis.config.tls-port");
+        let error = validate(&crate::fixtures::session_cache(
+            "  redis: {tls: {certificateSecret: mine}}",
+            1,
+        ))
+        .unwrap_err();
+        assert_eq!(error.field, "spec.redis.tls.certificateSecret");
+        // TLS options Redis leaves to taste stay the user's.
+        let p = plan("  redis: {tls: {enabled: true}, config: {tls-protocols: TLSv1.3}}");
+        assert!(config(&build(&p, &owner(), &Observed::default()))["redis.conf"].contains("tls-protocols TLSv1.3\n"));
+    }
+
     #[test]
     fn replicated_redis_gets_a_pdb() {
-        let out = build(&plan("  redis: {replicas: 3}"), &owner());
+        let out = build(&plan("  redis: {replicas: 3}"), &owner(), &Observed::default());
         assert_contains(
             &json(find(&out, "PodDisruptionBudget", "cache-redis")),
             r#"
@@ -1134,7 +1320,7 @@ spec:
 
     #[test]
     fn scheduling_defaults_to_soft_anti_affinity_and_takes_the_users() {
-        let sts = stateful_set(&build(&plan("  {}"), &owner()));
+        let sts = stateful_set(&build(&plan("  {}"), &owner(), &Observed::default()));
         assert_contains(
             &sts,
             r#"
@@ -1171,6 +1357,7 @@ spec:
 "#,
             ),
             &owner(),
+            &Observed::default(),
         ));
         assert_contains(
             &sts,
@@ -1198,6 +1385,7 @@ spec:
         let sts = stateful_set(&build(
             &plan("  redis: {resources: {requests: {cpu: 100m, memory: 256Mi}, limits: {memory: 512Mi}}}"),
             &owner(),
+            &Observed::default(),
         ));
         assert_contains(
             &sts,

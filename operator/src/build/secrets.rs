@@ -2,7 +2,8 @@
 //! password (`<name>-redis-auth`, key `password`); the other Redis users' (replication,
 //! monitor, each native client: see `acl`), always; the Sentinels' administrator password
 //! (`<name>-sentinel-auth`, key `password`, with Sentinel only) and the shim's HTTP Basic
-//! credentials (`<name>-shim-auth`, keys `username` and `password`).
+//! credentials (`<name>-shim-auth`, keys `username` and `password`). With Redis TLS, the
+//! certificate Secrets the key material step made or renewed, and the CA for clients.
 //!
 //! A generated Secret is emitted only while it does not exist. Once created it is never
 //! emitted again, so its value is never regenerated: Redis, the shim and every client keep
@@ -15,9 +16,13 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use rand::distr::{Alphanumeric, SampleString};
 
+use k8s_openapi::ByteString;
+
 use crate::build::{acl, metadata, Emitted, Observed};
+use crate::certificates::NOT_AFTER_ANNOTATION;
 use crate::names;
-use crate::validate::Plan;
+use crate::redis_tls::{Material, ISSUED_ANNOTATION};
+use crate::validate::{Plan, TlsPlan};
 
 /// The user name WebSEAL sends with HTTP Basic (its `basic-auth-user`).
 pub const BASIC_AUTH_USER: &str = "webseal";
@@ -88,6 +93,9 @@ pub fn build(
             ));
         }
     }
+    if let (Some(tls), Some(material)) = (&plan.redis.tls, &observed.redis_tls) {
+        out.extend(tls_secrets(plan, owner, tls, material));
+    }
     if plan.shim.generate_basic_auth && missing(&plan.shim.basic_auth_secret) {
         out.push(opaque(
             plan,
@@ -97,6 +105,76 @@ pub fn build(
         ));
     }
     out
+}
+
+/// Redis TLS: the certificate and its CA when just made or renewed (see `redis_tls`), and
+/// always the CA alone for the shim and the clients, from whichever certificate is in use.
+/// As `data`, so that applying the same values again changes nothing.
+fn tls_secrets(plan: &Plan, owner: &OwnerReference, tls: &TlsPlan, material: &Material) -> Vec<Emitted> {
+    let mut out = Vec::new();
+    if let Some(issued) = &material.issued {
+        let mut certificate = binary(
+            plan,
+            owner,
+            &tls.certificate_secret,
+            "kubernetes.io/tls",
+            [
+                ("tls.crt", &material.certificate_pem),
+                ("tls.key", &issued.key_pem),
+                ("ca.crt", &material.ca_pem),
+            ],
+        );
+        annotate(&mut certificate, NOT_AFTER_ANNOTATION, issued.not_after.to_string());
+        out.push(Emitted::Secret(certificate));
+        if let Some((ca_key, made)) = &issued.new_ca {
+            let mut issuer = binary(
+                plan,
+                owner,
+                &names::redis_tls_issuer_secret(&plan.name),
+                "Opaque",
+                [("ca.crt", &material.ca_pem), ("ca.key", ca_key)],
+            );
+            annotate(&mut issuer, ISSUED_ANNOTATION, made.to_string());
+            // The issuer first: a certificate without its CA's key could never be renewed.
+            out.insert(0, Emitted::Secret(issuer));
+        }
+    }
+    out.push(Emitted::Secret(binary(
+        plan,
+        owner,
+        &tls.ca_secret,
+        "Opaque",
+        [("ca.crt", &material.ca_pem)],
+    )));
+    out
+}
+
+fn binary<const N: usize>(
+    plan: &Plan,
+    owner: &OwnerReference,
+    name: &str,
+    type_: &str,
+    values: [(&str, &String); N],
+) -> Secret {
+    Secret {
+        metadata: metadata(plan, name.to_string(), names::component::SECRET, owner),
+        type_: Some(type_.into()),
+        data: Some(
+            values
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+fn annotate(secret: &mut Secret, key: &str, value: String) {
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.into(), value);
 }
 
 fn opaque<const N: usize>(plan: &Plan, owner: &OwnerReference, name: &str, values: [(&str, String); N]) -> Emitted {
@@ -212,6 +290,7 @@ mod tests {
         ];
         let observed = Observed {
             existing_secrets: all.iter().map(|s| s.to_string()).collect(),
+            ..Observed::default()
         };
         let mut calls = 0;
         let mut next = || {
@@ -224,6 +303,7 @@ mod tests {
         // Only the missing one comes back.
         let observed = Observed {
             existing_secrets: all[..3].iter().map(|s| s.to_string()).collect(),
+            ..Observed::default()
         };
         let out = build(&plan("  {}"), &owner(), &observed, &mut counter());
         assert_eq!(out.len(), 1);
@@ -244,6 +324,7 @@ mod tests {
         assert_eq!(sentinel(names(&p, &Observed::default())), ["cache-sentinel-auth"]);
         let observed = Observed {
             existing_secrets: ["cache-sentinel-auth".to_string()].into(),
+            ..Observed::default()
         };
         assert!(sentinel(names(&p, &observed)).is_empty());
         let named = plan(&format!("{replicated}\n  sentinel: {{passwordSecret: my-sentinel}}"));
@@ -283,6 +364,7 @@ mod tests {
         assert_ne!(record_key_file(), record_key_file());
         let observed = Observed {
             existing_secrets: ["cache-record-keys".to_string()].into(),
+            ..Observed::default()
         };
         assert!(build(&p, &owner(), &observed, &mut counter())
             .iter()
@@ -291,6 +373,54 @@ mod tests {
         assert!(build(&plan("  {}"), &owner(), &Observed::default(), &mut counter())
             .iter()
             .all(|o| o.name() != "cache-record-keys"));
+    }
+
+    #[test]
+    fn tls_material_is_written_when_issued_and_the_ca_always() {
+        let p = plan("  redis: {tls: {enabled: true}}");
+        let material = crate::build::redis::tests::with_tls(&p).redis_tls.unwrap();
+        let issued = Observed {
+            redis_tls: Some(material.clone()),
+            ..Observed::default()
+        };
+        let out = build(&p, &owner(), &issued, &mut counter());
+        let tls: Vec<_> = out
+            .iter()
+            .filter(|o| o.name().contains("tls") || o.name().contains("-ca"))
+            .collect();
+        let names: Vec<_> = tls.iter().map(|o| o.name()).collect();
+        assert_eq!(names, ["cache-redis-tls-issuer", "cache-redis-tls", "cache-redis-ca"]);
+        let got = yaml(&tls.into_iter().cloned().collect::<Vec<_>>());
+        assert_eq!(got[0]["type"], "Opaque");
+        assert!(got[0]["metadata"]["annotations"]["redsess.io/issued"].is_string());
+        assert_eq!(got[1]["type"], "kubernetes.io/tls");
+        assert!(got[1]["metadata"]["annotations"]["redsess.io/not-after"].is_string());
+        let keys = |v: &serde_yaml::Value| -> Vec<String> {
+            v["data"]
+                .as_mapping()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(keys(&got[0]), ["ca.crt", "ca.key"]);
+        assert_eq!(keys(&got[1]), ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(keys(&got[2]), ["ca.crt"], "the clients' Secret holds no key");
+
+        // Kept (nothing issued): only the CA for the clients.
+        let kept = Observed {
+            redis_tls: Some(crate::redis_tls::Material {
+                issued: None,
+                ..material
+            }),
+            ..Observed::default()
+        };
+        let names: Vec<_> = build(&p, &owner(), &kept, &mut counter())
+            .iter()
+            .map(|o| o.name().to_string())
+            .filter(|n| n.contains("tls") || n.contains("-ca"))
+            .collect();
+        assert_eq!(names, ["cache-redis-ca"]);
     }
 
     #[test]

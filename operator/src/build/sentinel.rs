@@ -26,11 +26,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, PodSpec, P
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 
 use crate::build::redis::{
-    config_checksum, config_volume, empty_dir, exec_probe, mount, non_empty, pod_disruption_budget, pod_identity_env,
-    pod_template_metadata, secret_volume, service_port, shell_common, shell_common_vars, soft_anti_affinity, AUTH_DIR,
-    READ_SECRET,
+    config_checksum, config_volume, empty_dir, exec_probe, listen_conf, mount, non_empty, pod_disruption_budget,
+    pod_identity_env, pod_template_metadata, redis_cli_tls, secret_volume, service_port, shell_common,
+    shell_common_vars, soft_anti_affinity, spaced, tls_server_mount, tls_server_volume, AUTH_DIR, READ_SECRET,
 };
-use crate::build::{acl, metadata, pod_security, Emitted};
+use crate::build::{acl, metadata, pod_security, Emitted, Observed};
 use crate::names::{self, component};
 use crate::validate::{Plan, SentinelPlan};
 
@@ -51,7 +51,7 @@ pub fn sentinel_headless(cache: &str) -> String {
     format!("{cache}-sentinel-headless")
 }
 
-pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
+pub fn build(plan: &Plan, owner: &OwnerReference, observed: &Observed) -> Vec<Emitted> {
     let Some(sentinel) = &plan.sentinel else {
         return Vec::new();
     };
@@ -59,7 +59,7 @@ pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
     let checksum = config_checksum(config.data.as_ref().expect("the ConfigMap has data"));
     vec![
         Emitted::ConfigMap(config),
-        Emitted::StatefulSet(stateful_set(plan, sentinel, owner, checksum)),
+        Emitted::StatefulSet(stateful_set(plan, sentinel, owner, checksum, observed)),
         Emitted::Service(service(plan, owner, sentinel_headless(&plan.name), true)),
         Emitted::Service(service(plan, owner, names::sentinel(&plan.name), false)),
         Emitted::PodDisruptionBudget(pod_disruption_budget(
@@ -76,7 +76,8 @@ fn config_map(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference) -> C
         metadata: metadata(plan, names::sentinel_config(&plan.name), component::SENTINEL, owner),
         data: Some(BTreeMap::from([
             ("start-sentinel.sh".to_string(), start_script(plan, sentinel)),
-            ("ping-sentinel.sh".to_string(), ping_script()),
+            ("ping-sentinel.sh".to_string(), ping_script(plan)),
+            ("listen.conf".to_string(), listen_conf(plan, names::SENTINEL_PORT)),
         ])),
         ..ConfigMap::default()
     }
@@ -144,7 +145,8 @@ fi
 umask 077
 conf=/run/sentinel/sentinel.conf
 {
-  printf 'port 26379\n'
+  # The port, plain or TLS only (spec.redis.tls).
+  cat /etc/sentinel/listen.conf
   printf 'bind * -::*\n'
   # Off because the ACL is on: the default user is disabled, every client authenticates.
   printf 'protected-mode no\n'
@@ -182,22 +184,29 @@ exec redis-server "$conf" --sentinel
 
 /// The probes' check: the local Sentinel answers PONG to its administrator (an unanswered
 /// or refused PING fails, where a bare `redis-cli ping` would exit 0 on NOAUTH).
-fn ping_script() -> String {
+fn ping_script(plan: &Plan) -> String {
     format!(
         r#"#!/bin/sh
 # Health check of the local Sentinel.
 {READ_SECRET}password=$(read_secret {ADMIN_AUTH_DIR}/password)
-reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli --user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
+reply=$(REDISCLI_AUTH="$password" timeout 4 redis-cli {tls}--user {user} -h 127.0.0.1 -p {port} ping 2>&1 | head -n 1)
 if [ "$reply" = PONG ]; then exit 0; fi
 printf '%s\n' "$reply"
 exit 1
 "#,
         user = names::SENTINEL_ADMIN_USER,
         port = names::SENTINEL_PORT,
+        tls = spaced(redis_cli_tls(plan)),
     )
 }
 
-fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, checksum: String) -> StatefulSet {
+fn stateful_set(
+    plan: &Plan,
+    sentinel: &SentinelPlan,
+    owner: &OwnerReference,
+    checksum: String,
+    observed: &Observed,
+) -> StatefulSet {
     let selector = names::selector(&plan.name, component::SENTINEL);
     let ping = || vec!["sh".to_string(), format!("{CONFIG_DIR}/ping-sentinel.sh")];
     let container = Container {
@@ -216,13 +225,18 @@ fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, ch
         readiness_probe: Some(exec_probe(ping(), 5, 3)),
         liveness_probe: Some(exec_probe(ping(), 10, 6)),
         resources: sentinel.resources.clone(),
-        volume_mounts: Some(vec![
-            mount("config", CONFIG_DIR, true),
-            mount("auth", AUTH_DIR, true),
-            mount("admin-auth", ADMIN_AUTH_DIR, true),
-            mount("run", RUN_DIR, false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("config", CONFIG_DIR, true),
+                mount("auth", AUTH_DIR, true),
+                mount("admin-auth", ADMIN_AUTH_DIR, true),
+                mount("run", RUN_DIR, false),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(tls_server_mount(plan))
+            .collect(),
+        ),
         security_context: Some(pod_security::container(true)),
         ..Container::default()
     };
@@ -238,16 +252,21 @@ fn stateful_set(plan: &Plan, sentinel: &SentinelPlan, owner: &OwnerReference, ch
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
-                metadata: Some(pod_template_metadata(plan, component::SENTINEL, checksum)),
+                metadata: Some(pod_template_metadata(plan, component::SENTINEL, checksum, observed)),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: Some(vec![
-                        config_volume("config", names::sentinel_config(&plan.name)),
-                        acl::passwords_volume("auth", &[acl::shim(plan), acl::monitor(plan)]),
-                        secret_volume("admin-auth", &sentinel.password_secret),
-                        empty_dir("run", true),
-                        empty_dir("tmp", false),
-                    ]),
+                    volumes: Some(
+                        [
+                            config_volume("config", names::sentinel_config(&plan.name)),
+                            acl::passwords_volume("auth", &[acl::shim(plan), acl::monitor(plan)]),
+                            secret_volume("admin-auth", &sentinel.password_secret),
+                            empty_dir("run", true),
+                            empty_dir("tmp", false),
+                        ]
+                        .into_iter()
+                        .chain(tls_server_volume(plan))
+                        .collect(),
+                    ),
                     security_context: Some(pod_security::pod_for_root_image(plan.platform)),
                     affinity: Some(soft_anti_affinity(selector)),
                     // Sentinels may run where Redis may (dedicated nodes, say); Redis' affinity
@@ -290,6 +309,7 @@ mod tests {
         build(
             &plan("  redis: {replicas: 3}\n  sentinel: {replicas: 3, quorum: 2, downAfter: 5s, failoverTimeout: 1m}"),
             &owner(),
+            &Observed::default(),
         )
     }
 
@@ -302,9 +322,9 @@ mod tests {
 
     #[test]
     fn standalone_redis_has_no_sentinel() {
-        assert!(build(&plan("  {}"), &owner()).is_empty());
+        assert!(build(&plan("  {}"), &owner(), &Observed::default()).is_empty());
         // Sentinel settings alone do not bring Sentinel.
-        assert!(build(&plan("  sentinel: {replicas: 5}"), &owner()).is_empty());
+        assert!(build(&plan("  sentinel: {replicas: 5}"), &owner(), &Observed::default()).is_empty());
     }
 
     #[test]
@@ -479,9 +499,46 @@ spec:
     }
 
     #[test]
+    fn tls_sentinels_listen_on_tls_only_and_reach_redis_over_tls() {
+        let p = plan("  redis: {replicas: 3, tls: {enabled: true}}");
+        let observed = crate::build::redis::tests::with_tls(&p);
+        let out = build(&p, &owner(), &observed);
+        let Emitted::ConfigMap(config) = &out[0] else {
+            unreachable!()
+        };
+        let data = config.data.as_ref().unwrap();
+        let listen = &data["listen.conf"];
+        assert!(listen.contains("port 0\ntls-port 26379\n"), "{listen}");
+        assert!(listen.contains("tls-replication yes\n"), "{listen}");
+        assert!(data["start-sentinel.sh"].contains("cat /etc/sentinel/listen.conf"));
+        assert!(data["start-sentinel.sh"].contains("CLI_TLS='--tls --cacert /etc/redis-tls/ca.crt'"));
+        assert!(data["ping-sentinel.sh"].contains("redis-cli --tls --cacert /etc/redis-tls/ca.crt --user"));
+        let sts = out[1].to_json();
+        assert_contains(
+            &sts["spec"]["template"],
+            &format!(
+                "metadata: {{annotations: {{redsess.io/tls-certificate: {}}}}}",
+                observed.redis_tls.as_ref().unwrap().certificate_digest()
+            ),
+        );
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][5]["mountPath"],
+            "/etc/redis-tls"
+        );
+        let Emitted::ConfigMap(plain) = &replicated()[0] else {
+            unreachable!()
+        };
+        assert_eq!(plain.data.as_ref().unwrap()["listen.conf"], "port 26379\n");
+    }
+
+    #[test]
     fn config_changes_roll_the_sentinels() {
         let checksum = |out: &[Emitted]| out[1].to_json()["spec"]["template"]["metadata"]["annotations"].clone();
-        let slower = build(&plan("  redis: {replicas: 3}\n  sentinel: {downAfter: 10s}"), &owner());
+        let slower = build(
+            &plan("  redis: {replicas: 3}\n  sentinel: {downAfter: 10s}"),
+            &owner(),
+            &Observed::default(),
+        );
         assert_ne!(checksum(&replicated()), checksum(&slower));
     }
 }

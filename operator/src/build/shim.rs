@@ -24,8 +24,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{metadata, pod_security, Emitted};
+use super::{metadata, pod_security, Emitted, Observed};
 use crate::names;
+use crate::redis_tls::CERTIFICATE_ANNOTATION;
 use crate::validate::Plan;
 
 /// The shim's container name.
@@ -49,6 +50,9 @@ pub const CLIENT_CA_DIR: &str = "/etc/redsess/client-ca";
 pub const CLIENT_CA_FILE: &str = "/etc/redsess/client-ca/ca.crt";
 pub const RECORD_KEYS_DIR: &str = "/etc/redsess/record-keys";
 pub const RECORD_KEYS_FILE: &str = "/etc/redsess/record-keys/keys";
+/// The CA of Redis's and Sentinel's certificate (`spec.redis.tls`).
+pub const REDIS_CA_DIR: &str = "/etc/redsess/redis-ca";
+pub const REDIS_CA_FILE: &str = "/etc/redsess/redis-ca/ca.crt";
 
 /// Shutdown budget: after SIGTERM the shim serves on for `SHUTDOWN_DELAY`, so the endpoint
 /// removal reaches every proxy first, then answers its long polls at once and finishes
@@ -86,7 +90,8 @@ pub fn dsc_url(plan: &Plan) -> String {
 /// `REDSESS_REDIS_URL`: the ACL user and the Redis client Service, never the password.
 pub fn redis_url(plan: &Plan) -> String {
     format!(
-        "redis://{}@{}:{}",
+        "{}://{}@{}:{}",
+        if plan.redis.tls.is_some() { "rediss" } else { "redis" },
         names::REDIS_USER,
         names::service_host(&names::redis(&plan.name), &plan.namespace),
         names::REDIS_PORT
@@ -106,12 +111,12 @@ pub fn sentinel_address(plan: &Plan) -> Option<String> {
 
 /// The Deployment, the Service and (with two or more replicas) the PodDisruptionBudget;
 /// nothing in Sidecar mode, where the shim runs in the proxies' pods (build::sidecar).
-pub fn build(plan: &Plan, owner: &OwnerReference) -> Vec<Emitted> {
+pub fn build(plan: &Plan, owner: &OwnerReference, observed: &Observed) -> Vec<Emitted> {
     if plan.shim.sidecar.is_some() {
         return Vec::new();
     }
     let mut out = vec![
-        Emitted::Deployment(deployment(plan, owner)),
+        Emitted::Deployment(deployment(plan, owner, observed)),
         Emitted::Service(service(plan, owner)),
     ];
     if plan.shim.replicas >= 2 {
@@ -157,6 +162,12 @@ pub fn env(plan: &Plan) -> Vec<EnvVar> {
         env.push(plain("REDSESS_REDIS_SENTINEL_PASSWORD_FILE", REDIS_PASSWORD_FILE));
     }
     env.push(plain("REDSESS_REDIS_PASSWORD_FILE", REDIS_PASSWORD_FILE));
+    if plan.redis.tls.is_some() {
+        env.push(plain("REDSESS_REDIS_TLS_CA_FILE", REDIS_CA_FILE));
+        if plan.sentinel.is_some() {
+            env.push(plain("REDSESS_REDIS_SENTINEL_TLS", "true"));
+        }
+    }
     env.push(EnvVar {
         name: "REDSESS_BASIC_AUTH_USER".into(),
         value: None,
@@ -214,6 +225,15 @@ pub(crate) fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
+/// The CA volume of Redis TLS, for the Deployment and the sidecar.
+pub(crate) fn redis_ca_volume(plan: &Plan, name: &str) -> Option<(Volume, VolumeMount)> {
+    let tls = plan.redis.tls.as_ref()?;
+    Some((
+        secret_volume(name, &tls.ca_secret, &["ca.crt"]),
+        mount(name, REDIS_CA_DIR),
+    ))
+}
+
 /// The Secret volumes and where the container mounts them.
 fn volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
     let shim = &plan.shim;
@@ -236,6 +256,10 @@ fn volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
     if let Some(encryption) = &shim.encryption {
         volumes.push(secret_volume("record-keys", &encryption.keys_secret, &["keys"]));
         mounts.push(mount("record-keys", RECORD_KEYS_DIR));
+    }
+    if let Some((volume, mount)) = redis_ca_volume(plan, "redis-ca") {
+        volumes.push(volume);
+        mounts.push(mount);
     }
     (volumes, mounts)
 }
@@ -315,7 +339,7 @@ fn anti_affinity(plan: &Plan) -> Affinity {
     }
 }
 
-fn deployment(plan: &Plan, owner: &OwnerReference) -> Deployment {
+fn deployment(plan: &Plan, owner: &OwnerReference, observed: &Observed) -> Deployment {
     let (volumes, mounts) = volumes(plan);
     let (readiness, liveness) = probes(plan);
     let container = Container {
@@ -352,6 +376,12 @@ fn deployment(plan: &Plan, owner: &OwnerReference) -> Deployment {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(names::labels(&plan.name, names::component::SHIM)),
+                    // The shim reads the CA once, at start: a new CA rolls it.
+                    annotations: observed
+                        .redis_tls
+                        .as_ref()
+                        .filter(|_| plan.redis.tls.is_some())
+                        .map(|m| BTreeMap::from([(CERTIFICATE_ANNOTATION.to_string(), m.ca_digest())])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -412,7 +442,7 @@ mod tests {
     use crate::build::redis::tests::{owner, plan};
 
     fn deployment_of(plan: &Plan) -> Deployment {
-        build(plan, &owner())
+        build(plan, &owner(), &Observed::default())
             .into_iter()
             .find_map(|o| match o {
                 Emitted::Deployment(d) => Some(d),
@@ -469,6 +499,47 @@ mod tests {
         assert!(serde_json::to_string(pod(&own))
             .unwrap()
             .contains("\"secretName\":\"my-keys\""));
+    }
+
+    #[test]
+    fn redis_tls_is_verified_with_the_caches_ca_and_a_new_ca_rolls_the_shims() {
+        let p = plan("  redis: {replicas: 3, tls: {enabled: true}}");
+        let observed = crate::build::redis::tests::with_tls(&p);
+        let d = build(&p, &owner(), &observed)
+            .into_iter()
+            .find_map(|o| match o {
+                Emitted::Deployment(d) => Some(d),
+                _ => None,
+            })
+            .unwrap();
+        let env = env_map(container(&d));
+        assert_eq!(
+            value(&env, "REDSESS_REDIS_URL"),
+            "rediss://redsess@cache-redis.isam.svc:6379"
+        );
+        assert_eq!(value(&env, "REDSESS_REDIS_TLS_CA_FILE"), "/etc/redsess/redis-ca/ca.crt");
+        assert_eq!(value(&env, "REDSESS_REDIS_SENTINEL_TLS"), "true");
+        let json = serde_json::to_value(&d).unwrap();
+        crate::build::redis::tests::assert_contains(
+            &json["spec"]["template"],
+            &format!(
+                "metadata: {{annotations: {{redsess.io/tls-certificate: {}}}}}",
+                observed.redis_tls.as_ref().unwrap().ca_digest()
+            ),
+        );
+        let volumes = json["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        let ca = volumes.iter().find(|v| v["name"] == "redis-ca").unwrap();
+        assert_eq!(ca["secret"]["secretName"], "cache-redis-ca");
+        assert_eq!(
+            ca["secret"]["items"],
+            serde_json::json!([{"key": "ca.crt", "path": "ca.crt"}])
+        );
+        // Standalone: TLS to Redis, no Sentinel to speak it to.
+        let standalone = env_map(container(&deployment_of(&plan("  redis: {tls: {enabled: true}}"))));
+        assert!(!standalone.contains_key("REDSESS_REDIS_SENTINEL_TLS"));
+        // Off: nothing of it.
+        let off = env_map(container(&deployment_of(&plan("  redis: {replicas: 3}"))));
+        assert!(!off.contains_key("REDSESS_REDIS_TLS_CA_FILE") && !off.contains_key("REDSESS_REDIS_SENTINEL_TLS"));
     }
 
     #[test]
@@ -706,7 +777,7 @@ mod tests {
     #[test]
     fn the_service_exposes_the_dsc_port() {
         let p = plan("  {}");
-        let objects = build(&p, &owner());
+        let objects = build(&p, &owner(), &Observed::default());
         let svc = objects
             .iter()
             .find_map(|o| match o {
@@ -727,7 +798,7 @@ mod tests {
 
     #[test]
     fn a_disruption_budget_only_with_two_or_more_shims() {
-        let objects = build(&plan("  {}"), &owner());
+        let objects = build(&plan("  {}"), &owner(), &Observed::default());
         let kinds: Vec<_> = objects.iter().map(|o| o.kind()).collect();
         assert_eq!(kinds, ["Deployment", "Service", "PodDisruptionBudget"]);
         let pdb = objects
@@ -746,14 +817,14 @@ mod tests {
             Some(names::selector("cache", "shim"))
         );
 
-        let single = build(&plan("  shim: {replicas: 1}"), &owner());
+        let single = build(&plan("  shim: {replicas: 1}"), &owner(), &Observed::default());
         assert!(single.iter().all(|o| o.kind() != "PodDisruptionBudget"));
         assert_eq!(single.len(), 2);
     }
 
     #[test]
     fn emitted_objects_serialize_with_kind_and_api_version() {
-        for o in build(&plan("  {}"), &owner()) {
+        for o in build(&plan("  {}"), &owner(), &Observed::default()) {
             let json = o.to_json();
             assert_eq!(json["kind"], o.kind());
             assert_eq!(json["metadata"]["labels"]["app.kubernetes.io/component"], "shim");

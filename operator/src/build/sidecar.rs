@@ -35,6 +35,7 @@ const BINARY: &str = "/usr/local/bin/redsess-shim";
 const REDIS_PASSWORD_VOLUME: &str = "redsess-redis-password";
 const BASIC_AUTH_VOLUME: &str = "redsess-basic-auth";
 const RECORD_KEYS_VOLUME: &str = "redsess-record-keys";
+const REDIS_CA_VOLUME: &str = "redsess-redis-ca";
 
 /// Where the injected shim goes in the pod spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,10 @@ pub fn sidecar(plan: &Plan, placement: Placement) -> Sidecar {
             &["keys"],
         ));
         mounts.push(shim::mount(RECORD_KEYS_VOLUME, shim::RECORD_KEYS_DIR));
+    }
+    if let Some((volume, mount)) = shim::redis_ca_volume(plan, REDIS_CA_VOLUME) {
+        volumes.push(volume);
+        mounts.push(mount);
     }
     let container = Container {
         name: CONTAINER.into(),

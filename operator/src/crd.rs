@@ -242,9 +242,12 @@ pub struct EncryptionSpec {
     /// `Plain`; `Sealed`; or, on the way between them as a rolling change, `PlainMigrating`
     /// (reads both, writes plain) and `SealMigrating` (reads both, writes sealed). From
     /// `Plain`, go through `PlainMigrating` to `SealMigrating`, each rolled out before the
-    /// next: a shim in `Plain` has no keys and cannot open what another seals.
-    #[serde(default)]
-    pub mode: EncryptionMode,
+    /// next: a shim in `Plain` has no keys and cannot open what another seals. A new
+    /// SessionCache without a mode is given `SealMigrating` by the operator's admission
+    /// webhook; a cache that has none (one created before, or without the webhook) is `Plain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "encryption_mode_schema")]
+    pub mode: Option<EncryptionMode>,
     /// Secret (key `keys`) with the key file (`<key ID> <base64 key>` lines, the first seals).
     /// Generated once with one key as `<name>-record-keys` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +261,20 @@ pub enum EncryptionMode {
     PlainMigrating,
     SealMigrating,
     Sealed,
+}
+
+/// The mode's schema without the `null` schemars adds for an `Option` (`enum: [.., null]`),
+/// which Kubernetes 1.20 refuses: absent means `Plain`, null is not a value to write.
+fn encryption_mode_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<EncryptionMode>()
+}
+
+impl EncryptionSpec {
+    /// The mode in force: `Plain` when none is set (never defaulted otherwise here, so that a
+    /// running cache is not switched by an upgrade; see `admission::default_session_cache`).
+    pub fn mode(&self) -> EncryptionMode {
+        self.mode.unwrap_or_default()
+    }
 }
 
 impl EncryptionMode {

@@ -12,6 +12,7 @@ pub mod build;
 pub mod certificates;
 pub mod controller;
 pub mod crd;
+pub mod defaulting;
 pub mod discovery;
 pub mod http;
 pub mod leader;

@@ -112,7 +112,7 @@ pub fn referenced_secrets(sc: &SessionCache) -> Vec<SecretRef> {
             },
         });
     }
-    if sc.spec.shim.encryption.mode != crate::crd::EncryptionMode::Plain {
+    if sc.spec.shim.encryption.mode() != crate::crd::EncryptionMode::Plain {
         out.push(match &sc.spec.shim.encryption.keys_secret {
             Some(name) => SecretRef {
                 field: "spec.shim.encryption.keysSecret",

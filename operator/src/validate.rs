@@ -606,8 +606,8 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
                 .clone()
                 .unwrap_or_else(|| names::shim_auth_secret(&name)),
             generate_basic_auth: shim.security.basic_auth_secret.is_none(),
-            encryption: (shim.encryption.mode != EncryptionMode::Plain).then(|| EncryptionPlan {
-                mode: shim.encryption.mode,
+            encryption: (shim.encryption.mode() != EncryptionMode::Plain).then(|| EncryptionPlan {
+                mode: shim.encryption.mode(),
                 keys_secret: shim
                     .encryption
                     .keys_secret

@@ -1,6 +1,7 @@
-//! The mutating admission webhook of Sidecar mode: HTTPS, AdmissionReview v1 for pods, a JSON
-//! Patch answer (`admission` decides). It runs in every operator replica, leader or not, with
-//! its own watch of SessionCaches, so any replica behind the webhook Service can answer.
+//! The mutating admission webhook: HTTPS, AdmissionReview v1, JSON Patch answers. For pods
+//! (Sidecar mode, `admission` decides) and for new SessionCaches (`defaulting`). It runs in
+//! every operator replica, leader or not, with its own watch of SessionCaches, so any replica
+//! behind the webhook Service can answer.
 //!
 //! - It serves only once that watch has listed every SessionCache: an earlier answer would
 //!   admit a selected pod without its shim.
@@ -36,6 +37,7 @@ use crate::build::sidecar::Placement;
 use crate::certificates::{self, Material};
 use crate::controller::read_session_cache;
 use crate::crd::SessionCache;
+use crate::defaulting;
 use crate::validate::Platform;
 
 /// Where the API server sends pods.
@@ -160,6 +162,21 @@ async fn mutate(
     Json(response.into_review())
 }
 
+async fn default_cache(Json(review): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(e) => return Json(AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")).into_review()),
+    };
+    let response = defaulting::respond(&request);
+    tracing::info!(
+        namespace = request.namespace.as_deref().unwrap_or_default(),
+        cache = request.name,
+        defaulted = response.patch.is_some(),
+        "admission review of a SessionCache"
+    );
+    Json(response.into_review())
+}
+
 /// Serves the webhook until `shutdown` resolves; `serving` is told once it listens.
 pub async fn serve(
     client: Client,
@@ -215,11 +232,14 @@ pub async fn serve(
         .with_no_client_auth()
         .with_cert_resolver(served);
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let router = Router::new().route(PATH, post(mutate)).with_state(Webhook {
-        caches,
-        placement,
-        platform: settings.platform,
-    });
+    let router = Router::new()
+        .route(defaulting::PATH, post(default_cache))
+        .route(PATH, post(mutate))
+        .with_state(Webhook {
+            caches,
+            placement,
+            platform: settings.platform,
+        });
     let handle = axum_server::Handle::new();
     {
         let handle = handle.clone();

@@ -402,8 +402,8 @@ def coherence(objects, values, operator_peer):
 
 
 def webhook_coherence(objects, values, container, pod_spec):
-    """The webhook configuration as Sidecar mode needs it, reaching the replicas' webhook port
-    with a certificate the chosen option provides."""
+    """The webhook configuration as Sidecar mode and new SessionCaches' defaults need it,
+    reaching the replicas' webhook port with a certificate the chosen option provides."""
     hook = values["webhook"]
     configs = by_kind(objects, "MutatingWebhookConfiguration")
     if not hook["enabled"]:
@@ -419,15 +419,35 @@ def webhook_coherence(objects, values, container, pod_spec):
     config, service = configs[0], services[0]
     if config["metadata"]["name"] != "redsess-operator":
         problems.append(("MutatingWebhookConfiguration name", "not redsess-operator (the operator's RBAC names it)"))
+    # The pods of injection-enabled namespaces (Sidecar mode), and every new SessionCache
+    # (its defaults): each webhook's path, rules and scope.
+    expected = {
+        "pods.redsess.io": ("/mutate-pods", {"apiGroups": [""], "resources": ["pods"]}, True),
+        "sessioncaches.redsess.io": ("/default-sessioncaches", {"apiGroups": ["redsess.io"], "resources": ["sessioncaches"]}, False),
+    }
+    names = [w["name"] for w in config["webhooks"]]
+    if sorted(names) != sorted(expected):
+        problems.append(("webhooks", f"{names}, expected {sorted(expected)}"))
     for w in config["webhooks"]:
+        if w["name"] not in expected:
+            continue
+        path, rule, pods = expected[w["name"]]
         ref = w["clientConfig"].get("service") or {}
         if (ref.get("name"), ref.get("namespace"), ref.get("port"), ref.get("path")) != (
-                service["metadata"]["name"], helm.NAMESPACE, 443, "/mutate-pods"):
+                service["metadata"]["name"], helm.NAMESPACE, 443, path):
             problems.append((f"webhook {w['name']} clientConfig", f"{ref}"))
-        for field, want in (("failurePolicy", "Fail"), ("sideEffects", "None"), ("reinvocationPolicy", "IfNeeded"),
-                            ("timeoutSeconds", hook["timeoutSeconds"]), ("admissionReviewVersions", ["v1"])):
+        rules = w.get("rules") or []
+        if len(rules) != 1 or any(rules[0].get(k) != v for k, v in rule.items()) or rules[0].get("operations") != ["CREATE"]:
+            problems.append((f"webhook {w['name']} rules", f"{rules}, expected CREATE of {rule}"))
+        wanted = [("failurePolicy", "Fail"), ("sideEffects", "None"),
+                  ("timeoutSeconds", hook["timeoutSeconds"]), ("admissionReviewVersions", ["v1"])]
+        if pods:
+            wanted.append(("reinvocationPolicy", "IfNeeded"))
+        for field, want in wanted:
             if w.get(field) != want:
                 problems.append((f"webhook {w['name']} {field}", f"{w.get(field)!r}, expected {want!r}"))
+        if not pods:
+            continue
         expressions = {(e["key"], e["operator"], tuple(e.get("values") or []))
                        for e in (w.get("namespaceSelector") or {}).get("matchExpressions") or []}
         if ("redsess.io/injection", "In", ("enabled",)) not in expressions:

@@ -429,7 +429,11 @@ async fn the_operator_against_a_real_api_server() {
         &["partner-portal", "api-gateway"],
     ));
     // spec.redis.tls: the generated CA (the operator's only), the certificate, the CA alone.
-    for name in ["sessions-edge-redis-tls-issuer", "sessions-edge-redis-tls", "sessions-edge-redis-ca"] {
+    for name in [
+        "sessions-edge-redis-tls-issuer",
+        "sessions-edge-redis-tls",
+        "sessions-edge-redis-ca",
+    ] {
         expected.insert(("Secret".into(), name.into()));
     }
     assert_owned(&admin, &edge, &expected).await;
@@ -442,7 +446,11 @@ async fn the_operator_against_a_real_api_server() {
     };
     let ca = secret_keys("sessions-edge-redis-ca").await;
     let certificate = secret_keys("sessions-edge-redis-tls").await;
-    assert_eq!(ca.keys().collect::<Vec<_>>(), ["ca.crt"], "the clients' Secret holds no key");
+    assert_eq!(
+        ca.keys().collect::<Vec<_>>(),
+        ["ca.crt"],
+        "the clients' Secret holds no key"
+    );
     assert_eq!(ca["ca.crt"], certificate["ca.crt"]);
     assert!(certificate.contains_key("tls.key") && certificate.contains_key("tls.crt"));
     let degraded = condition(&status, "Degraded");

@@ -150,6 +150,14 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
             "sideEffects": "None",
             "reinvocationPolicy": "IfNeeded",
             "timeoutSeconds": 5
+        }, {
+            "name": "sessioncaches.redsess.io",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}{}", redsess_operator::defaulting::PATH)},
+            "rules": [{"apiGroups": ["redsess.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE"], "resources": ["sessioncaches"], "scope": "Namespaced"}],
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "timeoutSeconds": 5
         }]
     });
     k8s::apply(&admin, &serde_json::from_value(configuration).unwrap())
@@ -168,12 +176,23 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
         ],
     );
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
-    eventually(WAIT, "the operator's CA in the caBundle", || async {
+    eventually(WAIT, "the operator's CA in every caBundle", || async {
         let c = configurations.get(CONFIGURATION).await.map_err(|e| e.to_string())?;
-        let bundle = c.webhooks.unwrap_or_default()[0].client_config.ca_bundle.clone();
-        match bundle {
-            Some(b) if String::from_utf8_lossy(&b.0).contains("BEGIN CERTIFICATE") => Ok(()),
-            other => Err(format!("{other:?}")),
+        let bundles: Vec<_> = c
+            .webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| w.client_config.ca_bundle)
+            .collect();
+        if bundles.len() == 2
+            && bundles.iter().all(|b| {
+                b.as_ref()
+                    .is_some_and(|b| String::from_utf8_lossy(&b.0).contains("BEGIN CERTIFICATE"))
+            })
+        {
+            Ok(())
+        } else {
+            Err(format!("{bundles:?}"))
         }
     })
     .await;
@@ -202,6 +221,30 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
     )
     .await
     .unwrap();
+
+    // A new cache without a record encryption mode is stored sealing; a named mode is kept.
+    let caches: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        NS,
+        &kube::api::ApiResource::erase::<redsess_operator::crd::SessionCache>(&()),
+    );
+    let stored_mode = |name: &'static str| {
+        let caches = caches.clone();
+        async move { caches.get(name).await.unwrap().data["spec"]["shim"]["encryption"]["mode"].clone() }
+    };
+    assert_eq!(stored_mode("sessions").await, "SealMigrating");
+    k8s::apply(
+        &admin,
+        &serde_json::from_value(json!({
+            "apiVersion": "redsess.io/v1alpha1", "kind": "SessionCache",
+            "metadata": {"name": "kept-plain", "namespace": NS},
+            "spec": {"shim": {"encryption": {"mode": "Plain"}}}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored_mode("kept-plain").await, "Plain");
 
     // The webhook may start before its watch has seen the new cache: retry the first pod.
     let selected = eventually(WAIT, "a selected pod stored with the shim", || async {
@@ -244,11 +287,6 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
     review_over_https(port, &ca_pem).await;
 
     // The status counts the injected pod, up to date (the pod watch needs the chart's RBAC).
-    let caches: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        NS,
-        &kube::api::ApiResource::erase::<redsess_operator::crd::SessionCache>(&()),
-    );
     eventually(WAIT, "status.sidecars", || async {
         let status = caches.get("sessions").await.map_err(|e| e.to_string())?.data["status"].clone();
         if status["sidecars"]["injected"] == 1 && status["sidecars"]["outdated"] == 0 {
@@ -267,6 +305,23 @@ async fn the_webhook_injects_the_shim_through_a_real_api_server() {
     let message = redsess_operator::api_error::one_line(&refused);
     assert!(
         message.contains("failed calling webhook \"pods.redsess.io\"") && message.contains(PATH),
+        "{message}"
+    );
+    // And a new SessionCache is refused rather than stored without its defaults.
+    let refused = k8s::apply(
+        &admin,
+        &serde_json::from_value(json!({
+            "apiVersion": "redsess.io/v1alpha1", "kind": "SessionCache",
+            "metadata": {"name": "while-down", "namespace": NS},
+            "spec": {}
+        }))
+        .unwrap(),
+    )
+    .await
+    .expect_err("a SessionCache created while no replica answers");
+    let message = redsess_operator::api_error::one_line(&refused);
+    assert!(
+        message.contains("failed calling webhook \"sessioncaches.redsess.io\""),
         "{message}"
     );
 }

@@ -44,6 +44,7 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::names;
 use crate::observe;
+use crate::record_keys;
 use crate::redis_tls;
 use crate::status::{self, Outcome};
 use crate::validate::{validate, Platform, ValidationError};
@@ -310,6 +311,19 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
         }
         Err(redis_tls::Error::Generate(error)) => return Err(Error::KeyMaterial(error)),
     };
+    let found = observe::record_keys(client, &plan).await?;
+    observed.record_keys =
+        match record_keys::rotate(&plan, found.as_ref(), Timestamp::now(), &mut record_keys::new_key_line) {
+            Ok(rotated) => rotated,
+            Err(invalid) => return report_invalid(sc, ctx, &invalid, MISSING_SECRET_REQUEUE).await,
+        };
+    if let Some(rotated) = &observed.record_keys {
+        tracing::info!(
+            staged = rotated.annotations.get(record_keys::STAGED_ANNOTATION),
+            retiring = rotated.annotations.get(record_keys::RETIRING_ANNOTATION),
+            "a step of the record key rotation"
+        );
+    }
 
     // build
     let owner = sc

@@ -252,6 +252,12 @@ pub struct EncryptionSpec {
     /// Generated once with one key as `<name>-record-keys` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys_secret: Option<String>,
+    /// How often the operator replaces the sealing key of the generated key file (e.g. 30d,
+    /// the default; 0 never): it adds a new key, makes it the sealing key once every shim has
+    /// it, and removes the old one when no record sealed with it can be alive. Not with
+    /// `keysSecret`, which is yours to rotate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_every: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

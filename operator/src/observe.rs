@@ -214,6 +214,36 @@ pub async fn redis_tls(client: &Client, plan: &Plan) -> Result<crate::redis_tls:
     Ok(found)
 }
 
+/// Reads the generated record key Secret when the operator rotates it.
+pub async fn record_keys(client: &Client, plan: &Plan) -> Result<Option<crate::record_keys::Found>, Error> {
+    let Some(encryption) = plan
+        .shim
+        .encryption
+        .as_ref()
+        .filter(|e| e.generate_keys && e.rotate_every.is_some())
+    else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &plan.namespace);
+    let secret = api
+        .get_opt(&encryption.keys_secret)
+        .await
+        .map_err(|source| Error::Secret {
+            namespace: plan.namespace.clone(),
+            name: encryption.keys_secret.clone(),
+            source,
+        })?;
+    Ok(secret.map(|s| crate::record_keys::Found {
+        file: s
+            .data
+            .as_ref()
+            .and_then(|d| d.get("keys"))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .unwrap_or_default(),
+        annotations: s.metadata.annotations.unwrap_or_default(),
+    }))
+}
+
 /// How far one workload has rolled out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkloadState {

@@ -138,6 +138,9 @@ pub struct MemoryPlan {
     pub policy: String,
 }
 
+/// How often the operator replaces the sealing key of a generated key file by default.
+pub const DEFAULT_KEY_ROTATION: Duration = Duration::from_secs(30 * 86_400);
+
 /// Memory settings of `spec.redis.config` that validation reads and the plan carries.
 const MEMORY_SETTINGS: [&str; 2] = ["maxmemory", "maxmemory-policy"];
 
@@ -313,6 +316,10 @@ pub struct EncryptionPlan {
     /// The Secret with the key file (key `keys`).
     pub keys_secret: String,
     pub generate_keys: bool,
+    /// The operator rotates the generated key file this often (`None`: never).
+    pub rotate_every: Option<Duration>,
+    /// How long a key that no longer seals is kept: no record sealed with it outlives this.
+    pub retain_for: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -512,7 +519,28 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
     if max_lifetime < Duration::from_secs(60) {
         return Err(invalid("spec.shim.session.maxLifetime", "must be at least 1m"));
     }
-    parse_duration("spec.shim.session.clockSkew", &shim.session.clock_skew)?;
+    let clock_skew = parse_duration("spec.shim.session.clockSkew", &shim.session.clock_skew)?;
+    let rotate_every = match (&shim.encryption.rotate_every, &shim.encryption.keys_secret) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "spec.shim.encryption.rotateEvery",
+                "is for the generated key file: with keysSecret, rotate your Secret yourself (docs/security.md)",
+            ))
+        }
+        (Some(text), None) => parse_duration("spec.shim.encryption.rotateEvery", text)?,
+        (None, None) => DEFAULT_KEY_ROTATION,
+        (None, Some(_)) => Duration::ZERO,
+    };
+    if !rotate_every.is_zero() && rotate_every < max_lifetime {
+        return Err(invalid(
+            "spec.shim.encryption.rotateEvery",
+            format!(
+                "{} is shorter than spec.shim.session.maxLifetime ({}): old keys would pile up; rotate less often, or 0 for never",
+                shim.encryption.rotate_every.as_deref().unwrap_or_default(),
+                shim.session.max_lifetime
+            ),
+        ));
+    }
     if shim.session.max_sessions_per_user < 0 {
         return Err(invalid("spec.shim.session.maxSessionsPerUser", "must not be negative"));
     }
@@ -614,6 +642,8 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
                     .clone()
                     .unwrap_or_else(|| names::record_keys_secret(&name)),
                 generate_keys: shim.encryption.keys_secret.is_none(),
+                rotate_every: (!rotate_every.is_zero()).then_some(rotate_every),
+                retain_for: max_lifetime + clock_skew,
             }),
         },
         clients,

@@ -183,6 +183,95 @@ async fn a_key_rotation_under_load_loses_no_session() {
     }
 }
 
+/// The operator's rotation of a generated key file (`record_keys::rotate`), step by step at the
+/// times it would take them, written where two shims under load read it: no session is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_rotation_steps_under_load_lose_no_session() {
+    use k8s_openapi::jiff::{Timestamp, ToSpan};
+    use redsess_operator::record_keys::{self, Found};
+    let plan = redsess_operator::validate::validate(
+        &serde_yaml::from_str(
+            "apiVersion: redsess.io/v1alpha1\nkind: SessionCache\nmetadata: {name: c, namespace: n}\n\
+             spec: {shim: {encryption: {mode: Sealed}, session: {maxLifetime: 8h}}}",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let redis = RedisServer::start();
+    let keys = redis.dir().join("keys");
+    let mut found = Found {
+        file: redsess_operator::build::secrets::record_key_file(),
+        ..Found::default()
+    };
+    let first = found
+        .file
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&keys, &found.file).unwrap();
+    let a = shim(&redis, "sealed", Some(&keys));
+    let b = shim(&redis, "sealed", Some(&keys));
+    // One reconcile at `at`: the step it takes, written as the kubelet updates a Secret volume.
+    let mut reconcile = |at: Timestamp| {
+        let step = record_keys::rotate(&plan, Some(&found), at, &mut record_keys::new_key_line)
+            .unwrap()
+            .expect("a step is due");
+        found = Found {
+            file: step.file,
+            annotations: step.annotations,
+        };
+        let next = keys.with_extension("next");
+        std::fs::write(&next, &found.file).unwrap();
+        std::fs::rename(&next, &keys).unwrap();
+        found.file.clone()
+    };
+    let t0 = Timestamp::now();
+    reconcile(t0); // the clock starts
+    let due = t0 + (30 * 24).hours();
+    let mut staged = String::new();
+    let mut sealing = String::new();
+    let (made, lost) = under_load(&a, &b, "op", async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        staged = reconcile(due);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        sealing = reconcile(due + 5.minutes());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    })
+    .await;
+    assert!(made > 50, "only {made} sessions made");
+    assert_eq!(lost, 0, "{lost} of {made} sessions lost");
+    let ids = |file: &str| -> Vec<String> {
+        file.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    let new = ids(&sealing)[0].clone();
+    assert_eq!(ids(&staged), [first.clone(), new.clone()], "added second, to open only");
+    assert_eq!(
+        ids(&sealing),
+        [new.clone(), first.clone()],
+        "then sealing, the old one opening"
+    );
+    assert!(raw_items(&redis, "op-0-0").contains(&format!("\u{3}\u{9}{first}")));
+    assert_eq!(create(&a.client(), "after").await, SUCCESS);
+    assert!(raw_items(&redis, "after").contains(&format!("\u{3}\u{9}{new}")));
+
+    // When no session sealed with the old key can be alive, its line goes; the new key's
+    // sessions still open.
+    let done = reconcile(due + 5.minutes() + 8.hours() + 3.minutes());
+    assert_eq!(ids(&done), [new]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for s in [&a, &b] {
+        assert_eq!(get(&s.client(), "after").await, SUCCESS);
+        assert_eq!(unopened(s, "tampered"), 0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrating_from_plain_to_sealed_under_load_loses_no_session() {
     let redis = RedisServer::start();

@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use redsess_operator::apply::Kind;
 use redsess_operator::crd::SessionCache;
@@ -502,6 +502,11 @@ async fn the_operator_against_a_real_api_server() {
     //    reported with the server's reason, and is retried until it goes through.
     refused_objects_are_reported_and_retried(&admin).await;
 
+    // 7b. The operator's record key rotation writes its steps into the generated key Secret it
+    //     created (server-side apply over its own stringData): aged by hand, the next
+    //     reconcile adds the new key second, to open only.
+    rotation_steps_are_written(&admin).await;
+
     // 8. Deleted: the controller manager's garbage collector removes every owned object,
     //    generated Secrets included.
     caches(&admin)
@@ -525,6 +530,56 @@ async fn the_operator_against_a_real_api_server() {
 }
 
 /// Replaces the CRD's schema of `spec` (`None`: the operator's own, from `crds/`).
+async fn rotation_steps_are_written(admin: &Client) {
+    use redsess_operator::record_keys::{SEALING_SINCE_ANNOTATION, STAGED_ANNOTATION};
+    let sealed = sample("minimal.yaml", |v| {
+        v["metadata"]["name"] = json!("sealed");
+        v["spec"] = json!({"shim": {"encryption": {"mode": "Sealed"}}});
+    });
+    apply_cache(admin, &sealed).await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let annotated = |key: &'static str| {
+        let secrets = secrets.clone();
+        move || {
+            let secrets = secrets.clone();
+            async move {
+                let secret = secrets.get("sealed-record-keys").await.map_err(|e| e.to_string())?;
+                match secret.metadata.annotations.as_ref().and_then(|a| a.get(key)) {
+                    Some(_) => Ok(secret),
+                    None => Err(format!("no {key} yet: {:?}", secret.metadata.annotations)),
+                }
+            }
+        }
+    };
+    let secret = eventually(
+        WAIT,
+        "the key Secret, its clock started",
+        annotated(SEALING_SINCE_ANNOTATION),
+    )
+    .await;
+    let key_lines = |secret: &Secret| -> usize {
+        String::from_utf8_lossy(&secret.data.as_ref().unwrap()["keys"].0)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .count()
+    };
+    assert_eq!(key_lines(&secret), 1);
+    let aged = json!({"metadata": {"annotations": {SEALING_SINCE_ANNOTATION: "2020-01-01T00:00:00Z"}}});
+    secrets
+        .patch("sealed-record-keys", &PatchParams::default(), &Patch::Merge(&aged))
+        .await
+        .unwrap();
+    // Secrets are not watched: a change to an owned object makes the reconcile come now.
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
+    config_maps
+        .delete("sealed-redis-config", &DeleteParams::default())
+        .await
+        .unwrap();
+    let staged = eventually(WAIT, "a new key staged", annotated(STAGED_ANNOTATION)).await;
+    assert_eq!(key_lines(&staged), 2, "the new key is added, the old one still seals");
+    caches(admin).delete("sealed", &DeleteParams::default()).await.unwrap();
+}
+
 async fn set_spec_schema(admin: &Client, spec: Option<Value>) {
     let text = std::fs::read_to_string(k8s::workspace_root().join("crds/sessioncaches.redsess.io.yaml")).unwrap();
     let crd = k8s::documents(&text).remove(0);

@@ -31,6 +31,8 @@ pub struct Observed {
     pub existing_secrets: BTreeSet<String>,
     /// Redis TLS certificate and CA (`spec.redis.tls`), when on and available.
     pub redis_tls: Option<crate::redis_tls::Material>,
+    /// The record key file to write, when a rotation step changed it.
+    pub record_keys: Option<crate::record_keys::KeyFile>,
 }
 
 /// One object a SessionCache emits.

@@ -21,6 +21,7 @@ use k8s_openapi::ByteString;
 use crate::build::{acl, metadata, Emitted, Observed};
 use crate::certificates::NOT_AFTER_ANNOTATION;
 use crate::names;
+use crate::record_keys;
 use crate::redis_tls::{Material, ISSUED_ANNOTATION};
 use crate::validate::{Plan, TlsPlan};
 
@@ -39,15 +40,7 @@ pub fn random_secret() -> String {
 /// A key file for the shim's record encryption with one new key: the format of
 /// `redsess-shim keygen` (`<key ID> <base64 of 32 random bytes>`).
 pub fn record_key_file() -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut key = [0u8; 32];
-    rand::rng().fill_bytes(&mut key);
-    let id = format!("k{:08x}", rand::rng().next_u32());
-    format!(
-        "# Record encryption keys of redsess-shim: the first seals, all open.\n{id} {}\n",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
+    record_keys::file_of(&[record_keys::new_key_line()])
 }
 
 pub fn build(
@@ -91,6 +84,16 @@ pub fn build(
                 &encryption.keys_secret,
                 [("keys", record_key_file())],
             ));
+        } else if let Some(rotated) = &observed.record_keys {
+            let mut secret = binary(
+                plan,
+                owner,
+                &encryption.keys_secret,
+                "Opaque",
+                [("keys", &rotated.file)],
+            );
+            secret.metadata.annotations = Some(rotated.annotations.clone());
+            out.push(Emitted::Secret(secret));
         }
     }
     if let (Some(tls), Some(material)) = (&plan.redis.tls, &observed.redis_tls) {

@@ -61,6 +61,8 @@ pub enum Kind {
     Secret,
     PodDisruptionBudget,
     NetworkPolicy,
+    /// cert-manager's: served where cert-manager is installed.
+    Certificate,
 }
 
 /// What the API needs to know of a kind, read off its k8s-openapi type.
@@ -69,24 +71,24 @@ struct KindInfo {
     group: &'static str,
     version: &'static str,
     plural: &'static str,
-    /// The first Kubernetes version that serves this API version.
-    since: &'static str,
+    /// What serves this API version: `Kubernetes 1.21`.
+    needs: &'static str,
 }
 
 impl KindInfo {
-    const fn of<K: k8s_openapi::Resource>(since: &'static str) -> Self {
+    const fn of<K: k8s_openapi::Resource>(needs: &'static str) -> Self {
         Self {
             kind: K::KIND,
             group: K::GROUP,
             version: K::VERSION,
             plural: K::URL_PATH_SEGMENT,
-            since,
+            needs,
         }
     }
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::StatefulSet,
         Kind::Deployment,
         Kind::Service,
@@ -94,17 +96,19 @@ impl Kind {
         Kind::Secret,
         Kind::PodDisruptionBudget,
         Kind::NetworkPolicy,
+        Kind::Certificate,
     ];
 
     /// Kinds cleaned up when no longer planned, in deletion order (workloads first, so no pod
     /// is left without its configuration). Secrets are never among them.
-    pub const PRUNED: [Kind; 6] = [
+    pub const PRUNED: [Kind; 7] = [
         Kind::StatefulSet,
         Kind::Deployment,
         Kind::PodDisruptionBudget,
         Kind::Service,
         Kind::ConfigMap,
         Kind::NetworkPolicy,
+        Kind::Certificate,
     ];
 
     pub fn of(object: &Emitted) -> Kind {
@@ -116,18 +120,26 @@ impl Kind {
             Emitted::Secret(_) => Kind::Secret,
             Emitted::PodDisruptionBudget(_) => Kind::PodDisruptionBudget,
             Emitted::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Emitted::Certificate(_) => Kind::Certificate,
         }
     }
 
     const fn info(self) -> KindInfo {
         match self {
-            Kind::StatefulSet => KindInfo::of::<StatefulSet>("1.9"),
-            Kind::Deployment => KindInfo::of::<Deployment>("1.9"),
-            Kind::Service => KindInfo::of::<Service>("1.0"),
-            Kind::ConfigMap => KindInfo::of::<ConfigMap>("1.2"),
-            Kind::Secret => KindInfo::of::<Secret>("1.0"),
-            Kind::PodDisruptionBudget => KindInfo::of::<PodDisruptionBudget>("1.21"),
-            Kind::NetworkPolicy => KindInfo::of::<NetworkPolicy>("1.7"),
+            Kind::StatefulSet => KindInfo::of::<StatefulSet>("Kubernetes 1.9"),
+            Kind::Deployment => KindInfo::of::<Deployment>("Kubernetes 1.9"),
+            Kind::Service => KindInfo::of::<Service>("Kubernetes 1.0"),
+            Kind::ConfigMap => KindInfo::of::<ConfigMap>("Kubernetes 1.2"),
+            Kind::Secret => KindInfo::of::<Secret>("Kubernetes 1.0"),
+            Kind::PodDisruptionBudget => KindInfo::of::<PodDisruptionBudget>("Kubernetes 1.21"),
+            Kind::NetworkPolicy => KindInfo::of::<NetworkPolicy>("Kubernetes 1.7"),
+            Kind::Certificate => KindInfo {
+                kind: "Certificate",
+                group: "cert-manager.io",
+                version: "v1",
+                plural: "certificates",
+                needs: "cert-manager 1.0",
+            },
         }
     }
 
@@ -154,9 +166,9 @@ impl Kind {
         self.info().plural
     }
 
-    /// The first Kubernetes version that serves this kind's API version.
-    pub fn since(self) -> &'static str {
-        self.info().since
+    /// What serves this kind's API version: `Kubernetes 1.21`, `cert-manager 1.0`.
+    pub fn needs(self) -> &'static str {
+        self.info().needs
     }
 
     /// For the dynamic API: one code path for every kind.
@@ -204,10 +216,10 @@ impl fmt::Display for Failure {
         match self {
             Failure::NotServed(kind) => write!(
                 f,
-                "this cluster does not serve {} {}; Kubernetes {} or newer is needed",
+                "this cluster does not serve {} {}; {} or newer is needed",
                 kind.api_version(),
                 kind.name(),
-                kind.since()
+                kind.needs()
             ),
             Failure::Refused { kind, name, reason } => {
                 write!(f, "cannot apply {} {name}: {reason}", kind.name())

@@ -101,6 +101,31 @@ pub struct RedisTlsSpec {
     /// (`<name>-redis-tls`) and renews the certificate a month before it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_secret: Option<String>,
+    /// A cert-manager issuer: the operator asks it for the certificate (a cert-manager
+    /// `Certificate` for every Redis and Sentinel name, into `certificateSecret` or
+    /// `<name>-redis-tls`), and cert-manager renews it. The issuer must write `ca.crt` (a CA
+    /// or self-signed issuer does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (in the cache's namespace, the default) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
 }
 
 impl Default for RedisSpec {

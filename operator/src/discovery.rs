@@ -114,6 +114,7 @@ mod tests {
         // In the order of the API versions' names.
         let server = server.run(vec![
             Step::new(Method::GET, "/apis/apps/v1").reply(resources("apps/v1", &["deployments", "statefulsets"])),
+            Step::new(Method::GET, "/apis/cert-manager.io/v1").reply(Reply::not_found()),
             Step::new(Method::GET, "/apis/networking.k8s.io/v1")
                 .reply(resources("networking.k8s.io/v1", &["networkpolicies"])),
             Step::new(Method::GET, "/apis/policy/v1").reply(Reply::not_found()),
@@ -122,14 +123,15 @@ mod tests {
         let served = served_kinds(&client).await.unwrap();
         drop(client);
         server.finish().await;
-        assert!(!served.serves(Kind::PodDisruptionBudget));
+        assert!(!served.serves(Kind::PodDisruptionBudget) && !served.serves(Kind::Certificate));
         assert!(Kind::ALL
             .into_iter()
-            .filter(|k| *k != Kind::PodDisruptionBudget)
+            .filter(|k| ![Kind::PodDisruptionBudget, Kind::Certificate].contains(k))
             .all(|k| served.serves(k)));
         assert_eq!(
             apply::join(&served.missing()),
-            "this cluster does not serve policy/v1 PodDisruptionBudget; Kubernetes 1.21 or newer is needed"
+            "this cluster does not serve policy/v1 PodDisruptionBudget; Kubernetes 1.21 or newer is needed; \
+             this cluster does not serve cert-manager.io/v1 Certificate; cert-manager 1.0 or newer is needed"
         );
     }
 }

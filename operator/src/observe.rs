@@ -126,7 +126,9 @@ pub fn referenced_secrets(sc: &SessionCache) -> Vec<SecretRef> {
             },
         });
     }
-    if let Some(name) = redis.tls.certificate_secret.as_ref().filter(|_| redis.tls.enabled) {
+    // (With an issuer, cert-manager writes the Secret: not one the user must create.)
+    let users_own = redis.tls.enabled && redis.tls.issuer_ref.is_none();
+    if let Some(name) = redis.tls.certificate_secret.as_ref().filter(|_| users_own) {
         out.push(SecretRef {
             field: "spec.redis.tls.certificateSecret",
             name: name.clone(),

@@ -130,7 +130,7 @@ pub fn hosts(plan: &Plan) -> Vec<String> {
 }
 
 /// The material for `plan` at `now`: `None` when TLS is off, or when the Secret the user
-/// names does not exist yet (reported as missing elsewhere).
+/// names does not exist yet (reported as missing elsewhere) or cert-manager has not written it.
 pub fn prepare(plan: &Plan, found: &Found, now: Timestamp) -> Result<Option<Material>, Error> {
     let Some(tls) = &plan.redis.tls else {
         return Ok(None);
@@ -139,12 +139,12 @@ pub fn prepare(plan: &Plan, found: &Found, now: Timestamp) -> Result<Option<Mate
         let Some(secret) = &found.certificate else {
             return Ok(None);
         };
-        let unusable = |problem: String| {
-            ValidationError::new(
-                "spec.redis.tls.certificateSecret",
-                format!("Secret {} {problem}", tls.certificate_secret),
-            )
+        let field = match tls.issuer {
+            Some(_) => "spec.redis.tls.issuerRef",
+            None => "spec.redis.tls.certificateSecret",
         };
+        let unusable =
+            |problem: String| ValidationError::new(field, format!("Secret {} {problem}", tls.certificate_secret));
         for key in ["tls.crt", "tls.key"] {
             if secret.text(key).is_none() {
                 return Err(unusable(format!("has no {key}")).into());

@@ -124,6 +124,8 @@ pub struct TlsPlan {
     pub generate: bool,
     /// `ca.crt` alone: what the shim and the native clients trust.
     pub ca_secret: String,
+    /// cert-manager issues the certificate into `certificate_secret` (`spec.redis.tls.issuerRef`).
+    pub issuer: Option<crate::crd::IssuerRef>,
 }
 
 /// Redis's memory bound and what happens at it.
@@ -435,6 +437,20 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
             "is set, but spec.redis.tls.enabled is false: turn TLS on, or remove the Secret's name",
         ));
     }
+    if let Some(issuer) = &redis.tls.issuer_ref {
+        if !redis.tls.enabled {
+            return Err(invalid(
+                "spec.redis.tls.issuerRef",
+                "is set, but spec.redis.tls.enabled is false: turn TLS on, or remove the issuer",
+            ));
+        }
+        if !["Issuer", "ClusterIssuer"].contains(&issuer.kind.as_str()) || issuer.name.trim().is_empty() {
+            return Err(invalid(
+                "spec.redis.tls.issuerRef",
+                "needs a name and kind Issuer (in this namespace) or ClusterIssuer",
+            ));
+        }
+    }
     let memory = memory_plan(redis)?;
     let mut extra_config = redis.config.clone();
     extra_config.retain(|k, _| !MEMORY_SETTINGS.contains(&k.to_ascii_lowercase().as_str()));
@@ -610,8 +626,9 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
                     .certificate_secret
                     .clone()
                     .unwrap_or_else(|| names::redis_tls_secret(&name)),
-                generate: redis.tls.certificate_secret.is_none(),
+                generate: redis.tls.certificate_secret.is_none() && redis.tls.issuer_ref.is_none(),
                 ca_secret: names::redis_ca_secret(&name),
+                issuer: redis.tls.issuer_ref.clone(),
             }),
         },
         sentinel,

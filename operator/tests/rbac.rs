@@ -79,6 +79,7 @@ fn emitted_kinds() -> Vec<Kind> {
         Kind::Secret,
         Kind::PodDisruptionBudget,
         Kind::NetworkPolicy,
+        Kind::Certificate,
     ];
     for kind in kinds {
         match kind {
@@ -88,7 +89,8 @@ fn emitted_kinds() -> Vec<Kind> {
             | Kind::ConfigMap
             | Kind::Secret
             | Kind::PodDisruptionBudget
-            | Kind::NetworkPolicy => {}
+            | Kind::NetworkPolicy
+            | Kind::Certificate => {}
         }
     }
     kinds.to_vec()

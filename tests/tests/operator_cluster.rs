@@ -270,6 +270,12 @@ async fn the_operator_against_a_real_api_server() {
     let admin = plane.admin().await;
     let kubeconfig = k8s::install_operator(&plane).await;
     k8s::namespace(&admin, NS).await;
+    // cert-manager's Certificate kind served (by a stand-in CRD), as where cert-manager runs.
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let certificate_crd = std::fs::read_to_string(root.join("fixtures/cert-manager-certificate-crd.yaml")).unwrap();
+    for crd in k8s::documents(&certificate_crd) {
+        k8s::apply(&admin, &crd).await.expect("the Certificate CRD is accepted");
+    }
     let mut operator = start_operator(&kubeconfig, "redsess-operator-a").await;
     assert!(
         operator.logs().contains(NOT_SERVED),
@@ -502,6 +508,10 @@ async fn the_operator_against_a_real_api_server() {
     //    reported with the server's reason, and is retried until it goes through.
     refused_objects_are_reported_and_retried(&admin).await;
 
+    // 7a. With an issuer, the operator asks cert-manager for the certificate (a Certificate it
+    //     owns) and prunes it when the issuer is no longer named.
+    issuer_certificates_are_applied_and_pruned(&admin).await;
+
     // 7b. The operator's record key rotation writes its steps into the generated key Secret it
     //     created (server-side apply over its own stringData): aged by hand, the next
     //     reconcile adds the new key second, to open only.
@@ -530,6 +540,64 @@ async fn the_operator_against_a_real_api_server() {
 }
 
 /// Replaces the CRD's schema of `spec` (`None`: the operator's own, from `crds/`).
+async fn issuer_certificates_are_applied_and_pruned(admin: &Client) {
+    let certificates: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &Kind::Certificate.api_resource());
+    let issued = apply_cache(
+        admin,
+        &sample("minimal.yaml", |v| {
+            v["metadata"]["name"] = json!("issued");
+            v["spec"] = json!({"redis": {"tls": {"enabled": true, "issuerRef": {"name": "ca"}}}});
+        }),
+    )
+    .await;
+    let certificate = eventually(WAIT, "the Certificate of issued", || async {
+        certificates.get("issued-redis-tls").await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(certificate.data["spec"]["secretName"], "issued-redis-tls");
+    assert_eq!(
+        certificate.data["spec"]["issuerRef"],
+        json!({"name": "ca", "kind": "Issuer", "group": "cert-manager.io"})
+    );
+    assert!(certificate
+        .owner_references()
+        .iter()
+        .any(|r| r.uid == issued.uid().unwrap() && r.controller == Some(true)));
+    // The Secret is cert-manager's to write: not reported missing, and nothing generated for it.
+    let status = k8s::cache_status_at(admin, NS, "issued", 1).await;
+    assert!(
+        !condition(&status, "Degraded")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("issued-redis-tls"),
+        "{status:#}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    assert!(secrets.get_opt("issued-redis-tls-issuer").await.unwrap().is_none());
+
+    apply_cache(
+        admin,
+        &sample("minimal.yaml", |v| {
+            v["metadata"]["name"] = json!("issued");
+            v["spec"] = json!({"redis": {"tls": {"enabled": true}}});
+        }),
+    )
+    .await;
+    eventually(WAIT, "the Certificate pruned once the issuer goes", || async {
+        match certificates
+            .get_opt("issued-redis-tls")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(c) if c.metadata.deletion_timestamp.is_some() => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    caches(admin).delete("issued", &DeleteParams::default()).await.unwrap();
+}
+
 async fn rotation_steps_are_written(admin: &Client) {
     use redsess_operator::record_keys::{SEALING_SINCE_ANNOTATION, STAGED_ANNOTATION};
     let sealed = sample("minimal.yaml", |v| {

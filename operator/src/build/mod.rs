@@ -2,6 +2,7 @@
 //! per emitted kind. No I/O; unit-tested from YAML fixtures.
 
 pub mod acl;
+pub mod certificate;
 pub mod client_config;
 pub mod network_policy;
 pub mod pod_security;
@@ -45,6 +46,8 @@ pub enum Emitted {
     Secret(Secret),
     PodDisruptionBudget(PodDisruptionBudget),
     NetworkPolicy(NetworkPolicy),
+    /// cert-manager's, when an issuer makes the Redis TLS certificate.
+    Certificate(certificate::Certificate),
 }
 
 impl Emitted {
@@ -57,6 +60,7 @@ impl Emitted {
             Emitted::Secret(_) => Secret::KIND,
             Emitted::PodDisruptionBudget(_) => PodDisruptionBudget::KIND,
             Emitted::NetworkPolicy(_) => NetworkPolicy::KIND,
+            Emitted::Certificate(_) => "Certificate",
         }
     }
 
@@ -69,6 +73,7 @@ impl Emitted {
             Emitted::Secret(_) => Secret::API_VERSION,
             Emitted::PodDisruptionBudget(_) => PodDisruptionBudget::API_VERSION,
             Emitted::NetworkPolicy(_) => NetworkPolicy::API_VERSION,
+            Emitted::Certificate(_) => "cert-manager.io/v1",
         }
     }
 
@@ -81,6 +86,7 @@ impl Emitted {
             Emitted::Secret(o) => &o.metadata,
             Emitted::PodDisruptionBudget(o) => &o.metadata,
             Emitted::NetworkPolicy(o) => &o.metadata,
+            Emitted::Certificate(o) => &o.metadata,
         }
     }
 
@@ -98,6 +104,7 @@ impl Emitted {
             Emitted::Secret(o) => serde_json::to_value(o),
             Emitted::PodDisruptionBudget(o) => serde_json::to_value(o),
             Emitted::NetworkPolicy(o) => serde_json::to_value(o),
+            Emitted::Certificate(o) => serde_json::to_value(o),
         }
         .expect("Kubernetes objects serialize");
         if let Emitted::StatefulSet(_) = self {
@@ -138,6 +145,7 @@ pub fn all(
 ) -> Vec<Emitted> {
     let mut out = Vec::new();
     out.extend(secrets::build(plan, owner, observed, new_secret));
+    out.extend(certificate::build(plan, owner));
     out.extend(redis::build(plan, owner, observed));
     out.extend(sentinel::build(plan, owner, observed));
     out.extend(shim::build(plan, owner, observed));

@@ -76,7 +76,9 @@ pub async fn served_kinds(client: &Client) -> Result<ServedKinds, Error> {
         };
         let resources = match listed {
             Ok(list) => list.resources,
-            Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
+            // A group the server does not know at all (cert-manager's, where it is not installed)
+            // answers a plain-text 404, not a Status: the code is what counts.
+            Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
             Err(source) => return Err(Error::Discovery { api_version, source }),
         };
         served.extend(
@@ -114,7 +116,8 @@ mod tests {
         // In the order of the API versions' names.
         let server = server.run(vec![
             Step::new(Method::GET, "/apis/apps/v1").reply(resources("apps/v1", &["deployments", "statefulsets"])),
-            Step::new(Method::GET, "/apis/cert-manager.io/v1").reply(Reply::not_found()),
+            // A group it has never heard of: plain text, not a Status.
+            Step::new(Method::GET, "/apis/cert-manager.io/v1").reply(Reply::PageNotFound),
             Step::new(Method::GET, "/apis/networking.k8s.io/v1")
                 .reply(resources("networking.k8s.io/v1", &["networkpolicies"])),
             Step::new(Method::GET, "/apis/policy/v1").reply(Reply::not_found()),

@@ -44,6 +44,9 @@ pub enum Reply {
     EchoWith(Value),
     /// An error: a `metav1.Status` with this code and reason.
     Status(u16, &'static str),
+    /// 404 as plain text, not a Status: what the API server answers for a group it does not
+    /// serve at all.
+    PageNotFound,
 }
 
 impl Reply {
@@ -242,7 +245,18 @@ impl ApiServer {
                 if let Some(check) = step.check {
                     check(&got.body);
                 }
+                if let Reply::PageNotFound = step.reply {
+                    let response = Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                        .body(Body::from(b"404 page not found\n".to_vec()))
+                        .expect("response");
+                    send.send_response(response);
+                    recorded.push(got);
+                    continue;
+                }
                 let (status, answer) = match step.reply {
+                    Reply::PageNotFound => unreachable!("answered above"),
                     Reply::Json(v) => (StatusCode::OK, v),
                     Reply::Echo => (StatusCode::OK, got.body.clone()),
                     Reply::EchoWith(extra) => {

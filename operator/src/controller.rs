@@ -47,7 +47,7 @@ use crate::observe;
 use crate::record_keys;
 use crate::redis_tls;
 use crate::status::{self, Outcome};
-use crate::validate::{validate, Platform, ValidationError};
+use crate::validate::{validate, Plan, Platform, ValidationError};
 
 /// How soon an invalid spec is looked at again (its next change triggers a reconcile anyway).
 pub const INVALID_SPEC_REQUEUE: Duration = Duration::from_secs(5 * 60);
@@ -281,6 +281,36 @@ async fn report_invalid(
     Ok(Action::requeue(requeue))
 }
 
+/// The key material step: Redis TLS and the record keys read, made, renewed or rotated (see
+/// `redis_tls` and `record_keys`), into what the builders observe. A Secret that cannot be
+/// used is the user's to fix: the inner error.
+async fn key_material(
+    client: &Client,
+    plan: &Plan,
+    mut observed: build::Observed,
+) -> Result<Result<build::Observed, ValidationError>, Error> {
+    let now = Timestamp::now();
+    let tls = observe::redis_tls(client, plan).await?;
+    observed.redis_tls = match redis_tls::prepare(plan, &tls, now) {
+        Ok(material) => material,
+        Err(redis_tls::Error::Unusable(invalid)) => return Ok(Err(invalid)),
+        Err(redis_tls::Error::Generate(error)) => return Err(Error::KeyMaterial(error)),
+    };
+    let keys = observe::record_keys(client, plan).await?;
+    observed.record_keys = match record_keys::rotate(plan, keys.as_ref(), now, &mut record_keys::new_key_line) {
+        Ok(rotated) => rotated,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    if let Some(rotated) = &observed.record_keys {
+        tracing::info!(
+            staged = rotated.annotations.get(record_keys::STAGED_ANNOTATION),
+            retiring = rotated.annotations.get(record_keys::RETIRING_ANNOTATION),
+            "a step of the record key rotation"
+        );
+    }
+    Ok(Ok(observed))
+}
+
 async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     if sc.meta().deletion_timestamp.is_some() {
@@ -301,29 +331,11 @@ async fn reconcile_inner(sc: &SessionCache, ctx: &Context) -> Result<Action, Err
     };
 
     // key material
-    let found = observe::redis_tls(client, &plan).await?;
-    let mut observed = secrets.observed.clone();
-    observed.redis_tls = match redis_tls::prepare(&plan, &found, Timestamp::now()) {
-        Ok(material) => material,
+    let observed = match key_material(client, &plan, secrets.observed.clone()).await? {
+        Ok(observed) => observed,
         // A Secret the user can fix: reported like an invalid spec, read again soon.
-        Err(redis_tls::Error::Unusable(invalid)) => {
-            return report_invalid(sc, ctx, &invalid, MISSING_SECRET_REQUEUE).await
-        }
-        Err(redis_tls::Error::Generate(error)) => return Err(Error::KeyMaterial(error)),
+        Err(invalid) => return report_invalid(sc, ctx, &invalid, MISSING_SECRET_REQUEUE).await,
     };
-    let found = observe::record_keys(client, &plan).await?;
-    observed.record_keys =
-        match record_keys::rotate(&plan, found.as_ref(), Timestamp::now(), &mut record_keys::new_key_line) {
-            Ok(rotated) => rotated,
-            Err(invalid) => return report_invalid(sc, ctx, &invalid, MISSING_SECRET_REQUEUE).await,
-        };
-    if let Some(rotated) = &observed.record_keys {
-        tracing::info!(
-            staged = rotated.annotations.get(record_keys::STAGED_ANNOTATION),
-            retiring = rotated.annotations.get(record_keys::RETIRING_ANNOTATION),
-            "a step of the record key rotation"
-        );
-    }
 
     // build
     let owner = sc

@@ -261,37 +261,8 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
             .iter()
             .all(|r| redis_cli(&r.ip, 6379, redis_auth, &["dbsize"]).trim() != "0")
     });
-    redis[0].kill();
-    wait_until(Duration::from_secs(60), "Sentinel promotes a replica", || {
-        let now = redis_cli(
-            &sentinel,
-            26379,
-            redis_auth,
-            &["sentinel", "get-master-addr-by-name", "redsess"],
-        );
-        now.starts_with("cache-redis-1.") || now.starts_with("cache-redis-2.")
-    });
-    let r = until_success(
-        Duration::from_secs(30),
-        "the shim did not follow the failover",
-        || shim.logs(),
-        || client.get_session("web", "default", "S-pods"),
-    )
-    .await;
-    assert_eq!(r.data(), items);
-    let after = client
-        .create_session("web", "default", "S-after", 0, &items)
-        .await
-        .unwrap();
-    assert_eq!(after.result(), SUCCESS, "writes reach the new primary");
-
-    // The old primary comes back as a replica of the new one, as its start script asks Sentinel.
-    redis[0].run();
-    redis[0].wait_ready(Duration::from_secs(60));
-    wait_until(Duration::from_secs(30), "the old primary follows the new one", || {
-        redis_cli(&primary, 6379, redis_auth, &["role"]).starts_with("slave")
-    });
-    assert!(redis[0].logs().contains("starts as a replica"), "{}", redis[0].logs());
+    let cli = |host: &str, port: u16, args: &[&str]| redis_cli(host, port, redis_auth, args);
+    failover_resumes(&mut redis, &sentinel, cli, &client, &shim, "S-pods", &items).await;
     assert!(!shim.logs().contains("NOPERM"), "{}", shim.logs());
 }
 
@@ -391,35 +362,46 @@ async fn with_tls_only_clients_that_trust_the_ca_get_in_and_a_failover_resumes()
             .any(|w| w[0] == "num-other-sentinels" && w[1] == "2")
     });
 
+    let cli = |host: &str, port: u16, args: &[&str]| redis_cli_tls(host, port, tls, redis_auth, args);
+    failover_resumes(&mut redis, &sentinel, cli, &client, &shim, "S-tls", &items).await;
+}
+
+/// Kills the primary (pod 0) and checks what follows: Sentinel promotes a replica, the shim
+/// keeps session `id` and writes reach the new primary, and the old primary comes back as a
+/// replica of the new one, as its start script asks Sentinel. `cli(host, port, args)` asks as
+/// the shim's Redis user (over TLS when the cache speaks it).
+async fn failover_resumes(
+    redis: &mut [Pod],
+    sentinel: &str,
+    cli: impl Fn(&str, u16, &[&str]) -> String,
+    client: &redsess_shim::client::DscClient,
+    shim: &Pod,
+    id: &str,
+    items: &[redsess_shim::dsc::DataItem],
+) {
+    let primary = redis[0].ip.clone();
     redis[0].kill();
     wait_until(Duration::from_secs(60), "Sentinel promotes a replica", || {
-        let now = redis_cli_tls(
-            &sentinel,
-            26379,
-            tls,
-            redis_auth,
-            &["sentinel", "get-master-addr-by-name", "redsess"],
-        );
+        let now = cli(sentinel, 26379, &["sentinel", "get-master-addr-by-name", "redsess"]);
         now.starts_with("cache-redis-1.") || now.starts_with("cache-redis-2.")
     });
     let r = until_success(
         Duration::from_secs(30),
-        "the shim did not follow the failover over TLS",
+        "the shim did not follow the failover",
         || shim.logs(),
-        || client.get_session("web", "default", "S-tls"),
+        || client.get_session("web", "default", id),
     )
     .await;
     assert_eq!(r.data(), items);
     let after = client
-        .create_session("web", "default", "S-tls-after", 0, &items)
+        .create_session("web", "default", &format!("{id}-after"), 0, items)
         .await
         .unwrap();
     assert_eq!(after.result(), SUCCESS, "writes reach the new primary");
     redis[0].run();
     redis[0].wait_ready(Duration::from_secs(60));
-    wait_until(
-        Duration::from_secs(30),
-        "the old primary follows the new one over TLS",
-        || redis_cli_tls(&primary, 6379, tls, redis_auth, &["role"]).starts_with("slave"),
-    );
+    wait_until(Duration::from_secs(30), "the old primary follows the new one", || {
+        cli(&primary, 6379, &["role"]).starts_with("slave")
+    });
+    assert!(redis[0].logs().contains("starts as a replica"), "{}", redis[0].logs());
 }

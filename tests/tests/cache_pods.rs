@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use redsess_operator::build::{self, Emitted, Observed};
 use redsess_operator::redis_tls;
 use redsess_operator::validate::validate;
-use redsess_shim::client::ClientOptions;
+use redsess_shim::client::{ClientOptions, DscClient};
 use redsess_tests::pods::{Network, Pod};
 use redsess_tests::{redis_cli, redis_cli_tls, shim_binary, until_success, wait_until, webseal_session, SUCCESS};
 
@@ -74,23 +74,29 @@ fn secret(objects: &[Emitted], name: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {name}/{key} rendered"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
-    let objects = render(CACHE);
-    let network = match Network::create(objects.clone()) {
+/// The rendered pods, started and ready (three Redis, then three Sentinels, then the shim),
+/// and a DSC client with the shim's Basic credentials. Fields drop in order: pods before the
+/// network they run in.
+struct Running {
+    redis: Vec<Pod>,
+    sentinels: Vec<Pod>,
+    shim: Pod,
+    client: DscClient,
+    _network: Network,
+}
+
+/// Starts `objects` as pods; `None` (saying why) where this machine cannot run them and
+/// REDSESS_REQUIRE_PODS is not set.
+fn start(objects: &[Emitted], test: &str) -> Option<Running> {
+    let network = match Network::create(objects.to_vec()) {
         Ok(n) => n,
         Err(why) if std::env::var_os("REDSESS_REQUIRE_PODS").is_none() => {
-            eprintln!("SKIPPED cache_pods: {why}");
-            return;
+            eprintln!("SKIPPED cache_pods ({test}): {why}");
+            return None;
         }
         Err(why) => panic!("REDSESS_REQUIRE_PODS is set, but: {why}"),
     };
-    let redis_password = secret(&objects, "cache-redis-auth", "password");
-    let admin_password = secret(&objects, "cache-sentinel-auth", "password");
-    let redis_auth = Some(("redsess", redis_password.as_str()));
-    let admin_auth = Some(("redsess-sentinel", admin_password.as_str()));
-
-    let mut redis: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-redis", i)).collect();
+    let redis: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-redis", i)).collect();
     for pod in &redis {
         pod.wait_ready(Duration::from_secs(30));
     }
@@ -99,18 +105,44 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
         pod.wait_ready(Duration::from_secs(60));
     }
     let shim = network.start_deployment("cache-shim", "cache-shim-0", &shim_binary());
-    let shim_url = format!("http://{}:8443", shim.ip);
-    let client = redsess_shim::client::DscClient::new(
-        &shim_url,
+    let client = DscClient::new(
+        &format!("http://{}:8443", shim.ip),
         ClientOptions {
             basic_auth: Some((
-                secret(&objects, "cache-shim-auth", "username"),
-                secret(&objects, "cache-shim-auth", "password"),
+                secret(objects, "cache-shim-auth", "username"),
+                secret(objects, "cache-shim-auth", "password"),
             )),
             ..ClientOptions::default()
         },
     )
     .unwrap();
+    Some(Running {
+        redis,
+        sentinels,
+        shim,
+        client,
+        _network: network,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
+    let objects = render(CACHE);
+    let Some(Running {
+        mut redis,
+        sentinels,
+        shim,
+        client,
+        _network,
+    }) = start(&objects, "plain")
+    else {
+        return;
+    };
+    let shim_url = format!("http://{}:8443", shim.ip);
+    let redis_password = secret(&objects, "cache-redis-auth", "password");
+    let admin_password = secret(&objects, "cache-sentinel-auth", "password");
+    let redis_auth = Some(("redsess", redis_password.as_str()));
+    let admin_auth = Some(("redsess-sentinel", admin_password.as_str()));
     let items = webseal_session("pod-user");
     until_success(
         Duration::from_secs(30),
@@ -269,13 +301,15 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_tls_only_clients_that_trust_the_ca_get_in_and_a_failover_resumes() {
     let objects = render(TLS_CACHE);
-    let network = match Network::create(objects.clone()) {
-        Ok(n) => n,
-        Err(why) if std::env::var_os("REDSESS_REQUIRE_PODS").is_none() => {
-            eprintln!("SKIPPED cache_pods (TLS): {why}");
-            return;
-        }
-        Err(why) => panic!("REDSESS_REQUIRE_PODS is set, but: {why}"),
+    let Some(Running {
+        mut redis,
+        sentinels,
+        shim,
+        client,
+        _network,
+    }) = start(&objects, "TLS")
+    else {
+        return;
     };
     // What the clients are given (the CA alone), and a CA of somebody else's.
     let dir = tempfile::tempdir().unwrap();
@@ -288,27 +322,6 @@ async fn with_tls_only_clients_that_trust_the_ca_get_in_and_a_failover_resumes()
     let redis_auth = Some(("redsess", redis_password.as_str()));
     let admin_auth = Some(("redsess-sentinel", admin_password.as_str()));
     let tls = Some(ca.as_path());
-
-    let mut redis: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-redis", i)).collect();
-    for pod in &redis {
-        pod.wait_ready(Duration::from_secs(30));
-    }
-    let sentinels: Vec<Pod> = (0..3).map(|i| network.start_stateful("cache-sentinel", i)).collect();
-    for pod in &sentinels {
-        pod.wait_ready(Duration::from_secs(60));
-    }
-    let shim = network.start_deployment("cache-shim", "cache-shim-0", &shim_binary());
-    let client = redsess_shim::client::DscClient::new(
-        &format!("http://{}:8443", shim.ip),
-        ClientOptions {
-            basic_auth: Some((
-                secret(&objects, "cache-shim-auth", "username"),
-                secret(&objects, "cache-shim-auth", "password"),
-            )),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
     let items = webseal_session("tls-user");
     until_success(
         Duration::from_secs(30),
@@ -374,7 +387,7 @@ async fn failover_resumes(
     redis: &mut [Pod],
     sentinel: &str,
     cli: impl Fn(&str, u16, &[&str]) -> String,
-    client: &redsess_shim::client::DscClient,
+    client: &DscClient,
     shim: &Pod,
     id: &str,
     items: &[redsess_shim::dsc::DataItem],

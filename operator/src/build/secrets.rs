@@ -7,7 +7,9 @@
 //!
 //! A generated Secret is emitted only while it does not exist. Once created it is never
 //! emitted again, so its value is never regenerated: Redis, the shim and every client keep
-//! working across reconciles and operator restarts. (Whoever prunes objects this resource no
+//! working across reconciles and operator restarts. The exceptions are the key material
+//! steps' own, each a deliberate change that keeps every client working: a renewed TLS
+//! certificate (same CA) and a step of the record key rotation. (Whoever prunes objects this resource no
 //! longer needs must therefore keep these Secrets even though they are no longer emitted.)
 
 use std::collections::BTreeMap;

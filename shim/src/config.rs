@@ -121,6 +121,16 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Longest a client may take to send a request body: a slow sender is answered 408 and
+    /// holds nothing longer.
+    #[arg(long, env = "REDSESS_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Requests handled at once, waiting long polls included; past it a request is answered
+    /// 503 at once (counted as a fault, cause `overloaded`) instead of queueing.
+    #[arg(long, env = "REDSESS_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+
     /// Threads that answer requests; 0 = one per CPU this process may use (a container's CPU
     /// limit counts). Fewer threads than CPUs suit a shim that shares its CPUs with Redis or
     /// WebSEAL: less handing of work between threads.
@@ -196,6 +206,8 @@ pub struct Config {
     pub basic_auth: Option<BasicAuth>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub max_in_flight: usize,
     pub shutdown_grace: Duration,
     pub shutdown_delay: Duration,
 }
@@ -477,6 +489,18 @@ impl ServeArgs {
                 "must be at least 4096",
             ));
         }
+        if self.body_timeout < Duration::from_millis(100) || self.body_timeout > Duration::from_secs(300) {
+            return Err(bad(
+                "--body-timeout (REDSESS_BODY_TIMEOUT)",
+                "must be between 100ms and 5m",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_in_flight) {
+            return Err(bad(
+                "--max-in-flight (REDSESS_MAX_IN_FLIGHT)",
+                "must be between 1 and 1000000",
+            ));
+        }
         let replica_sets: Vec<String> = self
             .replica_sets
             .iter()
@@ -504,6 +528,8 @@ impl ServeArgs {
             basic_auth,
             request_timeout: self.request_timeout,
             max_body_bytes: self.max_body_bytes,
+            body_timeout: self.body_timeout,
+            max_in_flight: self.max_in_flight,
             shutdown_grace: self.shutdown_grace,
             shutdown_delay: self.shutdown_delay,
         })

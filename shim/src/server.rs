@@ -48,7 +48,21 @@ struct App {
     basic_token: Option<Arc<[u8]>>,
     max_body_bytes: usize,
     request_timeout: Duration,
+    body_timeout: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// What one request may cost the shim.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body (413 past it).
+    pub max_body_bytes: usize,
+    /// Longest wait on the store (503 past it).
+    pub request_timeout: Duration,
+    /// Longest a client may take to send its body (408 past it).
+    pub body_timeout: Duration,
+    /// Requests handled at once (503 at once past it).
+    pub max_in_flight: usize,
 }
 
 /// Builds the store the configuration names.
@@ -69,12 +83,12 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ServerError> 
 }
 
 /// The routes, for a given service; shared by the binary and in-process tests.
-pub fn router(
-    service: Arc<SessionService>,
-    basic_auth: Option<&BasicAuth>,
-    max_body_bytes: usize,
-    request_timeout: Duration,
-) -> Router {
+pub fn router(service: Arc<SessionService>, basic_auth: Option<&BasicAuth>, limits: Limits) -> Router {
+    let counters = Arc::new(Metrics::new());
+    let in_flight = InFlight {
+        permits: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
+        metrics: counters.clone(),
+    };
     let app = App {
         service,
         basic_token: basic_auth.map(|a| {
@@ -83,17 +97,46 @@ pub fn router(
                 .into_bytes()
                 .into()
         }),
-        max_body_bytes,
-        request_timeout,
-        metrics: Arc::new(Metrics::new()),
+        max_body_bytes: limits.max_body_bytes,
+        request_timeout: limits.request_timeout,
+        body_timeout: limits.body_timeout,
+        metrics: counters,
     };
-    Router::new()
+    let soap = Router::new()
         .route(CLIENT_PATH, post(client_endpoint))
         .route(ADMIN_PATH, post(admin_endpoint))
+        .layer(axum::middleware::from_fn_with_state(in_flight, limit_in_flight));
+    Router::new()
+        .merge(soap)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(app)
+}
+
+/// The bound on SOAP requests handled at once. The probes and /metrics stay outside it, so an
+/// overloaded shim is still seen as alive.
+#[derive(Clone)]
+struct InFlight {
+    permits: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Past the bound: 503 at once, rather than a queue that holds every client's connection.
+async fn limit_in_flight(
+    State(limit): State<InFlight>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = limit.permits.clone().try_acquire_owned() else {
+        limit.metrics.fault("overloaded");
+        return fault(
+            StatusCode::SERVICE_UNAVAILABLE,
+            FaultCode::Server,
+            "the shim is handling as many requests as it may (--max-in-flight); try again",
+        );
+    };
+    next.run(request).await
 }
 
 /// Runs the shim until `shutdown` completes; `on_listening` hears the bound address.
@@ -119,8 +162,12 @@ pub async fn run(
     let app = router(
         service,
         config.basic_auth.as_ref(),
-        config.max_body_bytes,
-        config.request_timeout,
+        Limits {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+            body_timeout: config.body_timeout,
+            max_in_flight: config.max_in_flight,
+        },
     );
 
     let handle = axum_server::Handle::new();
@@ -337,6 +384,7 @@ async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body
         app.metrics.fault(match response.status() {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::REQUEST_TIMEOUT => "slow_body",
             StatusCode::SERVICE_UNAVAILABLE => "store_unavailable",
             _ => "bad_request",
         });
@@ -375,7 +423,24 @@ async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Bo
     if declared.is_some_and(|n| n > app.max_body_bytes.saturating_mul(DRAIN_FACTOR)) {
         return too_large();
     }
-    let bytes = match read_body(body, app.max_body_bytes, app.request_timeout).await {
+    let read = tokio::time::timeout(
+        app.body_timeout,
+        read_body(body, app.max_body_bytes, app.request_timeout),
+    );
+    let bytes = match read.await {
+        Err(_) => {
+            let mut r = fault(
+                StatusCode::REQUEST_TIMEOUT,
+                FaultCode::Client,
+                &format!("the request body did not arrive within {:?}", app.body_timeout),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        Ok(read) => read,
+    };
+    let bytes = match bytes {
         Ok(b) => b,
         Err(BodyError::TooLarge) => return too_large(),
         Err(BodyError::Read(e)) => {

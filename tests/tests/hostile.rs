@@ -836,3 +836,97 @@ async fn large_bodies_under_the_limit() {
 
     after_the_attack(&mut shim, &client, &victim).await;
 }
+
+/// Opens a connection that declares a 1 000-byte body and sends 10 bytes of it, then nothing:
+/// the slow sender. The stream stays open while the value lives.
+fn slow_sender(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+    let head = format!(
+        "POST {CLIENT} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: 1000\r\n\r\n<SOAP-ENV:"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+/// What the shim answers a slow sender, read to the end of the answer.
+fn answer_to(mut stream: TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !complete_response(&raw) {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+fn fault_count(shim: &Shim, cause: &str) -> u64 {
+    let (_, text) = shim.http_get("/metrics").expect("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("redsess_shim_faults_total{{cause=\"{cause}\"}} ")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that starts a body and never finishes it is answered 408 once `--body-timeout`
+/// is up, and the connection is closed: it holds nothing longer.
+#[tokio::test]
+async fn a_slow_body_is_answered_408_within_the_body_timeout() {
+    let shim = Shim::start(&["--body-timeout", "500ms"], &[]);
+    let started = Instant::now();
+    let answer = tokio::task::spawn_blocking({
+        let addr = shim.addr;
+        move || answer_to(slow_sender(addr))
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nconnection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("did not arrive within 500ms"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(fault_count(&shim, "slow_body"), 1);
+}
+
+/// Past `--max-in-flight` a request is refused at once with 503 (counted), instead of waiting
+/// behind the others; the probes still answer; once the others end, requests go through again.
+#[tokio::test]
+async fn past_the_in_flight_limit_requests_are_refused_at_once() {
+    let shim = Shim::start(&["--max-in-flight", "2", "--body-timeout", "2s"], &[]);
+    let client = shim.client();
+    assert_eq!(client.ping().await.unwrap().result(), SUCCESS);
+    let holding: Vec<TcpStream> = (0..2).map(|_| slow_sender(shim.addr)).collect();
+    // Both slow requests hold their place (the shim is reading their bodies).
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let refused = loop {
+        let (status, answer) = post(&client, "a third request", CLIENT, envelope("ping", CLIENT_NS, "")).await;
+        if status == 503 || Instant::now() > deadline {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused.0, 503, "{}", refused.1);
+    let (code, message) = soap::read_fault(refused.1.as_bytes()).expect("a SOAP fault");
+    assert_eq!(code, "SOAP-ENV:Server");
+    assert!(message.contains("--max-in-flight"), "{message}");
+    assert!(fault_count(&shim, "overloaded") >= 1);
+    assert_eq!(
+        shim.http_get("/healthz").expect("/healthz").0,
+        200,
+        "the probes stay outside the limit"
+    );
+    // The slow ones time out (408) and free their places.
+    for stream in holding {
+        let answer = tokio::task::spawn_blocking(move || answer_to(stream)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert_eq!(client.ping().await.unwrap().result(), SUCCESS);
+}

@@ -378,6 +378,15 @@ async fn read_body(body: Body, max: usize, drain_within: Duration) -> Result<byt
     Ok(buf.freeze())
 }
 
+/// `response` with `Connection: close`: the rest of the body is not read, so the connection
+/// cannot carry another request.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let response = answer_soap(&app, endpoint, headers, body).await;
     if response.status() != StatusCode::OK {
@@ -406,15 +415,11 @@ async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Bo
         return r;
     }
     let too_large = || {
-        let mut r = fault(
+        closing(fault(
             StatusCode::PAYLOAD_TOO_LARGE,
             FaultCode::Client,
             &format!("the request body is larger than {} bytes", app.max_body_bytes),
-        );
-        // The rest of the body is not read: the connection cannot carry another request.
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        r
+        ))
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -429,14 +434,11 @@ async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Bo
     );
     let bytes = match read.await {
         Err(_) => {
-            let mut r = fault(
+            return closing(fault(
                 StatusCode::REQUEST_TIMEOUT,
                 FaultCode::Client,
                 &format!("the request body did not arrive within {:?}", app.body_timeout),
-            );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            ))
         }
         Ok(read) => read,
     };

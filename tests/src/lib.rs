@@ -450,6 +450,16 @@ impl Shim {
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.addr, path)
     }
+
+    /// The value of one series of `/metrics`, e.g.
+    /// `redsess_shim_faults_total{cause="overloaded"}`; 0 when it is not there yet.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (_, text) = self.http_get("/metrics").expect("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// A plain HTTP/1.1 `GET`, one connection, no keep-alive: `(status, body)`.

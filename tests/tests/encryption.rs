@@ -36,11 +36,7 @@ fn raw_items(redis: &RedisServer, id: &str) -> String {
 }
 
 fn unopened(shim: &Shim, cause: &str) -> u64 {
-    let (_, text) = shim.http_get("/metrics").expect("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("redsess_shim_records_unopened_total{{cause=\"{cause}\"}} ")))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    shim.metric(&format!("redsess_shim_records_unopened_total{{cause=\"{cause}\"}}"))
 }
 
 async fn get(c: &DscClient, id: &str) -> u32 {

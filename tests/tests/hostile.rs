@@ -896,12 +896,16 @@ async fn a_slow_body_is_answered_408_within_the_body_timeout() {
 /// behind the others; the probes still answer; once the others end, requests go through again.
 #[tokio::test]
 async fn past_the_in_flight_limit_requests_are_refused_at_once() {
-    let shim = Shim::start(&["--max-in-flight", "2", "--body-timeout", "2s"], &[]);
+    // A body timeout far beyond the test: the slow senders hold their places until they hang up.
+    let shim = Shim::start(&["--max-in-flight", "2", "--body-timeout", "60s"], &[]);
     let client = shim.client();
     assert_eq!(client.ping().await.unwrap().result(), SUCCESS);
-    let holding: Vec<TcpStream> = (0..2).map(|_| slow_sender(shim.addr)).collect();
-    // Both slow requests hold their place (the shim is reading their bodies).
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    // More slow senders than places, given time to take them before any other request comes
+    // (a request the shim takes first would leave a place to the next one): two hold places,
+    // the others are refused.
+    let holding: Vec<TcpStream> = (0..4).map(|_| slow_sender(shim.addr)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
     let refused = loop {
         let (status, answer) = post(&client, "a third request", CLIENT, envelope("ping", CLIENT_NS, "")).await;
         if status == 503 || Instant::now() > deadline {
@@ -919,10 +923,18 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
         200,
         "the probes stay outside the limit"
     );
-    // The slow ones time out (408) and free their places.
-    for stream in holding {
-        let answer = tokio::task::spawn_blocking(move || answer_to(stream)).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The slow senders hang up: their places are free again.
+    drop(holding);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = post(&client, "after the slow ones", CLIENT, envelope("ping", CLIENT_NS, "")).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the slow senders hung up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(client.ping().await.unwrap().result(), SUCCESS);
 }

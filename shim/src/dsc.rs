@@ -332,6 +332,27 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A SessionDataValue pattern (listSessions): `*` matches any run of characters, everything
+/// else itself.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Decimal, or hexadecimal with `0x` as inside data values.
 pub fn parse_integer(text: &str) -> Option<i64> {
     let t = text.trim();
@@ -694,6 +715,19 @@ fn close(mut w: MessageWriter, operation: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("al*", "alice"));
+        assert!(wildcard_match("*ce", "alice"));
+        assert!(wildcard_match("a*i*e", "alice"));
+        assert!(!wildcard_match("a*x*e", "alice"));
+        assert!(!wildcard_match("alice*e", "alice"));
+        assert!(wildcard_match("alice", "alice"));
+        assert!(!wildcard_match("alic", "alice"));
+    }
+
     use crate::soap::read_operation;
 
     /// `op` is the operation's name; `inner` its children, written with prefix `ns1`.

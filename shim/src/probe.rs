@@ -129,9 +129,12 @@ pub async fn run(
         Success,
         "",
     )?;
+    // Another session under the same ID (a repeat of the same create would be a retry,
+    // which redsess answers with success).
+    let other = webseal_like_items(&format!("{user}-other"), now);
     s.expect(
         "createSession (same ID)",
-        client.create_session(replica, rs, &session_id, 0, &items).await,
+        client.create_session(replica, rs, &session_id, 0, &other).await,
         SessionIdInUse,
         "",
     )?;

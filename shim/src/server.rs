@@ -70,7 +70,7 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ServerError> 
     Ok(match config {
         StoreConfig::Memory => {
             let store = Arc::new(MemoryStore::new());
-            store.spawn_sweeper();
+            store.spawn_sweeper(crate::clock::now);
             store
         }
         StoreConfig::Redis(settings) => {

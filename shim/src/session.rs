@@ -11,11 +11,12 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::dsc::{
-    parse_integer, AdminRequest, AttributeGroup, ChangeSession, CreateSession, DataItem, GetUpdates, JoinReplicaSet,
-    KeyAnswer, Request, Response, ResultCode, SessionRef, TerminateSession,
+    parse_integer, wildcard_match, AdminRequest, AttributeGroup, ChangeSession, CreateSession, DataItem, GetUpdates,
+    JoinReplicaSet, KeyAnswer, Request, Response, ResultCode, SessionRef, TerminateSession,
 };
 use crate::store::{
-    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Session, SessionLimit, Store, StoreError,
+    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit,
+    Store, StoreError,
 };
 
 /// Items whose meaning the cache itself understands.
@@ -403,6 +404,8 @@ impl SessionService {
             items: r.data,
             touched: now,
             created: now,
+            incarnation: rand::random(),
+            creator: r.replica.clone(),
         };
         let limit = self.effective_limit(r.session_limit);
         let result = match self
@@ -411,10 +414,11 @@ impl SessionService {
             .await?
         {
             CreateOutcome::Created { displaced } => {
-                if !displaced.is_empty() {
-                    tracing::info!(replica_set = %r.replica_set, count = displaced.len(),
-                        "ended the user's oldest sessions to stay within the concurrent-session limit");
-                }
+                log_displaced(&r.replica_set, &displaced);
+                ResultCode::Success
+            }
+            CreateOutcome::IdInUse if self.is_retry(&r.replica_set, &r.session_id, &session, now).await? => {
+                tracing::debug!(replica = %r.replica, "a repeated createSession found its session stored");
                 ResultCode::Success
             }
             CreateOutcome::IdInUse => ResultCode::SessionIdInUse,
@@ -426,6 +430,25 @@ impl SessionService {
             version: 0,
             stack_depth: 1,
         })
+    }
+
+    /// Whether the stored session is the one `asked` would create: a createSession retried
+    /// by the same replica after a timeout whose first attempt was stored. It has not been
+    /// changed since, so answering success loses nothing.
+    async fn is_retry(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        asked: &Session,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .get_session(replica_set, session_id, false, now)
+            .await?
+            .is_some_and(|stored| {
+                stored.version == 0 && stored.creator == asked.creator && stored.items == asked.items
+            }))
     }
 
     async fn get(&self, r: SessionRef) -> Result<Response, StoreError> {
@@ -467,29 +490,35 @@ impl SessionService {
         }
         let mut items = stored.items;
         merge(&mut items, r.data);
-        let changed = Session {
-            version: stored.version + 1,
-            lifetime: self.lifetime(&items, stored.created),
-            user: user_of(&items),
-            items,
-            touched: now,
-            created: stored.created,
+        let change = Replacement {
+            expected_version: r.version,
+            previous_user: stored.user,
+            session: Session {
+                version: stored.version + 1,
+                lifetime: self.lifetime(&items, stored.created),
+                user: user_of(&items),
+                items,
+                touched: now,
+                created: stored.created,
+                incarnation: stored.incarnation,
+                creator: stored.creator,
+            },
+            limit: self.effective_limit(r.session_limit),
+            now,
         };
         Ok(
             match self
                 .store
-                .replace_session(
-                    &r.replica_set,
-                    &r.session_id,
-                    r.version,
-                    stored.user.as_deref(),
-                    &changed,
-                )
+                .replace_session(&r.replica_set, &r.session_id, &change)
                 .await?
             {
-                ReplaceOutcome::Replaced => answer(ResultCode::Success, changed.version),
+                ReplaceOutcome::Replaced { displaced } => {
+                    log_displaced(&r.replica_set, &displaced);
+                    answer(ResultCode::Success, change.session.version)
+                }
                 ReplaceOutcome::VersionMismatch { stored } => answer(ResultCode::StaleVersion, stored),
                 ReplaceOutcome::NotFound => answer(ResultCode::SessionNotFound, 0),
+                ReplaceOutcome::LimitReached => answer(ResultCode::SessionLimitReached, r.version),
             },
         )
     }
@@ -515,8 +544,14 @@ impl SessionService {
         let newest = item_number(&stored.items, class::LAST_ACCESS)
             .unwrap_or(0)
             .max(stored.touched);
-        if idle > 0 && now - newest >= idle - self.settings.clock_skew_secs {
-            self.store.delete_session(&r.replica_set, &r.session_id).await?;
+        // Ended only if still as read: a touch through another shim in between keeps it.
+        if idle > 0
+            && now - newest >= idle - self.settings.clock_skew_secs
+            && self
+                .store
+                .end_if_unchanged(&r.replica_set, &r.session_id, &stored)
+                .await?
+        {
             tracing::debug!(replica_set = %r.replica_set, "ended a session idle on every replica");
         }
         Ok(answer(ResultCode::Success))
@@ -579,22 +614,17 @@ impl SessionService {
                 value_pattern,
                 max_results,
             } => {
-                let matches = self
-                    .matching_sessions(&replica_set, &data_class, &data_instance, &value_pattern)
+                let mut listing = Listing::up_to(max_results);
+                self.list_sessions(&replica_set, &data_class, &data_instance, &value_pattern, &mut listing)
                     .await?;
-                let returned = if max_results == 0 {
-                    matches.len()
-                } else {
-                    matches.len().min(max_results as usize)
-                };
                 let mut groups = vec![vec![
-                    ("NumResults".to_string(), matches.len().to_string()),
-                    ("ReturnedResults".to_string(), returned.to_string()),
+                    ("NumResults".to_string(), listing.total.to_string()),
+                    ("ReturnedResults".to_string(), listing.kept.len().to_string()),
                 ]];
                 groups.extend(
-                    matches
+                    listing
+                        .kept
                         .into_iter()
-                        .take(returned)
                         .map(|(id, value)| vec![("SessionID".into(), id), ("SessionDataValue".into(), value)]),
                 );
                 ok(groups)
@@ -612,7 +642,7 @@ impl SessionService {
             },
             AdminRequest::TerminateAllSessions { replica_set, user } => {
                 let mut ended = 0;
-                for id in self.store.user_sessions(&replica_set, &user).await? {
+                for id in self.store.user_sessions(&replica_set, &user, self.now()).await? {
                     if self.store.delete_session(&replica_set, &id).await? {
                         ended += 1;
                     }
@@ -623,43 +653,92 @@ impl SessionService {
         })
     }
 
-    /// Sessions holding an item of `data_class`/`data_instance` whose value matches the
-    /// pattern. An exact user name is looked up in the user index first (one read per
-    /// candidate, each checked against its item); only when that finds nothing, because the
-    /// sessions count users by another item, does it fall back to a scan of the replica set.
-    async fn matching_sessions(
+    /// The sessions whose `data_class`/`data_instance` value matches the pattern, into
+    /// `listing`. The concurrent-session key class (what `dscadmin session list` sends) means
+    /// the user: the user index answers, an exact name with one read, a pattern by walking
+    /// the index. An exact user name is also looked up in the index first (each candidate
+    /// checked against its item); only when that finds nothing, because the sessions count
+    /// users by another item, and for any other item, does it scan the replica set.
+    async fn list_sessions(
         &self,
         replica_set: &str,
         data_class: &str,
         data_instance: &str,
         pattern: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let matching = |s: Session| -> Option<String> {
+        listing: &mut Listing,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        if data_class == class::SESSION_KEY_CLASS && data_instance == "sms" {
+            if pattern.contains('*') {
+                return self
+                    .store
+                    .scan_users(replica_set, pattern, now, &mut |user, ids| {
+                        for id in ids {
+                            listing.add(id, user);
+                        }
+                    })
+                    .await;
+            }
+            for id in self.store.user_sessions(replica_set, pattern, now).await? {
+                listing.add(&id, pattern);
+            }
+            return Ok(());
+        }
+        let matching = |s: &Session| -> Option<String> {
             s.items
-                .into_iter()
+                .iter()
                 .find(|i| i.data_class == data_class && i.instance == data_instance)
-                .and_then(|i| i.value)
+                .and_then(|i| i.value.clone())
                 .filter(|v| wildcard_match(pattern, v))
         };
         if data_class == class::USER_NAME && data_instance == "sms" && !pattern.contains('*') {
-            let mut found = Vec::new();
-            for id in self.store.user_sessions(replica_set, pattern).await? {
-                let session = self.store.get_session(replica_set, &id, false, self.now()).await?;
-                if let Some(value) = session.and_then(matching) {
-                    found.push((id, value));
+            let before = listing.total;
+            for id in self.store.user_sessions(replica_set, pattern, now).await? {
+                let session = self.store.get_session(replica_set, &id, false, now).await?;
+                if let Some(value) = session.as_ref().and_then(matching) {
+                    listing.add(&id, &value);
                 }
             }
-            if !found.is_empty() {
-                return Ok(found);
+            if listing.total > before {
+                return Ok(());
             }
         }
-        Ok(self
-            .store
-            .all_sessions(replica_set)
-            .await?
-            .into_iter()
-            .filter_map(|(id, s)| matching(s).map(|v| (id, v)))
-            .collect())
+        self.store
+            .scan_sessions(replica_set, now, &mut |id, session| {
+                if let Some(value) = matching(session) {
+                    listing.add(id, &value);
+                }
+            })
+            .await
+    }
+}
+
+/// A listSessions answer as it is found: every match counted, at most `max` kept.
+struct Listing {
+    max: usize,
+    total: usize,
+    kept: Vec<(String, String)>,
+}
+
+impl Listing {
+    /// MaxResults: 0 means no limit.
+    fn up_to(max_results: u64) -> Self {
+        Self {
+            max: if max_results == 0 {
+                usize::MAX
+            } else {
+                usize::try_from(max_results).unwrap_or(usize::MAX)
+            },
+            total: 0,
+            kept: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, id: &str, value: &str) {
+        self.total += 1;
+        if self.kept.len() < self.max {
+            self.kept.push((id.to_string(), value.to_string()));
+        }
     }
 }
 
@@ -691,6 +770,16 @@ fn member_of(request: &Request) -> Option<(&str, &str)> {
         Request::TerminateSession(r) => Some((&r.session.replica_set, &r.session.replica)),
         Request::GetRealmName { replica_set, replica } => Some((replica_set, replica)),
         _ => None,
+    }
+}
+
+fn log_displaced(replica_set: &str, displaced: &[String]) {
+    if !displaced.is_empty() {
+        tracing::info!(
+            replica_set,
+            count = displaced.len(),
+            "ended the user's oldest sessions to stay within the concurrent-session limit"
+        );
     }
 }
 
@@ -742,26 +831,6 @@ pub fn merge(items: &mut Vec<DataItem>, changes: Vec<DataItem>) {
     }
 }
 
-/// `*` matches any run of characters, everything else itself.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,18 +841,6 @@ mod tests {
             instance: i.into(),
             value: Some(v.into()),
         }
-    }
-
-    #[test]
-    fn wildcards() {
-        assert!(wildcard_match("*", ""));
-        assert!(wildcard_match("al*", "alice"));
-        assert!(wildcard_match("*ce", "alice"));
-        assert!(wildcard_match("a*i*e", "alice"));
-        assert!(!wildcard_match("a*x*e", "alice"));
-        assert!(!wildcard_match("alice*e", "alice"));
-        assert!(wildcard_match("alice", "alice"));
-        assert!(!wildcard_match("alic", "alice"));
     }
 
     #[test]
@@ -846,7 +903,11 @@ mod tests {
         }
 
         fn fixture(settings: Settings) -> Fixture {
-            let clock = Arc::new(AtomicI64::new(T0));
+            fixture_at(settings, T0)
+        }
+
+        fn fixture_at(settings: Settings, t0: i64) -> Fixture {
+            let clock = Arc::new(AtomicI64::new(t0));
             let read = clock.clone();
             let (stop, stopped) = watch::channel(false);
             let service = SessionService::new(
@@ -981,6 +1042,55 @@ mod tests {
             assert_eq!(gone.result(), ResultCode::SessionNotFound);
             let r = f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
             assert_eq!(r.result(), ResultCode::SessionNotFound);
+        }
+
+        /// The rules read no clock but the injected one: at a time long past (or far ahead),
+        /// sessions live, list and end as they do today.
+        #[tokio::test]
+        async fn the_rules_read_only_the_injected_clock() {
+            for t0 in [1_000_000_000, 4_000_000_000] {
+                let f = fixture_at(Settings::default(), t0);
+                let alice = vec![
+                    item(class::USER_NAME, "sms", "alice"),
+                    item(class::EXPIRY, "sms", &format!("{:#x}", t0 + 3600)),
+                ];
+                for id in ["S1", "S2"] {
+                    let r = f
+                        .service
+                        .handle(create("web", "default", id, alice.clone()))
+                        .await
+                        .unwrap();
+                    assert_eq!(r.result(), ResultCode::Success);
+                }
+                f.clock.store(t0 + 60, Ordering::SeqCst);
+                let listed = f
+                    .service
+                    .handle(Request::Execute(AdminRequest::ListSessions {
+                        replica_set: "default".into(),
+                        data_class: class::SESSION_KEY_CLASS.into(),
+                        data_instance: "sms".into(),
+                        value_pattern: "alice".into(),
+                        max_results: 0,
+                    }))
+                    .await
+                    .unwrap();
+                let Response::Execute { groups, .. } = listed else {
+                    panic!("{listed:?}")
+                };
+                assert_eq!(groups[0][0], ("NumResults".to_string(), "2".to_string()), "at {t0}");
+                let ended = f
+                    .service
+                    .handle(Request::Execute(AdminRequest::TerminateAllSessions {
+                        replica_set: "default".into(),
+                        user: "alice".into(),
+                    }))
+                    .await
+                    .unwrap();
+                let Response::Execute { groups, .. } = ended else {
+                    panic!("{ended:?}")
+                };
+                assert_eq!(groups[0][0].1, "2", "at {t0}");
+            }
         }
 
         #[tokio::test]

@@ -938,3 +938,64 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Concurrent idle decisions: one WebSEAL's idleTimeout (through shim `a`) races another's
+/// read of the same idle session (through shim `b`). Whatever the order, a session the read
+/// found was just active, so it must outlive the idle decision.
+async fn idle_decisions_race_reads(a: &Shim, b: &Shim) {
+    const SESSIONS: usize = 60;
+    let ca = a.client();
+    for n in 0..SESSIONS {
+        let items = [
+            item("com.tivoli.am.eb.user-name", "sms", Some(&format!("user-{n}"))),
+            item("com.tivoli.am.webseal.inactivity-timeout", "webseal", Some("0x4")),
+        ];
+        let created = ca
+            .create_session(REPLICA, RS, &format!("idle-{n}"), 0, &items)
+            .await
+            .unwrap();
+        assert_eq!(created.result(), SUCCESS);
+    }
+    // Idle for the idle decision (4 s less 2 s of skew), still stored (4 s plus 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut races = tokio::task::JoinSet::new();
+    for n in 0..SESSIONS {
+        let (ca, cb) = (a.client(), b.client());
+        races.spawn(async move {
+            let id = format!("idle-{n}");
+            // Each read a little later than the last, so that some land inside the idle
+            // decision, between its read and its delete.
+            let late_read = async {
+                tokio::time::sleep(Duration::from_micros(25 * n as u64)).await;
+                cb.get_session(REPLICA, RS, &id).await
+            };
+            let (_, read) = tokio::join!(ca.idle_timeout(REPLICA, RS, &id), late_read);
+            (id, read.unwrap().result() == SUCCESS)
+        });
+    }
+    let mut read = 0;
+    for (id, found) in races.join_all().await {
+        if found {
+            read += 1;
+            let after = ca.get_session(REPLICA, RS, &id).await.unwrap();
+            assert_eq!(after.result(), SUCCESS, "{id} was read, then ended as idle");
+        }
+    }
+    eprintln!("{read} of {SESSIONS} sessions were read before their idle decision ended them");
+}
+
+#[tokio::test]
+async fn idle_decisions_racing_reads_on_the_embedded_store() {
+    let shim = Shim::start(&["--clock-skew", "2s"], &[]);
+    idle_decisions_race_reads(&shim, &shim).await;
+}
+
+#[tokio::test]
+async fn idle_decisions_racing_reads_through_two_shims_on_redis() {
+    let redis = RedisServer::start();
+    let env = [("REDSESS_REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Shim::start(&["--clock-skew", "2s"], &env);
+    let b = Shim::start(&["--clock-skew", "2s"], &env);
+    idle_decisions_race_reads(&a, &b).await;
+}

@@ -50,12 +50,17 @@ async fn exists(shim: &Shim, id: &str) -> bool {
 }
 
 async fn list(shim: &Shim, pattern: &str, max_results: &str) -> (Reply, BTreeSet<String>) {
+    list_by(shim, USER_NAME, pattern, max_results).await
+}
+
+/// listSessions matching the item of `data_class` (instance `sms`).
+async fn list_by(shim: &Shim, data_class: &str, pattern: &str, max_results: &str) -> (Reply, BTreeSet<String>) {
     let r = expect(
         shim.client()
             .execute(
                 "listSessions",
                 &[
-                    ("SessionDataClass", USER_NAME),
+                    ("SessionDataClass", data_class),
                     ("SessionDataInstance", "sms"),
                     ("ReplicaSet", RS),
                     ("SessionDataValue", pattern),
@@ -292,6 +297,74 @@ async fn get_session_keeps_order_nil_and_empty(shim: &mut Shim) {
     assert_eq!(missing.number("version"), Some(0), "{:?}", missing.ret);
     assert_eq!(missing.number("stackDepth"), Some(1), "{:?}", missing.ret);
     assert!(missing.data().is_empty(), "{:?}", missing.ret);
+}
+
+/// A createSession retried by its replica after a timeout, when the first attempt was stored,
+/// succeeds; anything else under that ID is still "ID in use".
+async fn a_repeated_create_is_not_id_in_use(shim: &mut Shim) {
+    let c = shim.client();
+    let items = webseal_session("alice");
+    expect(
+        c.create_session("web-a", RS, "sess-r", 0, &items).await,
+        SUCCESS,
+        "create",
+    );
+    expect(
+        c.create_session("web-a", RS, "sess-r", 0, &items).await,
+        SUCCESS,
+        "the same create again",
+    );
+    expect(
+        c.create_session("web-b", RS, "sess-r", 0, &items).await,
+        ID_IN_USE,
+        "the same create from another replica",
+    );
+    let mut other = items.clone();
+    other.push(item("x.y", "sms", Some("z")));
+    expect(
+        c.create_session("web-a", RS, "sess-r", 0, &other).await,
+        ID_IN_USE,
+        "other items",
+    );
+    expect(
+        c.change_session("web-a", RS, "sess-r", 0, &[item("x.y", "sms", Some("z"))])
+            .await,
+        SUCCESS,
+        "change",
+    );
+    expect(
+        c.create_session("web-a", RS, "sess-r", 0, &items).await,
+        ID_IN_USE,
+        "the create again once the session has changed",
+    );
+}
+
+/// A changeSession that moves a session to another user counts it against that user.
+async fn a_change_to_a_user_at_the_limit_is_refused(shim: &mut Shim) {
+    // --max-sessions-per-user 1
+    let c = shim.client();
+    expect(
+        c.create_session("web-a", RS, "a-1", 0, &session_of("alice", &[])).await,
+        SUCCESS,
+        "alice",
+    );
+    expect(
+        c.create_session("web-a", RS, "b-1", 0, &session_of("bob", &[])).await,
+        SUCCESS,
+        "bob",
+    );
+    expect(
+        c.change_session("web-a", RS, "b-1", 0, &[user("alice")]).await,
+        LIMIT_REACHED,
+        "bob's session becomes alice's second",
+    );
+    let got = expect(c.get_session("web-a", RS, "b-1").await, SUCCESS, "b-1 stays");
+    assert_eq!(got.data(), session_of("bob", &[]), "the refused change changed nothing");
+    expect(
+        c.change_session("web-a", RS, "b-1", 0, &[user("carol")]).await,
+        SUCCESS,
+        "to a user with no session",
+    );
 }
 
 async fn change_session_upserts_with_versions(shim: &mut Shim) {
@@ -860,6 +933,55 @@ async fn list_sessions_by_user_name_matches_the_item(shim: &mut Shim) {
     assert!(ids.is_empty(), "no user-name item holds u-17: {:?}", r.ret);
 }
 
+/// What `dscadmin session list` sends: the concurrent-session key class, matched against the
+/// session's concurrent-session key (the user), not the item's literal value.
+async fn list_sessions_by_the_concurrent_session_key_matches_the_user(shim: &mut Shim) {
+    const KEY_CLASS: &str = "com.tivoli.am.sms.concurrent-session-key-class";
+    let c = shim.client();
+    let redirected = vec![
+        user("alice"),
+        item("custom.uid", "webseal", Some("u-17")),
+        item(KEY_CLASS, "sms", Some("custom.uid")),
+        item(
+            "com.tivoli.am.sms.concurrent-session-key-instance",
+            "sms",
+            Some("webseal"),
+        ),
+    ];
+    expect(
+        c.create_session("web-a", RS, "s-1", 0, &redirected).await,
+        SUCCESS,
+        "s-1",
+    );
+    expect(
+        c.create_session("web-a", RS, "a-1", 0, &webseal_session("alice")).await,
+        SUCCESS,
+        "a-1",
+    );
+    expect(
+        c.create_session("web-a", RS, "a-2", 0, &webseal_session("alice")).await,
+        SUCCESS,
+        "a-2",
+    );
+    let (r, ids) = list_by(shim, KEY_CLASS, "u-17", "0x10").await;
+    assert_eq!(ids, set(&["s-1"]), "{:?}", r.ret);
+    let values: Vec<_> = r
+        .groups()
+        .iter()
+        .filter_map(|g| attr(g, "SessionDataValue").map(str::to_string))
+        .collect();
+    assert_eq!(values, ["u-17"], "the value is the user, not the class name");
+    let (r, ids) = list_by(shim, KEY_CLASS, "alice", "0x10").await;
+    assert_eq!(ids, set(&["a-1", "a-2"]), "{:?}", r.ret);
+    let (r, ids) = list_by(shim, KEY_CLASS, "u-*", "0x10").await;
+    assert_eq!(ids, set(&["s-1"]), "{:?}", r.ret);
+    let (r, ids) = list_by(shim, KEY_CLASS, "*", "0x2").await;
+    assert_eq!(counts(&r), (Some("3".into()), Some("2".into())), "{:?}", r.ret);
+    assert_eq!(ids.len(), 2);
+    let (r, ids) = list_by(shim, KEY_CLASS, "custom.uid", "0x10").await;
+    assert!(ids.is_empty(), "the literal item value is no user: {:?}", r.ret);
+}
+
 // ---------------------------------------------------------------- configuration
 
 async fn unconfigured_replica_sets_are_refused(shim: &mut Shim) {
@@ -1284,6 +1406,8 @@ on_both_stores! {
     realm_defaults_to_isam();
     ping_answers_success();
     create_session_and_id_in_use();
+    a_repeated_create_is_not_id_in_use();
+    a_change_to_a_user_at_the_limit_is_refused("--max-sessions-per-user", "1");
     get_session_keeps_order_nil_and_empty();
     change_session_upserts_with_versions();
     session_limit_refuses_past_the_limit();
@@ -1298,6 +1422,7 @@ on_both_stores! {
     admin_terminate_session();
     admin_terminate_all_sessions();
     list_sessions_by_user_name_matches_the_item();
+    list_sessions_by_the_concurrent_session_key_matches_the_user();
     unconfigured_replica_sets_are_refused("--replica-sets", "a,b");
     strict_membership_refuses_strangers("--strict-membership");
     malformed_fields_are_invalid_parameters();

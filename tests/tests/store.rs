@@ -10,7 +10,7 @@ use redsess_shim::store::memory::MemoryStore;
 use redsess_shim::store::redis::{RedisSettings, RedisStore};
 use redsess_shim::store::sealing::{new_key_line, Mode};
 use redsess_shim::store::{
-    CreateOutcome, JoinOutcome, Lifetime, Member, ReplaceOutcome, Session, SessionLimit, Store, StoreError,
+    CreateOutcome, JoinOutcome, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit, Store, StoreError,
 };
 use redsess_tests::{item, now, RedisServer};
 
@@ -90,7 +90,34 @@ fn session(user: Option<&str>, items: Vec<DataItem>, lifetime_secs: i64, idle_se
         touched: t,
         created: t,
         user: user.map(Into::into),
+        incarnation: next_incarnation(),
+        creator: "web".into(),
     }
+}
+
+/// Each test session is a new one (the shim draws them at random).
+fn next_incarnation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The change of `s` (read at `version`) to `next`, with no limit.
+fn change(version: u64, previous_user: Option<&str>, next: &Session) -> Replacement {
+    change_limited(version, previous_user, next, NO_LIMIT)
+}
+
+fn change_limited(version: u64, previous_user: Option<&str>, next: &Session, limit: SessionLimit) -> Replacement {
+    Replacement {
+        expected_version: version,
+        previous_user: previous_user.map(Into::into),
+        session: next.clone(),
+        limit,
+        now: now(),
+    }
+}
+
+async fn users_sessions(store: &dyn Store, user: &str) -> Vec<String> {
+    store.user_sessions("default", user, now()).await.unwrap()
 }
 
 fn items() -> Vec<DataItem> {
@@ -134,16 +161,19 @@ async fn replace_checks_the_version(store: Arc<dyn Store>) {
     next.version = 1;
     next.items.push(item("added", "sms", Some("1")));
     let outcome = store
-        .replace_session("default", "S1", 0, Some("alice"), &next)
+        .replace_session("default", "S1", &change(0, Some("alice"), &next))
         .await
         .unwrap();
-    assert_eq!(outcome, ReplaceOutcome::Replaced);
+    assert_eq!(outcome, ReplaceOutcome::Replaced { displaced: vec![] });
     let stale = store
-        .replace_session("default", "S1", 0, Some("alice"), &next)
+        .replace_session("default", "S1", &change(0, Some("alice"), &next))
         .await
         .unwrap();
     assert_eq!(stale, ReplaceOutcome::VersionMismatch { stored: 1 });
-    let missing = store.replace_session("default", "S9", 0, None, &next).await.unwrap();
+    let missing = store
+        .replace_session("default", "S9", &change(0, None, &next))
+        .await
+        .unwrap();
     assert_eq!(missing, ReplaceOutcome::NotFound);
     let got = store.get_session("default", "S1", false, now()).await.unwrap().unwrap();
     assert_eq!((got.version, got.items.len()), (1, 5));
@@ -156,21 +186,21 @@ async fn replace_moves_the_user_index(store: Arc<dyn Store>) {
     next.version = 1;
     next.user = Some("bob".into());
     store
-        .replace_session("default", "S1", 0, Some("alice"), &next)
+        .replace_session("default", "S1", &change(0, Some("alice"), &next))
         .await
         .unwrap();
-    assert!(store.user_sessions("default", "alice").await.unwrap().is_empty());
-    assert_eq!(store.user_sessions("default", "bob").await.unwrap(), ["S1"]);
+    assert!(users_sessions(&*store, "alice").await.is_empty());
+    assert_eq!(users_sessions(&*store, "bob").await, ["S1"]);
 }
 
 async fn delete_removes_session_and_index_entry(store: Arc<dyn Store>) {
     let s = session(Some("alice"), items(), 3600, 600);
     created(&*store, "S1", &s, &NO_LIMIT).await;
     created(&*store, "S2", &s, &NO_LIMIT).await;
-    assert_eq!(store.user_sessions("default", "alice").await.unwrap(), ["S1", "S2"]);
+    assert_eq!(users_sessions(&*store, "alice").await, ["S1", "S2"]);
     assert!(store.delete_session("default", "S1").await.unwrap());
     assert!(!store.delete_session("default", "S1").await.unwrap());
-    assert_eq!(store.user_sessions("default", "alice").await.unwrap(), ["S2"]);
+    assert_eq!(users_sessions(&*store, "alice").await, ["S2"]);
     assert!(store.get_session("default", "S1", true, now()).await.unwrap().is_none());
 }
 
@@ -211,7 +241,7 @@ async fn limit_displaces_the_oldest(store: Arc<dyn Store>) {
         }
     );
     assert!(store.get_session("default", "Z", false, now()).await.unwrap().is_none());
-    assert_eq!(store.user_sessions("default", "alice").await.unwrap(), ["Y", "X"]);
+    assert_eq!(users_sessions(&*store, "alice").await, ["Y", "X"]);
 }
 
 async fn sessions_expire_at_their_lifetime_end(store: Arc<dyn Store>) {
@@ -235,7 +265,7 @@ async fn sessions_expire_at_their_lifetime_end(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_some());
-    assert_eq!(store.user_sessions("default", "alice").await.unwrap(), ["long"]);
+    assert_eq!(users_sessions(&*store, "alice").await, ["long"]);
 }
 
 async fn activity_extends_an_idle_timeout(store: Arc<dyn Store>) {
@@ -279,7 +309,7 @@ async fn ended_sessions_leave_no_index_entries_behind(store: Arc<dyn Store>) {
         created(&*store, "new", &fresh, &limit).await,
         CreateOutcome::Created { .. }
     ));
-    assert_eq!(store.user_sessions("default", "carol").await.unwrap(), ["new"]);
+    assert_eq!(users_sessions(&*store, "carol").await, ["new"]);
 }
 
 async fn a_create_without_a_limit_drops_ended_entries(store: Arc<dyn Store>) {
@@ -290,22 +320,223 @@ async fn a_create_without_a_limit_drops_ended_entries(store: Arc<dyn Store>) {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let long = session(Some("dave"), items(), 3600, 0);
     created(&*store, "late", &long, &NO_LIMIT).await;
-    assert_eq!(store.user_sessions("default", "dave").await.unwrap(), ["late"]);
+    assert_eq!(users_sessions(&*store, "dave").await, ["late"]);
 }
 
-async fn all_sessions_lists_one_replica_set(store: Arc<dyn Store>) {
+async fn scan_sessions_walks_one_replica_set(store: Arc<dyn Store>) {
     let s = session(Some("alice"), items(), 3600, 0);
     created(&*store, "A", &s, &NO_LIMIT).await;
     created(&*store, "B", &s, &NO_LIMIT).await;
     store.create_session("other", "C", &s, &NO_LIMIT, now()).await.unwrap();
-    let ids: Vec<String> = store
-        .all_sessions("default")
+    let mut ids = Vec::new();
+    store
+        .scan_sessions("default", now(), &mut |id, session| {
+            assert_eq!(session.items, s.items);
+            ids.push(id.to_string());
+        })
+        .await
+        .unwrap();
+    ids.sort();
+    assert_eq!(ids, ["A", "B"]);
+}
+
+async fn scan_users_walks_the_index_by_pattern(store: Arc<dyn Store>) {
+    for (id, user) in [
+        ("A1", "alice"),
+        ("A2", "alice"),
+        ("B1", "albert"),
+        ("C1", "bob"),
+        ("D1", "a*b?[c]"),
+    ] {
+        created(&*store, id, &session(Some(user), items(), 3600, 0), &NO_LIMIT).await;
+    }
+    store
+        .create_session(
+            "other",
+            "X",
+            &session(Some("alfred"), items(), 3600, 0),
+            &NO_LIMIT,
+            now(),
+        )
+        .await
+        .unwrap();
+    let walk = |pattern: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut found = Vec::new();
+            store
+                .scan_users("default", pattern, now(), &mut |user, ids| {
+                    found.push(format!("{user}={}", ids.join(",")));
+                })
+                .await
+                .unwrap();
+            found.sort();
+            found
+        }
+    };
+    assert_eq!(walk("al*").await, ["albert=B1", "alice=A1,A2"]);
+    assert_eq!(walk("*").await.len(), 4);
+    // Only `*` is a wildcard: the other glob characters of a name are themselves.
+    assert_eq!(walk("a*b?[c]").await, ["a*b?[c]=D1"]);
+    assert!(walk("a?ice").await.is_empty());
+}
+
+/// A store must not show a session past its end, whether or not it has dropped it yet (the
+/// memory store's sweep has not run here; Redis's TTL is hours away by its own clock).
+async fn ended_sessions_are_invisible_before_any_sweep(store: Arc<dyn Store>) {
+    let s = session(Some("erin"), items(), 60, 0);
+    created(&*store, "S", &s, &NO_LIMIT).await;
+    let later = now() + 61;
+    assert!(store.get_session("default", "S", false, later).await.unwrap().is_none());
+    assert!(store.user_sessions("default", "erin", later).await.unwrap().is_empty());
+    let mut seen = 0;
+    store
+        .scan_sessions("default", later, &mut |_, _| seen += 1)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    store
+        .scan_users("default", "*", later, &mut |_, _| seen += 1)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    // Nor is its ID in use; and a read with touch cannot bring it back.
+    assert!(store.get_session("default", "S", true, later).await.unwrap().is_none());
+    let again = Session {
+        created: later,
+        touched: later,
+        lifetime: Lifetime {
+            ends_at: later + 60,
+            idle_secs: 0,
+        },
+        ..session(Some("erin"), items(), 60, 0)
+    };
+    assert_eq!(
+        store
+            .create_session("default", "S", &again, &NO_LIMIT, later)
+            .await
+            .unwrap(),
+        CreateOutcome::Created { displaced: vec![] }
+    );
+}
+
+/// "Oldest" is the same on both stores: the earliest creation second, then arrival order
+/// within it (whatever the IDs), then the ID.
+async fn oldest_means_first_created_then_first_arrived(store: Arc<dyn Store>) {
+    let t = now();
+    let at = |created: i64| Session {
+        created,
+        touched: created,
+        ..session(Some("fay"), items(), 3600, 0)
+    };
+    for (id, created_at) in [("Z", t + 1), ("M", t), ("Y", t + 1), ("X", t + 1)] {
+        store
+            .create_session("default", id, &at(created_at), &NO_LIMIT, t + 1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(users_sessions(&*store, "fay").await, ["M", "Z", "Y", "X"]);
+    let limit = SessionLimit { max: 3, displace: true };
+    assert_eq!(
+        store
+            .create_session("default", "A", &at(t + 2), &limit, t + 2)
+            .await
+            .unwrap(),
+        CreateOutcome::Created {
+            displaced: vec!["M".into(), "Z".into()]
+        }
+    );
+    assert_eq!(users_sessions(&*store, "fay").await, ["Y", "X", "A"]);
+}
+
+/// A change read from a session that was ended and created again under the same ID (same
+/// version 0) must not land on the new one.
+async fn a_stale_change_cannot_overwrite_a_recreated_session(store: Arc<dyn Store>) {
+    let first = session(Some("gus"), items(), 3600, 0);
+    created(&*store, "S", &first, &NO_LIMIT).await;
+    let read = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    assert!(store.delete_session("default", "S").await.unwrap());
+    let second = session(Some("gus"), vec![item("fresh", "sms", Some("yes"))], 3600, 0);
+    created(&*store, "S", &second, &NO_LIMIT).await;
+    let mut stale = read.clone();
+    stale.version = 1;
+    stale.items.push(item("from-the-old-session", "sms", Some("1")));
+    assert_eq!(
+        store
+            .replace_session("default", "S", &change(0, Some("gus"), &stale))
+            .await
+            .unwrap(),
+        ReplaceOutcome::VersionMismatch { stored: 0 }
+    );
+    let stored = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    assert_eq!(stored.items, second.items);
+}
+
+/// A change that moves a session to another user counts it against that user's limit, in the
+/// same atomic step.
+async fn a_change_of_user_applies_the_limit(store: Arc<dyn Store>) {
+    let limit = SessionLimit {
+        max: 2,
+        displace: false,
+    };
+    for id in ["H1", "H2"] {
+        created(&*store, id, &session(Some("hal"), items(), 3600, 0), &limit).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ivy = session(Some("ivy"), items(), 3600, 0);
+    created(&*store, "I1", &ivy, &limit).await;
+    let mut to_hal = ivy.clone();
+    to_hal.version = 1;
+    to_hal.user = Some("hal".into());
+    assert_eq!(
+        store
+            .replace_session("default", "I1", &change_limited(0, Some("ivy"), &to_hal, limit))
+            .await
+            .unwrap(),
+        ReplaceOutcome::LimitReached
+    );
+    assert_eq!(
+        users_sessions(&*store, "ivy").await,
+        ["I1"],
+        "the refused change changed nothing"
+    );
+    let displacing = SessionLimit { max: 2, displace: true };
+    assert_eq!(
+        store
+            .replace_session("default", "I1", &change_limited(0, Some("ivy"), &to_hal, displacing))
+            .await
+            .unwrap(),
+        ReplaceOutcome::Replaced {
+            displaced: vec!["H1".into()]
+        }
+    );
+    assert!(store
+        .get_session("default", "H1", false, now())
         .await
         .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(ids, ["A", "B"]);
+        .is_none());
+    assert_eq!(users_sessions(&*store, "hal").await, ["H2", "I1"]);
+    assert!(users_sessions(&*store, "ivy").await.is_empty());
+}
+
+/// The idle decision's delete lands only on the session as read: a touch in between (through
+/// any shim) keeps it, and so does a re-creation under the same ID.
+async fn an_idle_end_spares_a_session_touched_in_between(store: Arc<dyn Store>) {
+    let s = session(Some("jo"), items(), 3600, 600);
+    created(&*store, "S", &s, &NO_LIMIT).await;
+    let read = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    store
+        .get_session("default", "S", true, now() + 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!store.end_if_unchanged("default", "S", &read).await.unwrap());
+    let read = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    assert!(store.end_if_unchanged("default", "S", &read).await.unwrap());
+    assert!(store.get_session("default", "S", false, now()).await.unwrap().is_none());
+    assert!(users_sessions(&*store, "jo").await.is_empty(), "and its index entry");
+    created(&*store, "S", &session(Some("jo"), items(), 3600, 600), &NO_LIMIT).await;
+    assert!(!store.end_if_unchanged("default", "S", &read).await.unwrap());
 }
 
 fn member(replica: &str, instance: &str, at: i64) -> Member {
@@ -439,10 +670,53 @@ store_suite!(
     activity_extends_an_idle_timeout,
     ended_sessions_leave_no_index_entries_behind,
     a_create_without_a_limit_drops_ended_entries,
-    all_sessions_lists_one_replica_set,
+    scan_sessions_walks_one_replica_set,
+    scan_users_walks_the_index_by_pattern,
+    ended_sessions_are_invisible_before_any_sweep,
+    oldest_means_first_created_then_first_arrived,
+    a_stale_change_cannot_overwrite_a_recreated_session,
+    a_change_of_user_applies_the_limit,
+    an_idle_end_spares_a_session_touched_in_between,
     membership_rules,
     key_material_is_shared_and_rotates_once,
 );
+
+/// Member expiry decides and removes in one step: a heartbeat that lands while another shim
+/// lists the members (and drops the stale ones) keeps its member.
+async fn heartbeats_survive_a_concurrent_member_expiry(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let t = now();
+    for round in 0..150 {
+        let replica = format!("web-{round}");
+        let stale = member(&replica, &format!("u:{replica}"), t - 1000);
+        assert_eq!(
+            a.join("default", &stale, 15, t - 2000).await.unwrap(),
+            JoinOutcome::Joined
+        );
+        let (listed, heard) = tokio::join!(a.members("default", t - 600), b.heartbeat("default", &replica, t));
+        listed.unwrap();
+        if heard.unwrap() {
+            let members = a.members("default", t - 600).await.unwrap();
+            assert!(
+                members.iter().any(|m| m.replica == replica),
+                "round {round}: {replica} was heard from at {t} yet left as stale"
+            );
+        }
+        a.leave(&replica).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_survive_a_concurrent_member_expiry_in_memory() {
+    let store = memory().store;
+    heartbeats_survive_a_concurrent_member_expiry(store.clone(), store).await;
+}
+
+#[tokio::test]
+async fn heartbeats_survive_a_concurrent_member_expiry_through_two_redis_stores() {
+    let server = RedisServer::start();
+    let (a, b) = (redis_store(&server, "race:"), redis_store(&server, "race:"));
+    heartbeats_survive_a_concurrent_member_expiry(a, b).await;
+}
 
 #[tokio::test]
 async fn two_redis_stores_share_sessions_keys_and_rotations() {

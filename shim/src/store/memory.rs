@@ -3,7 +3,8 @@
 //!
 //! Expiry without a scan: every session sits in a queue ordered by the instant it expires;
 //! a sweep pops the front of the queue while it is due, so each operation costs O(log n) in
-//! the queue and O(1) in the session map, and nothing ever walks all sessions.
+//! the queue and O(1) in the session map, and nothing but an administrative listing walks
+//! all sessions. A session past its end is invisible before the sweep reaches it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,20 +14,36 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    CreateOutcome, JoinOutcome, KeyMaterial, Member, ReplaceOutcome, Rotation, Session, SessionLimit, Store, StoreError,
+    CreateOutcome, JoinOutcome, KeyMaterial, Member, ReplaceOutcome, Replacement, Rotation, Session, SessionLimit,
+    SessionVisitor, Store, StoreError, UserVisitor,
 };
+use crate::dsc::wildcard_match;
 
 type SessionKey = (String, String);
+
+/// The most sessions of one user that keep their arrival order within one second; past it
+/// they tie, and sort by ID. The Redis store's sorted-set scores have the same resolution.
+pub const ARRIVALS_PER_SECOND: u32 = 1 << 20;
 
 #[derive(Default)]
 struct State {
     sessions: HashMap<SessionKey, Session>,
     /// (expires_at, key): the expiry queue.
     expiries: BTreeSet<(i64, SessionKey)>,
-    /// (replica set, user) → (creation, session ID), oldest first.
-    users: HashMap<SessionKey, Vec<(i64, String)>>,
+    /// (replica set, user) → the user's sessions, oldest first.
+    users: HashMap<SessionKey, Vec<IndexEntry>>,
     /// replica set → capability mask, members, key material.
     sets: HashMap<String, ReplicaSet>,
+}
+
+/// A user index entry. "Oldest" means the same on both stores: the earliest creation second,
+/// then the order the store received them within that second, then the ID (the order of the
+/// Redis store's sorted set, scored `created + arrival / ARRIVALS_PER_SECOND`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct IndexEntry {
+    created: i64,
+    arrival: u32,
+    id: String,
 }
 
 #[derive(Default)]
@@ -55,15 +72,15 @@ impl MemoryStore {
         }
     }
 
-    /// Starts the sweep that drops expired sessions once a second.
-    pub fn spawn_sweeper(self: &Arc<Self>) {
+    /// Starts the sweep that drops expired sessions once a second, by `clock` (unix seconds).
+    pub fn spawn_sweeper(self: &Arc<Self>, clock: impl Fn() -> i64 + Send + 'static) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
-                store.sweep(crate::clock::now());
+                store.sweep(clock());
             }
         });
     }
@@ -89,11 +106,7 @@ impl MemoryStore {
 
 impl State {
     fn live_session(&mut self, key: &SessionKey, now: i64) -> Option<&mut Session> {
-        let expired = match self.sessions.get(key) {
-            None => return None,
-            Some(s) => s.lifetime.expires_at(s.touched) <= now,
-        };
-        if expired {
+        if !self.sessions.get(key)?.is_live(now) {
             self.remove_session(key);
             return None;
         }
@@ -110,14 +123,70 @@ impl State {
         Some(session)
     }
 
+    fn index(&mut self, replica_set: &str, user: &str, created: i64, id: &str) {
+        let entries = self
+            .users
+            .entry((replica_set.to_string(), user.to_string()))
+            .or_default();
+        let arrival = match entries.last() {
+            Some(last) if last.created == created => (last.arrival + 1).min(ARRIVALS_PER_SECOND - 1),
+            _ => 0,
+        };
+        let entry = IndexEntry {
+            created,
+            arrival,
+            id: id.to_string(),
+        };
+        let at = entries.binary_search(&entry).unwrap_or_else(|at| at);
+        entries.insert(at, entry);
+    }
+
     fn unindex(&mut self, replica_set: &str, user: &str, id: &str) {
         let ukey = (replica_set.to_string(), user.to_string());
-        if let Some(ids) = self.users.get_mut(&ukey) {
-            ids.retain(|(_, i)| i != id);
-            if ids.is_empty() {
+        if let Some(entries) = self.users.get_mut(&ukey) {
+            entries.retain(|e| e.id != id);
+            if entries.is_empty() {
                 self.users.remove(&ukey);
             }
         }
+    }
+
+    /// The user's live sessions but `except`, oldest first; entries of ended sessions go.
+    fn live_sessions_of(&mut self, replica_set: &str, user: &str, now: i64, except: &str) -> Vec<String> {
+        let ukey = (replica_set.to_string(), user.to_string());
+        let ids: Vec<String> = self
+            .users
+            .get(&ukey)
+            .map(|entries| entries.iter().map(|e| e.id.clone()).collect())
+            .unwrap_or_default();
+        ids.into_iter()
+            .filter(|id| id != except && self.live_session(&key(replica_set, id), now).is_some())
+            .collect()
+    }
+
+    /// The concurrent-session rule for one more session of `user`: the IDs it displaced, or
+    /// `None` when the limit refuses it.
+    fn admit(
+        &mut self,
+        replica_set: &str,
+        user: &str,
+        limit: &SessionLimit,
+        now: i64,
+        except: &str,
+    ) -> Option<Vec<String>> {
+        let live = self.live_sessions_of(replica_set, user, now, except);
+        let max = limit.max as usize;
+        if max == 0 || live.len() < max {
+            return Some(Vec::new());
+        }
+        if !limit.displace {
+            return None;
+        }
+        let displaced = live[..live.len() + 1 - max].to_vec();
+        for id in &displaced {
+            self.remove_session(&key(replica_set, id));
+        }
+        Some(displaced)
     }
 
     fn insert_session(&mut self, key: SessionKey, session: Session) {
@@ -166,29 +235,11 @@ impl Store for MemoryStore {
         }
         let mut displaced = Vec::new();
         if let Some(user) = &session.user {
-            let ukey = (replica_set.to_string(), user.clone());
-            let ids = state.users.get(&ukey).cloned().unwrap_or_default();
-            // In process, checking every entry is cheap: the index only ever names live sessions.
-            let live: Vec<String> = ids
-                .into_iter()
-                .map(|(_, id)| id)
-                .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
-                .collect();
-            let max = limit.max as usize;
-            if max > 0 && live.len() >= max {
-                if !limit.displace {
-                    return Ok(CreateOutcome::LimitReached);
-                }
-                for id in &live[..live.len() + 1 - max] {
-                    state.remove_session(&key(replica_set, id));
-                    displaced.push(id.clone());
-                }
+            match state.admit(replica_set, user, limit, now, session_id) {
+                Some(ended) => displaced = ended,
+                None => return Ok(CreateOutcome::LimitReached),
             }
-            state
-                .users
-                .entry(ukey)
-                .or_default()
-                .push((session.created, session_id.to_string()));
+            state.index(replica_set, user, session.created, session_id);
         }
         state.insert_session(k, session.clone());
         Ok(CreateOutcome::Created { displaced })
@@ -218,63 +269,91 @@ impl Store for MemoryStore {
         &self,
         replica_set: &str,
         session_id: &str,
-        expected_version: u64,
-        previous_user: Option<&str>,
-        session: &Session,
+        change: &Replacement,
     ) -> Result<ReplaceOutcome, StoreError> {
         let mut state = self.lock();
         let k = key(replica_set, session_id);
-        let Some(stored) = state.live_session(&k, session.touched) else {
+        let session = &change.session;
+        let Some(stored) = state.live_session(&k, change.now) else {
             return Ok(ReplaceOutcome::NotFound);
         };
-        if stored.version != expected_version {
+        if stored.version != change.expected_version || stored.incarnation != session.incarnation {
             return Ok(ReplaceOutcome::VersionMismatch { stored: stored.version });
         }
-        if previous_user != session.user.as_deref() {
-            if let Some(old) = previous_user {
+        let previous_user = stored.user.clone();
+        let mut displaced = Vec::new();
+        if previous_user != session.user {
+            if let Some(new) = &session.user {
+                match state.admit(replica_set, new, &change.limit, change.now, session_id) {
+                    Some(ended) => displaced = ended,
+                    None => return Ok(ReplaceOutcome::LimitReached),
+                }
+            }
+            if let Some(old) = &previous_user {
                 state.unindex(replica_set, old, session_id);
             }
             if let Some(new) = &session.user {
-                state
-                    .users
-                    .entry((replica_set.to_string(), new.clone()))
-                    .or_default()
-                    .push((session.created, session_id.to_string()));
+                state.index(replica_set, new, session.created, session_id);
             }
         }
         state.insert_session(k, session.clone());
-        Ok(ReplaceOutcome::Replaced)
+        Ok(ReplaceOutcome::Replaced { displaced })
     }
 
     async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError> {
         Ok(self.lock().remove_session(&key(replica_set, session_id)).is_some())
     }
 
-    async fn user_sessions(&self, replica_set: &str, user: &str) -> Result<Vec<String>, StoreError> {
+    async fn end_if_unchanged(&self, replica_set: &str, session_id: &str, seen: &Session) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        let ids = state
-            .users
-            .get(&(replica_set.to_string(), user.to_string()))
-            .cloned()
-            .unwrap_or_default();
-        let now = crate::clock::now();
-        Ok(ids
-            .into_iter()
-            .map(|(_, id)| id)
-            .filter(|id| state.live_session(&key(replica_set, id), now).is_some())
-            .collect())
+        let k = key(replica_set, session_id);
+        let unchanged = state.sessions.get(&k).is_some_and(|s| {
+            s.incarnation == seen.incarnation && s.version == seen.version && s.touched == seen.touched
+        });
+        Ok(unchanged && state.remove_session(&k).is_some())
     }
 
-    async fn all_sessions(&self, replica_set: &str) -> Result<Vec<(String, Session)>, StoreError> {
+    async fn user_sessions(&self, replica_set: &str, user: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().live_sessions_of(replica_set, user, now, ""))
+    }
+
+    async fn scan_sessions(
+        &self,
+        replica_set: &str,
+        now: i64,
+        visit: &mut SessionVisitor<'_>,
+    ) -> Result<(), StoreError> {
         let state = self.lock();
-        let mut all: Vec<(String, Session)> = state
-            .sessions
-            .iter()
-            .filter(|((rs, _), _)| rs == replica_set)
-            .map(|((_, id), s)| (id.clone(), s.clone()))
-            .collect();
-        all.sort_by(|a, b| a.1.created.cmp(&b.1.created).then_with(|| a.0.cmp(&b.0)));
-        Ok(all)
+        for ((rs, id), session) in &state.sessions {
+            if rs == replica_set && session.is_live(now) {
+                visit(id, session);
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan_users(
+        &self,
+        replica_set: &str,
+        pattern: &str,
+        now: i64,
+        visit: &mut UserVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        let state = self.lock();
+        for ((rs, user), entries) in &state.users {
+            if rs != replica_set || !wildcard_match(pattern, user) {
+                continue;
+            }
+            let live: Vec<String> = entries
+                .iter()
+                .filter(|e| state.sessions.get(&key(rs, &e.id)).is_some_and(|s| s.is_live(now)))
+                .map(|e| e.id.clone())
+                .collect();
+            if !live.is_empty() {
+                visit(user, &live);
+            }
+        }
+        Ok(())
     }
 
     async fn join(

@@ -45,6 +45,33 @@ pub struct Session {
     pub created: i64,
     /// The identity used for concurrent-session counting and listing, if the session has one.
     pub user: Option<String>,
+    /// Random, fixed at creation: tells this session from a later one under the same ID, so
+    /// that a change or an idle decision made on the old one cannot land on the new one.
+    pub incarnation: u64,
+    /// The replica that created it (a createSession retried by it is not "ID in use").
+    pub creator: String,
+}
+
+impl Session {
+    /// Whether it is still usable at `now`; an ended session is invisible on every store,
+    /// whether or not the store has dropped it yet.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.lifetime.expires_at(self.touched) > now
+    }
+}
+
+/// A changeSession as the store applies it: atomically, only to the session it was based on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The version the change was based on; the stored session must still have it.
+    pub expected_version: u64,
+    /// The user the session was counted for when it was read.
+    pub previous_user: Option<String>,
+    /// The session as it is to be stored (its incarnation is the one read).
+    pub session: Session,
+    /// Applied when the change moves the session to another user.
+    pub limit: SessionLimit,
+    pub now: i64,
 }
 
 /// The concurrent-session rule for one new session.
@@ -65,9 +92,16 @@ pub enum CreateOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplaceOutcome {
-    Replaced,
+    Replaced {
+        displaced: Vec<String>,
+    },
     NotFound,
-    VersionMismatch { stored: u64 },
+    /// The stored session has another version, or is another session under the same ID.
+    VersionMismatch {
+        stored: u64,
+    },
+    /// The change moves the session to a user who is at the limit, without displacement.
+    LimitReached,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +129,12 @@ pub struct KeyMaterial {
     /// Unix seconds when the current key was made.
     pub created: i64,
 }
+
+/// Sees one session of a scan: its ID and the session.
+pub type SessionVisitor<'v> = dyn for<'a> FnMut(&'a str, &'a Session) + Send + 'v;
+
+/// Sees one user of an index walk: the user and their live session IDs, oldest first.
+pub type UserVisitor<'v> = dyn for<'a> FnMut(&'a str, &'a [String]) + Send + 'v;
 
 /// A key rotation somewhere in the cache: the replica set's name, or `None` when the store
 /// may have missed rotations (reconnected) and every waiter should look again.
@@ -132,24 +172,45 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<Session>, StoreError>;
 
-    /// Replaces a session whose stored version is `expected_version`.
+    /// Replaces a session that is still the one the change was based on (its incarnation and
+    /// `expected_version`). A change of user moves the index entry and applies the limit to
+    /// the new user as a create would, in the same atomic step.
     async fn replace_session(
         &self,
         replica_set: &str,
         session_id: &str,
-        expected_version: u64,
-        previous_user: Option<&str>,
-        session: &Session,
+        change: &Replacement,
     ) -> Result<ReplaceOutcome, StoreError>;
 
     /// Deletes a session and its index entry; false when it did not exist.
     async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError>;
 
-    /// The live sessions of one user, oldest first.
-    async fn user_sessions(&self, replica_set: &str, user: &str) -> Result<Vec<String>, StoreError>;
+    /// Deletes the session only if it is unchanged since `seen` was read (same incarnation,
+    /// version and last activity): a touch through any shim in between keeps it.
+    async fn end_if_unchanged(&self, replica_set: &str, session_id: &str, seen: &Session) -> Result<bool, StoreError>;
 
-    /// Every live session of a replica set (an administrative scan, O(sessions)).
-    async fn all_sessions(&self, replica_set: &str) -> Result<Vec<(String, Session)>, StoreError>;
+    /// The live sessions of one user, oldest first: earliest created, and in the order the
+    /// store received them within one second, ties broken by ID.
+    async fn user_sessions(&self, replica_set: &str, user: &str, now: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Walks every live session of a replica set (an administrative scan, O(sessions) in time
+    /// but holding one page at a time); `visit` sees each once, in no particular order.
+    async fn scan_sessions(
+        &self,
+        replica_set: &str,
+        now: i64,
+        visit: &mut SessionVisitor<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// Walks the user index: every user matching `pattern` (`*` wildcards) with live sessions,
+    /// and their session IDs, oldest first; one page at a time, reading no session.
+    async fn scan_users(
+        &self,
+        replica_set: &str,
+        pattern: &str,
+        now: i64,
+        visit: &mut UserVisitor<'_>,
+    ) -> Result<(), StoreError>;
 
     /// Adds a replica to a set, enforcing the set's capability mask and instance ownership.
     /// Members last seen before `stale_before` leave the set first.
@@ -167,7 +228,8 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a replica from every set; returns the sets it left.
     async fn leave(&self, replica: &str) -> Result<Vec<String>, StoreError>;
 
-    /// The members heard from since `stale_before`; the others leave the set.
+    /// The members heard from since `stale_before`; the others leave the set, in the same
+    /// atomic step (a heartbeat cannot fall between the decision and the removal).
     async fn members(&self, replica_set: &str, stale_before: i64) -> Result<Vec<Member>, StoreError>;
 
     /// Every replica set ever joined, sorted.

@@ -9,18 +9,21 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P s:{<n>:<rs>:<id>}` | hash | one session: `v` version, `d` items (see `record`), `e` lifetime end, `i` idle seconds, `t` last activity, `c` creation, `u` user |
-//! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs scored by lifetime end (ms, so oldest first); every create drops entries whose lifetime ended and looks for sessions that ended early; the set itself expires with its longest-lived session |
+//! | `P s:{<n>:<rs>:<id>}` | hash | one session: `v` version, `d` items (see `record`), `e` lifetime end, `i` idle seconds, `t` last activity, `c` creation, `u` user, `n` incarnation, `r` creating replica |
+//! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs, oldest first: scored by creation second plus arrival within it (`ARRIVALS_PER_SECOND`), ties by ID; every create drops entries of ended sessions among the oldest; the set itself expires with its longest-lived session |
 //! | `P rs:{<rs>}` | hash | the set's capability mask `caps` and key material `cur`, `cur_id`, `old`, `old_id`, `created` |
 //! | `P m:{<rs>}` | hash | members: replica → `instance \t joined \t last_seen` |
 //! | `P sets` | set | every replica set ever joined |
 //! | `P keys` | channel | key rotations, the message is the replica set |
 //!
 //! Every session key carries a TTL at the earlier of its lifetime end and its last activity
-//! plus its inactivity timeout, so ended sessions vanish without any scan. getSession is one
-//! script call (read and extend the TTL): one round trip. createSession (with the limit and
-//! displacement), changeSession's compare-and-set on the version and terminateSession (with
-//! the index) are one script each, so they are atomic.
+//! plus its inactivity timeout, so ended sessions vanish without any scan; every read also
+//! checks those times against the shim's clock, so a session past its end is invisible even
+//! before Redis drops it. getSession is one script call (read and extend the TTL): one round
+//! trip. createSession (with the limit and displacement), changeSession's compare-and-set on
+//! version and incarnation (with the limit when the user changes), the idle decision's
+//! delete-if-unchanged and terminateSession (with the index) are one script each, so they are
+//! atomic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +40,8 @@ use tokio::sync::{broadcast, Mutex, RwLock};
 use super::record::{decode_items, encode_items};
 use super::sealing::{KeyRing, Mode, Sealing};
 use super::{
-    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Rotation, Session, SessionLimit, Store,
-    StoreError,
+    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation, Session,
+    SessionLimit, SessionVisitor, Store, StoreError, UserVisitor,
 };
 
 /// How to reach Redis.
@@ -201,6 +204,8 @@ struct Scripts {
     get: Script,
     replace: Script,
     delete: Script,
+    end_if_unchanged: Script,
+    members: Script,
     join: Script,
     heartbeat: Script,
     keys: Script,
@@ -253,6 +258,8 @@ impl RedisStore {
                 get: Script::new(GET),
                 replace: Script::new(REPLACE),
                 delete: Script::new(DELETE),
+                end_if_unchanged: Script::new(END_IF_UNCHANGED),
+                members: Script::new(MEMBERS),
                 join: Script::new(JOIN),
                 heartbeat: Script::new(HEARTBEAT),
                 keys: Script::new(KEYS),
@@ -407,11 +414,65 @@ impl RedisStore {
     ) -> Result<Option<Session>, StoreError> {
         let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(self.session_key(replica_set, session_id))
-            .arg(&["v", "d", "e", "i", "t", "c", "u"])
+            .arg(&SESSION_FIELDS)
             .query_async(conn)
             .await
             .map_err(|e| self.failed(e))?;
         self.decode_session(replica_set, session_id, fields)
+    }
+
+    /// Which of `ids` name live sessions of `user` at `now`, in their order. An index entry
+    /// may outlive its session, or name an ID re-created for someone else.
+    async fn live_of_user(
+        &self,
+        replica_set: &str,
+        user: &str,
+        ids: Vec<String>,
+        now: i64,
+        conn: &mut ConnectionManager,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.session_key(replica_set, id))
+                .arg(&["e", "i", "t", "u"]);
+        }
+        let fields: Vec<LivenessFields> = pipe.query_async(conn).await.map_err(|e| self.failed(e))?;
+        Ok(ids
+            .into_iter()
+            .zip(fields)
+            .filter(|(_, f)| match f {
+                (Some(ends_at), Some(idle_secs), Some(touched), Some(u)) => {
+                    u == user
+                        && Lifetime {
+                            ends_at: *ends_at,
+                            idle_secs: *idle_secs,
+                        }
+                        .expires_at(*touched)
+                            > now
+                }
+                _ => false,
+            })
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// One SCAN page of keys matching `pattern`; cursor 0 starts and ends the walk.
+    async fn scan_page(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        conn: &mut ConnectionManager,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_PAGE)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.failed(e))
     }
 
     /// A session from its hash fields; `None` when absent, or when its items do not open
@@ -431,16 +492,35 @@ impl RedisStore {
     }
 }
 
-/// A user index entry's score: the session's lifetime end in milliseconds, plus the
-/// milliseconds of the current second so that sessions made in one second keep their order.
-fn index_score(lifetime: &Lifetime) -> i64 {
-    lifetime.ends_at * 1000 + unix_millis() % 1000
+/// The fields of a session hash, in the order `decode_session` reads them.
+const SESSION_FIELDS: [&str; 9] = ["v", "d", "e", "i", "t", "c", "u", "n", "r"];
+
+/// A session's `e`, `i`, `t` and `u`: enough to tell whether it is live and whose.
+type LivenessFields = (Option<i64>, Option<i64>, Option<i64>, Option<String>);
+
+/// Keys asked for per SCAN call in administrative walks: one page held at a time.
+const SCAN_PAGE: usize = 500;
+
+/// How long a user index must live for a session of this lifetime, from `now`.
+fn index_keep_ms(lifetime: &Lifetime, now: i64) -> i64 {
+    lifetime.ends_at.saturating_sub(now).saturating_mul(1000)
 }
 
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// The status number a script answers first.
+fn status_of(answer: &[Value]) -> i64 {
+    answer
+        .first()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or(-1)
+}
+
+/// The session IDs a script answers after its status (the ones it displaced).
+fn ids_after_status(answer: &[Value]) -> Vec<String> {
+    answer
+        .iter()
+        .skip(1)
+        .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+        .collect()
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -471,6 +551,15 @@ fn decode_session(
     let touched = number(next(), "t")?;
     let created = number(next(), "c")?;
     let user = next().and_then(|u| String::from_utf8(u).ok()).filter(|u| !u.is_empty());
+    // Records written before incarnations and creators were kept have neither.
+    let incarnation = match next() {
+        Some(n) => std::str::from_utf8(&n)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| StoreError::Corrupt("session field n is not a number".into()))?,
+        None => 0,
+    };
+    let creator = next().and_then(|r| String::from_utf8(r).ok()).unwrap_or_default();
     Ok(Some(Session {
         version,
         items,
@@ -478,6 +567,8 @@ fn decode_session(
         touched,
         created,
         user,
+        incarnation,
+        creator,
     }))
 }
 
@@ -538,21 +629,17 @@ impl Store for RedisStore {
             .arg(if limit.displace { 1 } else { 0 })
             .arg(session_id)
             .arg(self.session_key_prefix(replica_set))
-            .arg(now * 1000)
-            .arg(index_score(&session.lifetime));
+            .arg(now)
+            .arg(index_keep_ms(&session.lifetime, now))
+            .arg(session.incarnation.to_string())
+            .arg(&session.creator)
+            .arg(self.user_key_prefix(replica_set));
         let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
-        let status: i64 = answer
-            .first()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or(-1);
-        match status {
+        match status_of(&answer) {
             0 => Ok(CreateOutcome::IdInUse),
             1 => Ok(CreateOutcome::LimitReached),
             2 => Ok(CreateOutcome::Created {
-                displaced: answer[1..]
-                    .iter()
-                    .filter_map(|v| redis::from_redis_value::<String>(v).ok())
-                    .collect(),
+                displaced: ids_after_status(&answer),
             }),
             _ => Err(StoreError::Corrupt("unexpected answer from the create script".into())),
         }
@@ -568,13 +655,16 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let key = self.session_key(replica_set, session_id);
         if !touch {
-            return self.read_session(replica_set, session_id, &mut conn).await;
+            let session = self.read_session(replica_set, session_id, &mut conn).await?;
+            return Ok(session.filter(|s| s.is_live(now)));
         }
         let fields: Vec<Option<Vec<u8>>> = self
             .scripts
             .get
             .key(key)
             .arg(now)
+            .arg(self.user_key_prefix(replica_set))
+            .arg(session_id)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
@@ -585,33 +675,23 @@ impl Store for RedisStore {
         &self,
         replica_set: &str,
         session_id: &str,
-        expected_version: u64,
-        previous_user: Option<&str>,
-        session: &Session,
+        change: &Replacement,
     ) -> Result<ReplaceOutcome, StoreError> {
         let mut conn = self.conn().await?;
+        let session = &change.session;
         let session_key = self.session_key(replica_set, session_id);
         let mut call = self.scripts.replace.key(&session_key);
-        // The index entry follows the session: its user, and its lifetime end (the score). An
-        // index that is not there is named by the session key, not "": an ACL that limits the
-        // shim to its prefix refuses a call naming a key outside it, the empty one too.
-        let user_changed = previous_user != session.user.as_deref();
-        if user_changed || session.user.is_some() {
-            call.key(
-                previous_user
-                    .filter(|_| user_changed)
-                    .map(|u| self.user_key(replica_set, u))
-                    .unwrap_or_else(|| session_key.clone()),
-            );
-            call.key(
-                session
-                    .user
-                    .as_ref()
-                    .map(|u| self.user_key(replica_set, u))
-                    .unwrap_or_else(|| session_key.clone()),
-            );
-        }
-        call.arg(expected_version)
+        // The index entry follows the session's user. An index that is not there is named by
+        // the session key, not "": an ACL that limits the shim to its prefix refuses a call
+        // naming a key outside it, the empty one too.
+        let moved = change.previous_user != session.user;
+        let index_or_session = |user: Option<&String>| {
+            user.map(|u| self.user_key(replica_set, u))
+                .unwrap_or_else(|| session_key.clone())
+        };
+        call.key(index_or_session(change.previous_user.as_ref().filter(|_| moved)))
+            .key(index_or_session(session.user.as_ref()));
+        call.arg(change.expected_version)
             .arg(session.version)
             .arg(self.stored_items(replica_set, session_id, session))
             .arg(session.lifetime.ends_at)
@@ -620,13 +700,24 @@ impl Store for RedisStore {
             .arg(session.user.as_deref().unwrap_or(""))
             .arg(session.lifetime.expires_at(session.touched) * 1000)
             .arg(session_id)
-            .arg(index_score(&session.lifetime))
-            .arg(crate::clock::now() * 1000);
-        let answer: Vec<i64> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
-        match answer.as_slice() {
-            [0] => Ok(ReplaceOutcome::NotFound),
-            [1, stored] => Ok(ReplaceOutcome::VersionMismatch { stored: *stored as u64 }),
-            [2] => Ok(ReplaceOutcome::Replaced),
+            .arg(index_keep_ms(&session.lifetime, change.now))
+            .arg(change.now)
+            .arg(session.incarnation.to_string())
+            .arg(change.limit.max)
+            .arg(if change.limit.displace { 1 } else { 0 })
+            .arg(self.session_key_prefix(replica_set))
+            .arg(self.user_key_prefix(replica_set))
+            .arg(if moved { 1 } else { 0 });
+        let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        match (status_of(&answer), answer.get(1)) {
+            (0, _) => Ok(ReplaceOutcome::NotFound),
+            (1, Some(stored)) => Ok(ReplaceOutcome::VersionMismatch {
+                stored: redis::from_redis_value(stored).unwrap_or(0),
+            }),
+            (2, _) => Ok(ReplaceOutcome::Replaced {
+                displaced: ids_after_status(&answer),
+            }),
+            (3, _) => Ok(ReplaceOutcome::LimitReached),
             _ => Err(StoreError::Corrupt("unexpected answer from the replace script".into())),
         }
     }
@@ -645,61 +736,100 @@ impl Store for RedisStore {
         Ok(deleted == 1)
     }
 
-    async fn user_sessions(&self, replica_set: &str, user: &str) -> Result<Vec<String>, StoreError> {
+    async fn end_if_unchanged(&self, replica_set: &str, session_id: &str, seen: &Session) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let ended: i64 = self
+            .scripts
+            .end_if_unchanged
+            .key(self.session_key(replica_set, session_id))
+            .arg(seen.version)
+            .arg(seen.touched)
+            .arg(seen.incarnation.to_string())
+            .arg(self.user_key_prefix(replica_set))
+            .arg(session_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(ended == 1)
+    }
+
+    async fn user_sessions(&self, replica_set: &str, user: &str, now: i64) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
         let ids: Vec<String> = conn
             .zrange(self.user_key(replica_set, user), 0, -1)
             .await
             .map_err(|e| self.failed(e))?;
-        // The index may name sessions that ended on their TTL since the last create.
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.exists(self.session_key(replica_set, id));
-        }
-        let live: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
-        Ok(ids
-            .into_iter()
-            .zip(live)
-            .filter(|(_, l)| *l)
-            .map(|(id, _)| id)
-            .collect())
+        self.live_of_user(replica_set, user, ids, now, &mut conn).await
     }
 
-    async fn all_sessions(&self, replica_set: &str) -> Result<Vec<(String, Session)>, StoreError> {
+    async fn scan_sessions(
+        &self,
+        replica_set: &str,
+        now: i64,
+        visit: &mut SessionVisitor<'_>,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let prefix = self.session_key_prefix(replica_set);
         let pattern = format!("{}*", glob_escape(&prefix));
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-            keys.extend(batch);
+            let (next, keys) = self.scan_page(&pattern, cursor, &mut conn).await?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("HMGET").arg(key).arg(&SESSION_FIELDS);
+            }
+            let pages: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
+            for (key, fields) in keys.iter().zip(pages) {
+                let Some(id) = key.strip_prefix(&prefix).and_then(|r| r.strip_suffix('}')) else {
+                    continue;
+                };
+                // SCAN may name a key twice while Redis resizes its table; without holding
+                // every key seen, a listing then counts that session twice (rare, harmless).
+                if let Some(session) = self.decode_session(replica_set, id, fields)? {
+                    if session.is_live(now) {
+                        visit(id, &session);
+                    }
+                }
+            }
             if next == 0 {
-                break;
+                return Ok(());
             }
             cursor = next;
         }
-        keys.sort();
-        keys.dedup();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let Some(id) = key.strip_prefix(&prefix).and_then(|r| r.strip_suffix('}')) else {
-                continue;
-            };
-            if let Some(session) = self.read_session(replica_set, id, &mut conn).await? {
-                out.push((id.to_string(), session));
+    }
+
+    async fn scan_users(
+        &self,
+        replica_set: &str,
+        pattern: &str,
+        now: i64,
+        visit: &mut UserVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let prefix = self.user_key_prefix(replica_set);
+        let glob = format!("{}{}}}", glob_escape(&prefix), pattern_glob(pattern));
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan_page(&glob, cursor, &mut conn).await?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.zrange(key, 0, -1);
             }
+            let indexes: Vec<Vec<String>> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
+            for (key, ids) in keys.iter().zip(indexes) {
+                let Some(user) = key.strip_prefix(&prefix).and_then(|r| r.strip_suffix('}')) else {
+                    continue;
+                };
+                let live = self.live_of_user(replica_set, user, ids, now, &mut conn).await?;
+                if !live.is_empty() {
+                    visit(user, &live);
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
         }
-        out.sort_by(|a, b| a.1.created.cmp(&b.1.created).then_with(|| a.0.cmp(&b.0)));
-        Ok(out)
     }
 
     async fn join(
@@ -768,19 +898,18 @@ impl Store for RedisStore {
 
     async fn members(&self, replica_set: &str, stale_before: i64) -> Result<Vec<Member>, StoreError> {
         let mut conn = self.conn().await?;
-        let key = self.members_key(replica_set);
-        let all: Vec<(String, String)> = conn.hgetall(&key).await.map_err(|e| self.failed(e))?;
-        let mut members = Vec::new();
-        let mut stale = Vec::new();
-        for (replica, value) in all {
-            match parse_member(replica.clone(), &value) {
-                Some(m) if m.last_seen >= stale_before => members.push(m),
-                _ => stale.push(replica),
-            }
-        }
-        if !stale.is_empty() {
-            let _: i64 = conn.hdel(&key, stale).await.map_err(|e| self.failed(e))?;
-        }
+        let live: Vec<(String, String)> = self
+            .scripts
+            .members
+            .key(self.members_key(replica_set))
+            .arg(stale_before)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let mut members: Vec<Member> = live
+            .into_iter()
+            .filter_map(|(replica, value)| parse_member(replica, &value))
+            .collect();
         members.sort_by(|a, b| a.joined.cmp(&b.joined).then_with(|| a.replica.cmp(&b.replica)));
         Ok(members)
     }
@@ -847,6 +976,12 @@ impl Store for RedisStore {
     }
 }
 
+/// A SessionDataValue pattern as a Redis glob: `*` stays a wildcard, every other glob
+/// character is literal.
+fn pattern_glob(pattern: &str) -> String {
+    pattern.split('*').map(glob_escape).collect::<Vec<_>>().join("*")
+}
+
 /// Escapes Redis glob characters so a literal prefix matches only itself.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -859,88 +994,190 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-/// KEYS: session, [user index]. ARGV: items, ends_at, idle, touched, created, user,
-/// expires_ms, limit, displace, id, session key prefix, now_ms, index score (lifetime end ms).
-/// Answers {0} ID in use, {1} limit reached, {2, displaced...} created.
-/// Index entries whose lifetime ended go by score; entries of sessions that ended early
-/// (idle) are found by looking: all of them under a limit, else the eight nearest their end,
-/// which keeps a create O(log n) in the user's index while dead entries still drain.
-const CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
-local displaced = {}
-if #KEYS > 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[12])
-  local limit = tonumber(ARGV[8])
+/// The Lua helpers every session script begins with (a macro, so `concat!` can join them).
+/// `live` is `Session::is_live`, `admit` the memory store's `State::admit`, and `index` keeps
+/// the order `memory::IndexEntry` does: 1048576 is `memory::ARRIVALS_PER_SECOND`.
+macro_rules! session_rules {
+    () => {
+        r#"
+local function ends_of(e, i, t)
+  local ends, idle = tonumber(e), tonumber(i)
+  if idle > 0 and tonumber(t) + idle < ends then ends = tonumber(t) + idle end
+  return ends
+end
+-- Whether the session is live at `now` and, when `user` is given, still that user's.
+local function live(key, now, user)
+  local f = redis.call('HMGET', key, 'e', 'i', 't', 'u')
+  if not f[1] then return false end
+  if user and f[4] ~= user then return false end
+  return ends_of(f[1], f[2], f[3]) > now
+end
+-- Deletes a session and its user index entry.
+local function drop(key, user_prefix, id)
+  local u = redis.call('HGET', key, 'u')
+  local n = redis.call('DEL', key)
+  if u and u ~= '' then redis.call('ZREM', user_prefix .. u .. '}', id) end
+  return n
+end
+-- The concurrent-session rule for one more session of `user` (other than `except`): the IDs
+-- it displaced, or nil when the limit refuses. Entries of ended sessions go: all of them
+-- under a limit, else among the eight oldest (the likeliest to have ended), which keeps a
+-- create O(log n) in the user's index while dead entries still drain.
+local function admit(index, user, limit, displace, session_prefix, user_prefix, except, now)
   local last = 7
   if limit > 0 then last = -1 end
-  local live = {}
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, last)) do
-    if redis.call('EXISTS', ARGV[11] .. id .. '}') == 1 then
-      live[#live + 1] = id
+  local ids = {}
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, last)) do
+    if live(session_prefix .. id .. '}', now, user) then
+      if id ~= except then ids[#ids + 1] = id end
     else
-      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', index, id)
     end
   end
-  if limit > 0 and #live >= limit then
-    if ARGV[9] ~= '1' then return {1} end
-    for n = 1, #live - limit + 1 do
-      redis.call('DEL', ARGV[11] .. live[n] .. '}')
-      redis.call('ZREM', KEYS[2], live[n])
-      displaced[#displaced + 1] = live[n]
-    end
+  local displaced = {}
+  if limit == 0 or #ids < limit then return displaced end
+  if displace ~= '1' then return nil end
+  for n = 1, #ids - limit + 1 do
+    drop(session_prefix .. ids[n] .. '}', user_prefix, ids[n])
+    displaced[#displaced + 1] = ids[n]
   end
-  redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10])
-  local keep = tonumber(ARGV[2]) * 1000 - tonumber(ARGV[12])
-  if redis.call('PTTL', KEYS[2]) < keep then redis.call('PEXPIRE', KEYS[2], keep) end
+  return displaced
 end
-redis.call('HSET', KEYS[1], 'v', 0, 'd', ARGV[1], 'e', ARGV[2], 'i', ARGV[3], 't', ARGV[4], 'c', ARGV[5], 'u', ARGV[6])
+-- Adds `id` to a user index: scored by its creation second, plus its arrival within that
+-- second when the newest entry was made in the same second.
+local function index(key, created, id, keep_ms)
+  local step = 1 / 1048576
+  local score = created
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if top[2] then
+    local newest = tonumber(top[2])
+    if math.floor(newest) == created then
+      score = newest
+      if newest + step < created + 1 then score = newest + step end
+    end
+  end
+  redis.call('ZADD', key, string.format('%.17g', score), id)
+  if keep_ms > 0 and redis.call('PTTL', key) < keep_ms then redis.call('PEXPIRE', key, keep_ms) end
+end
+"#
+    };
+}
+
+/// KEYS: session, [user index]. ARGV: items, ends_at, idle, touched, created, user,
+/// expires_ms, limit, displace, id, session key prefix, now, index keep_ms, incarnation,
+/// creator, user index prefix.
+/// Answers {0} ID in use, {1} limit reached, {2, displaced...} created. A session key whose
+/// session ended by the shim's clock (Redis has not dropped it yet) is not in use.
+const CREATE: &str = concat!(
+    session_rules!(),
+    r#"
+local now = tonumber(ARGV[12])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if live(KEYS[1], now) then return {0} end
+  drop(KEYS[1], ARGV[16], ARGV[10])
+end
+local displaced = {}
+if #KEYS > 1 then
+  displaced = admit(KEYS[2], ARGV[6], tonumber(ARGV[8]), ARGV[9], ARGV[11], ARGV[16], ARGV[10], now)
+  if not displaced then return {1} end
+  index(KEYS[2], tonumber(ARGV[5]), ARGV[10], tonumber(ARGV[13]))
+end
+redis.call('HSET', KEYS[1], 'v', 0, 'd', ARGV[1], 'e', ARGV[2], 'i', ARGV[3], 't', ARGV[4], 'c', ARGV[5],
+  'u', ARGV[6], 'n', ARGV[14], 'r', ARGV[15])
 redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 local answer = {2}
 for _, id in ipairs(displaced) do answer[#answer + 1] = id end
 return answer
-"#;
+"#
+);
 
-/// KEYS: session. ARGV: now. Reads the session, records the activity and extends its TTL.
-const GET: &str = r#"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'e', 'i', 't', 'c', 'u')
-if not r[1] then return r end
+/// KEYS: session. ARGV: now, user index prefix, id. Reads the session, records the activity
+/// and extends its TTL; a session that ended by the shim's clock is dropped and not found.
+const GET: &str = concat!(
+    session_rules!(),
+    r#"
+local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'e', 'i', 't', 'c', 'u', 'n', 'r')
+if not r[1] then return {} end
 local now = tonumber(ARGV[1])
+if ends_of(r[3], r[4], r[5]) <= now then
+  drop(KEYS[1], ARGV[2], ARGV[3])
+  return {}
+end
 local at = tonumber(r[3])
 local idle = tonumber(r[4])
 if idle > 0 and now + idle < at then at = now + idle end
 redis.call('HSET', KEYS[1], 't', now)
 redis.call('PEXPIREAT', KEYS[1], at * 1000)
 return r
-"#;
+"#
+);
 
-/// KEYS: session, [old user index (when the user changed), new user index], where an index
-/// that is not there is the session key again.
+/// KEYS: session, old user index, new user index, where an index that is not there is the
+/// session key again (the old one is named only when the user changes).
 /// ARGV: expected version, new version, items, ends_at, idle, touched, user, expires_ms, id,
-/// index score (lifetime end ms), now_ms.
-/// Answers {0} not found, {1, stored} version mismatch, {2} replaced.
-const REPLACE: &str = r#"
-local v = redis.call('HGET', KEYS[1], 'v')
-if not v then return {0} end
-if v ~= ARGV[1] then return {1, tonumber(v)} end
+/// index keep_ms, now, incarnation, limit, displace, session key prefix, user index prefix,
+/// moved (1 when the user changes).
+/// Answers {0} not found, {1, stored} version or incarnation mismatch, {2, displaced...}
+/// replaced, {3} the new user is at the limit.
+const REPLACE: &str = concat!(
+    session_rules!(),
+    r#"
+local now = tonumber(ARGV[11])
+local f = redis.call('HMGET', KEYS[1], 'v', 'n', 'c')
+if not f[1] or not live(KEYS[1], now) then return {0} end
+if f[1] ~= ARGV[1] or (f[2] or '0') ~= ARGV[12] then return {1, tonumber(f[1])} end
+local moved = ARGV[17] == '1'
+local displaced = {}
+if moved and KEYS[3] ~= KEYS[1] then
+  displaced = admit(KEYS[3], ARGV[7], tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16], ARGV[9], now)
+  if not displaced then return {3} end
+end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'e', ARGV[4], 'i', ARGV[5], 't', ARGV[6], 'u', ARGV[7])
 redis.call('PEXPIREAT', KEYS[1], ARGV[8])
-if #KEYS > 1 then
-  if KEYS[2] ~= KEYS[1] then redis.call('ZREM', KEYS[2], ARGV[9]) end
-  if KEYS[3] ~= KEYS[1] then
-    redis.call('ZADD', KEYS[3], ARGV[10], ARGV[9])
-    local keep = tonumber(ARGV[4]) * 1000 - tonumber(ARGV[11])
-    if redis.call('PTTL', KEYS[3]) < keep then redis.call('PEXPIRE', KEYS[3], keep) end
+if moved and KEYS[2] ~= KEYS[1] then redis.call('ZREM', KEYS[2], ARGV[9]) end
+if KEYS[3] ~= KEYS[1] then
+  local keep = tonumber(ARGV[10])
+  if moved then
+    index(KEYS[3], tonumber(f[3]), ARGV[9], keep)
+  elseif keep > 0 and redis.call('PTTL', KEYS[3]) < keep then
+    redis.call('PEXPIRE', KEYS[3], keep)
   end
 end
-return {2}
-"#;
+local answer = {2}
+for _, id in ipairs(displaced) do answer[#answer + 1] = id end
+return answer
+"#
+);
 
 /// KEYS: session. ARGV: user index prefix, id. Deletes the session and its index entry.
-const DELETE: &str = r#"
-local u = redis.call('HGET', KEYS[1], 'u')
-local n = redis.call('DEL', KEYS[1])
-if u and u ~= '' then redis.call('ZREM', ARGV[1] .. u .. '}', ARGV[2]) end
-return n
+const DELETE: &str = concat!(session_rules!(), "\nreturn drop(KEYS[1], ARGV[1], ARGV[2])\n");
+
+/// KEYS: session. ARGV: version, touched, incarnation, user index prefix, id. Deletes the
+/// session only if it is still the one read: the idle decision's second half.
+const END_IF_UNCHANGED: &str = concat!(
+    session_rules!(),
+    r#"
+local f = redis.call('HMGET', KEYS[1], 'v', 't', 'n')
+if not f[1] or f[1] ~= ARGV[1] or f[2] ~= ARGV[2] or (f[3] or '0') ~= ARGV[3] then return 0 end
+return drop(KEYS[1], ARGV[4], ARGV[5])
+"#
+);
+
+/// KEYS: members hash. ARGV: stale_before. Answers the live members (replica, value pairs)
+/// and removes the others in the same step.
+const MEMBERS: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for n = 1, #all, 2 do
+  local seen = string.match(all[n + 1], '^.*\t%d+\t(%d+)$')
+  if seen and tonumber(seen) >= tonumber(ARGV[1]) then
+    live[#live + 1] = all[n]
+    live[#live + 1] = all[n + 1]
+  else
+    redis.call('HDEL', KEYS[1], all[n])
+  end
+end
+return live
 "#;
 
 /// KEYS: set hash, members hash, sets. ARGV: replica, instance, caps, now, stale_before, set.
@@ -1018,6 +1255,17 @@ mod tests {
         let m = parse_member("web".into(), "a\tb:web\t10\t20").unwrap();
         assert_eq!((m.instance.as_str(), m.joined, m.last_seen), ("a\tb:web", 10, 20));
         assert!(parse_member("web".into(), "garbage").is_none());
+    }
+
+    #[test]
+    fn the_scripts_keep_the_memory_stores_arrival_order() {
+        let resolution = crate::store::memory::ARRIVALS_PER_SECOND.to_string();
+        assert!(CREATE.contains(&format!("1 / {resolution}")));
+    }
+
+    #[test]
+    fn patterns_become_globs_with_only_the_star_free() {
+        assert_eq!(pattern_glob("a*b?[c]"), "a*b\\?\\[c\\]");
     }
 
     #[test]

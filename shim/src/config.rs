@@ -126,6 +126,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
+    /// The most sessions the embedded store keeps; past it the least recently used session
+    /// goes (counted in `redsess_shim_sessions_evicted_total`). 0 = no bound. Default 100000
+    /// (about 300 MB of WebSEAL sessions). Not for Redis, whose bound is its `maxmemory`.
+    #[arg(long, env = "REDSESS_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+
     /// Requests handled at once, waiting long polls included; past it a request is answered
     /// 503 at once (counted as a fault, cause `overloaded`) instead of queueing.
     #[arg(long, env = "REDSESS_MAX_IN_FLIGHT", default_value_t = 4096)]
@@ -171,9 +177,15 @@ pub struct ServeArgs {
 /// Where sessions are kept.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Memory,
+    /// In this process, keeping at most `max_sessions` (0 = no bound).
+    Memory {
+        max_sessions: usize,
+    },
     Redis(Box<RedisSettings>),
 }
+
+/// The embedded store's bound when none is given: about 300 MB of WebSEAL sessions.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
@@ -358,7 +370,15 @@ impl ServeArgs {
                     "seals records in Redis; the embedded store keeps them in this process's memory only",
                 ))
             }
-            None => StoreConfig::Memory,
+            None => StoreConfig::Memory {
+                max_sessions: self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
+            },
+            Some(_) if self.max_sessions.is_some() => {
+                return Err(bad(
+                    "--max-sessions (REDSESS_MAX_SESSIONS)",
+                    "bounds the embedded store; with Redis, bound memory with Redis's maxmemory",
+                ))
+            }
             Some(url) => {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     return Err(bad(
@@ -600,10 +620,29 @@ mod tests {
     #[test]
     fn defaults_run_on_the_embedded_store() {
         let c = args(&[]).validate(no_env).unwrap();
-        assert!(matches!(c.store, StoreConfig::Memory));
+        assert!(matches!(
+            c.store,
+            StoreConfig::Memory {
+                max_sessions: DEFAULT_MAX_SESSIONS
+            }
+        ));
         assert_eq!(c.session.clock_skew_secs, 180);
         assert_eq!(c.max_body_bytes, 1024 * 1024);
         assert!(c.tls.is_none() && c.basic_auth.is_none());
+    }
+
+    #[test]
+    fn max_sessions_bounds_only_the_embedded_store() {
+        let c = args(&["--max-sessions", "0"]).validate(no_env).unwrap();
+        assert!(matches!(c.store, StoreConfig::Memory { max_sessions: 0 }));
+        let e = args(&["--max-sessions", "10", "--redis-url", "redis://r:6379"])
+            .validate(no_env)
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--max-sessions (REDSESS_MAX_SESSIONS)"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("maxmemory"), "{e}");
     }
 
     #[test]

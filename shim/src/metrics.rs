@@ -70,6 +70,16 @@ impl Metrics {
             "Session records treated as absent because they did not open, by cause (tampered, unknown_key, plain, no_keys, truncated)",
             crate::store::sealing::UNOPENED.clone(),
         );
+        registry.register(
+            "sessions_evicted",
+            "Sessions the embedded store ended, least recently used first, to stay within --max-sessions",
+            crate::store::memory::EVICTED.clone(),
+        );
+        registry.register(
+            "embedded_sessions",
+            "Sessions the embedded store holds (0 with Redis)",
+            crate::store::memory::STORED.clone(),
+        );
         let waiting_polls = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "waiting_polls",

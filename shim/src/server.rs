@@ -68,8 +68,8 @@ pub struct Limits {
 /// Builds the store the configuration names.
 pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ServerError> {
     Ok(match config {
-        StoreConfig::Memory => {
-            let store = Arc::new(MemoryStore::new());
+        StoreConfig::Memory { max_sessions } => {
+            let store = Arc::new(MemoryStore::bounded(*max_sessions));
             store.spawn_sweeper(crate::clock::now);
             store
         }

@@ -999,3 +999,25 @@ async fn idle_decisions_racing_reads_through_two_shims_on_redis() {
     let b = Shim::start(&["--clock-skew", "2s"], &env);
     idle_decisions_race_reads(&a, &b).await;
 }
+
+/// A flood of logins on the embedded store stays within `--max-sessions`: the least recently
+/// used sessions go, counted, and the newest stay.
+#[tokio::test]
+async fn a_flood_of_sessions_stays_within_max_sessions() {
+    let shim = Shim::start(&["--max-sessions", "100"], &[]);
+    let client = shim.client();
+    for n in 0..300 {
+        let items = [item("com.tivoli.am.eb.user-name", "sms", Some(&format!("flood-{n}")))];
+        let created = client
+            .create_session(REPLICA, RS, &format!("flood-{n}"), 0, &items)
+            .await
+            .unwrap();
+        assert_eq!(created.result(), SUCCESS, "flood-{n}");
+    }
+    assert_eq!(shim.metric("redsess_shim_sessions_evicted_total"), 200);
+    assert_eq!(shim.metric("redsess_shim_embedded_sessions"), 100);
+    for (n, found) in [(0, false), (199, false), (200, true), (299, true)] {
+        let got = client.get_session(REPLICA, RS, &format!("flood-{n}")).await.unwrap();
+        assert_eq!(got.result() == SUCCESS, found, "flood-{n}");
+    }
+}

@@ -681,6 +681,37 @@ store_suite!(
     key_material_is_shared_and_rotates_once,
 );
 
+/// The embedded store past `--max-sessions` ends the least recently used session: a read with
+/// touch or a change counts as a use, and the user index forgets what was ended.
+#[tokio::test]
+async fn a_bounded_memory_store_ends_the_least_recently_used() {
+    let store = MemoryStore::bounded(3);
+    let evicted = redsess_shim::store::memory::EVICTED.get();
+    for id in ["A", "B", "C"] {
+        created(&store, id, &session(Some("kim"), items(), 3600, 0), &NO_LIMIT).await;
+    }
+    store.get_session("default", "A", true, now()).await.unwrap().unwrap();
+    // A read without touch (the shim's own, before a change) is no use.
+    store.get_session("default", "B", false, now()).await.unwrap().unwrap();
+    created(&store, "D", &session(Some("kim"), items(), 3600, 0), &NO_LIMIT).await;
+    assert!(
+        store.get_session("default", "B", false, now()).await.unwrap().is_none(),
+        "B was used least recently"
+    );
+    let c = store.get_session("default", "C", false, now()).await.unwrap().unwrap();
+    let mut next = c.clone();
+    next.version = 1;
+    store
+        .replace_session("default", "C", &change(0, Some("kim"), &next))
+        .await
+        .unwrap();
+    created(&store, "E", &session(Some("kim"), items(), 3600, 0), &NO_LIMIT).await;
+    // A was read before D was made, and C changed after: A is the least recently used now.
+    assert!(store.get_session("default", "A", false, now()).await.unwrap().is_none());
+    assert_eq!(users_sessions(&store, "kim").await, ["C", "D", "E"]);
+    assert!(redsess_shim::store::memory::EVICTED.get() >= evicted + 2);
+}
+
 /// Member expiry decides and removes in one step: a heartbeat that lands while another shim
 /// lists the members (and drops the stale ones) keeps its member.
 async fn heartbeats_survive_a_concurrent_member_expiry(a: Arc<dyn Store>, b: Arc<dyn Store>) {

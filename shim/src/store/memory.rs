@@ -5,12 +5,18 @@
 //! a sweep pops the front of the queue while it is due, so each operation costs O(log n) in
 //! the queue and O(1) in the session map, and nothing but an administrative listing walks
 //! all sessions. A session past its end is invisible before the sweep reaches it.
+//!
+//! Bounded: past `--max-sessions`, a new session ends the least recently used one (as IAG's
+//! own cache does past `max_sessions`), so a flood of logins cannot take the process's memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::LazyLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::broadcast;
 
 use super::{
@@ -28,6 +34,13 @@ pub const ARRIVALS_PER_SECOND: u32 = 1 << 20;
 #[derive(Default)]
 struct State {
     sessions: HashMap<SessionKey, Session>,
+    /// At most this many sessions; 0 = no bound.
+    max_sessions: usize,
+    /// Each session's last use (create, touching read, change) as a tick of `uses`, and the
+    /// sessions by last use: the least recently used is the first.
+    last_use: HashMap<SessionKey, u64>,
+    by_last_use: BTreeMap<u64, SessionKey>,
+    uses: u64,
     /// (expires_at, key): the expiry queue.
     expiries: BTreeSet<(i64, SessionKey)>,
     /// (replica set, user) → the user's sessions, oldest first.
@@ -64,10 +77,27 @@ impl Default for MemoryStore {
     }
 }
 
+/// Sessions dropped to stay within `--max-sessions`, least recently used first; one counter
+/// for the process (registered by `metrics`).
+pub static EVICTED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Sessions the embedded store holds now.
+pub static STORED: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+
 impl MemoryStore {
+    /// A store without a bound on its sessions.
     pub fn new() -> Self {
+        Self::bounded(0)
+    }
+
+    /// A store keeping at most `max_sessions` (0 = no bound): past it, a new session makes
+    /// room by ending the least recently used one.
+    pub fn bounded(max_sessions: usize) -> Self {
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                max_sessions,
+                ..State::default()
+            }),
             rotations: broadcast::channel(64).0,
         }
     }
@@ -115,6 +145,10 @@ impl State {
 
     fn remove_session(&mut self, key: &SessionKey) -> Option<Session> {
         let session = self.sessions.remove(key)?;
+        STORED.set(self.sessions.len() as i64);
+        if let Some(tick) = self.last_use.remove(key) {
+            self.by_last_use.remove(&tick);
+        }
         self.expiries
             .remove(&(session.lifetime.expires_at(session.touched), key.clone()));
         if let Some(user) = &session.user {
@@ -189,6 +223,7 @@ impl State {
         Some(displaced)
     }
 
+    /// Stores a session and counts it as used now.
     fn insert_session(&mut self, key: SessionKey, session: Session) {
         if let Some(old) = self.sessions.get(&key) {
             self.expiries
@@ -196,7 +231,24 @@ impl State {
         }
         self.expiries
             .insert((session.lifetime.expires_at(session.touched), key.clone()));
+        self.uses += 1;
+        if let Some(before) = self.last_use.insert(key.clone(), self.uses) {
+            self.by_last_use.remove(&before);
+        }
+        self.by_last_use.insert(self.uses, key.clone());
         self.sessions.insert(key, session);
+        STORED.set(self.sessions.len() as i64);
+    }
+
+    /// Ends least recently used sessions until one more fits.
+    fn make_room(&mut self) {
+        while self.max_sessions > 0 && self.sessions.len() >= self.max_sessions {
+            let Some((_, key)) = self.by_last_use.pop_first() else {
+                return;
+            };
+            self.remove_session(&key);
+            EVICTED.inc();
+        }
     }
 
     fn set(&mut self, replica_set: &str) -> &mut ReplicaSet {
@@ -241,6 +293,7 @@ impl Store for MemoryStore {
             }
             state.index(replica_set, user, session.created, session_id);
         }
+        state.make_room();
         state.insert_session(k, session.clone());
         Ok(CreateOutcome::Created { displaced })
     }

@@ -126,6 +126,16 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
+    /// Session writes (createSession, changeSession, terminateSession) answer success only
+    /// once this many Redis replicas have them (`WAIT`), else a fault (cause `not_durable`);
+    /// an acknowledged session then survives the primary's loss. 0 = once the primary has it.
+    #[arg(long, env = "REDSESS_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a write waits for those replicas; less than --request-timeout.
+    #[arg(long, env = "REDSESS_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_wait_timeout: Duration,
+
     /// The most sessions the embedded store keeps; past it the least recently used session
     /// goes (counted in `redsess_shim_sessions_evicted_total`). 0 = no bound. Default 100000
     /// (about 300 MB of WebSEAL sessions). Not for Redis, whose bound is its `maxmemory`.
@@ -370,6 +380,12 @@ impl ServeArgs {
                     "seals records in Redis; the embedded store keeps them in this process's memory only",
                 ))
             }
+            None if self.redis_wait_replicas > 0 => {
+                return Err(bad(
+                    "--redis-wait-replicas (REDSESS_REDIS_WAIT_REPLICAS)",
+                    "waits for Redis replicas; the embedded store has none",
+                ))
+            }
             None => StoreConfig::Memory {
                 max_sessions: self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
             },
@@ -404,9 +420,17 @@ impl ServeArgs {
                     record_keys_check: self.record_keys_check,
                     connect_timeout: self.request_timeout,
                     response_timeout: self.request_timeout,
+                    wait_replicas: self.redis_wait_replicas,
+                    wait_timeout: self.redis_wait_timeout,
                 }))
             }
         };
+        if self.redis_wait_timeout < Duration::from_millis(10) || self.redis_wait_timeout >= self.request_timeout {
+            return Err(bad(
+                "--redis-wait-timeout (REDSESS_REDIS_WAIT_TIMEOUT)",
+                "must be at least 10ms and less than --request-timeout (REDSESS_REQUEST_TIMEOUT)",
+            ));
+        }
         if self.key_prefix.contains(['{', '}']) {
             return Err(bad(
                 "--key-prefix (REDSESS_KEY_PREFIX)",
@@ -643,6 +667,23 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("maxmemory"), "{e}");
+    }
+
+    #[test]
+    fn durable_writes_need_redis_and_a_wait_within_the_request_timeout() {
+        let c = args(&["--redis-url", "redis://r:6379", "--redis-wait-replicas", "1"])
+            .validate(no_env)
+            .unwrap();
+        let StoreConfig::Redis(redis) = c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!((redis.wait_replicas, redis.wait_timeout), (1, Duration::from_secs(1)));
+        let e = args(&["--redis-wait-replicas", "1"]).validate(no_env).unwrap_err();
+        assert!(e.to_string().starts_with("--redis-wait-replicas"), "{e}");
+        let e = args(&["--redis-url", "redis://r:6379", "--redis-wait-timeout", "5s"])
+            .validate(no_env)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("--redis-wait-timeout"), "{e}");
     }
 
     #[test]

@@ -387,9 +387,15 @@ fn closing(mut response: Response) -> Response {
     response
 }
 
+/// The cause a fault is counted under, when its status alone does not tell.
+#[derive(Clone, Copy)]
+struct FaultCause(&'static str);
+
 async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let response = answer_soap(&app, endpoint, headers, body).await;
-    if response.status() != StatusCode::OK {
+    if let Some(FaultCause(cause)) = response.extensions().get::<FaultCause>() {
+        app.metrics.fault(cause);
+    } else if response.status() != StatusCode::OK {
         app.metrics.fault(match response.status() {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
@@ -501,7 +507,9 @@ async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Bo
         }
         Ok(Err(e)) => {
             tracing::warn!(operation, error = %e, "the session store failed");
-            fault(StatusCode::SERVICE_UNAVAILABLE, FaultCode::Server, &e.to_string())
+            let mut r = fault(StatusCode::SERVICE_UNAVAILABLE, FaultCode::Server, &e.to_string());
+            r.extensions_mut().insert(FaultCause(e.cause()));
+            r
         }
         Err(_) => {
             tracing::warn!(operation, "the session store did not answer in time");

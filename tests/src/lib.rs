@@ -108,6 +108,22 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the process (SIGSTOP), as a stalled node would be; [`resume`](Self::resume)
+    /// lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let sent = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {signal} redis-server");
+    }
+
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.stop();

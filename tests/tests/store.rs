@@ -47,6 +47,8 @@ fn redis_store_with(redis: &RedisServer, prefix: &str, mode: Mode, keys: Option<
             record_keys_check: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         })
         .expect("redis store"),
     );
@@ -820,6 +822,8 @@ async fn a_redis_store_starts_while_redis_is_down() {
         record_keys_check: Duration::from_secs(10),
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_millis(500),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_millis(100),
     })
     .unwrap();
     assert!(store.ping().await.is_err());

@@ -146,6 +146,26 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the session store holds a record it cannot read: {0}")]
     Corrupt(String),
+    #[error(
+        "the write reached {acked} of the {wanted} Redis replicas it must reach (--redis-wait-replicas) within \
+         {within:?}: it is on the primary but may be lost if the primary fails before they catch up"
+    )]
+    NotDurable {
+        acked: i64,
+        wanted: u32,
+        within: std::time::Duration,
+    },
+}
+
+impl StoreError {
+    /// The fault cause it is counted under.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Corrupt(_) => "store_corrupt",
+            StoreError::NotDurable { .. } => "not_durable",
+        }
+    }
 }
 
 #[async_trait]

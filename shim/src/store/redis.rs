@@ -31,8 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, Script, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use redis::{AsyncCommands, IntoConnectionInfo, Script, ScriptInvocation, Value};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use tokio::sync::{broadcast, Mutex, RwLock};
@@ -72,6 +72,11 @@ pub struct RedisSettings {
     pub record_keys_check: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Session writes (create, change, terminate) succeed only once this many replicas have
+    /// them (`WAIT`); 0 = once the primary has them.
+    pub wait_replicas: u32,
+    /// How long a write waits for those replicas before it is answered with a fault.
+    pub wait_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -86,6 +91,8 @@ impl std::fmt::Debug for RedisSettings {
             .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<PEM>"))
             .field("record_encryption", &self.record_encryption)
             .field("record_keys_file", &self.record_keys_file)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .finish()
     }
 }
@@ -191,13 +198,25 @@ enum Target {
 pub struct RedisStore {
     target: Target,
     settings: RedisSettings,
-    connection: RwLock<Option<ConnectionManager>>,
-    /// Set when a failure suggests the primary moved (Sentinel): the next call asks again.
-    rediscover: AtomicBool,
+    /// The connection every call shares (multiplexed).
+    connection: Slot,
+    /// With `wait_replicas`, the connections session writes take, each write followed by
+    /// `WAIT` on its own connection (WAIT counts that connection's writes, and blocks it).
+    writers: Vec<Slot>,
+    next_writer: AtomicUsize,
+    /// Moves on when a failure suggests the primary moved (Sentinel): connections made
+    /// before are made again, to whichever server Sentinel names then.
+    generation: AtomicU64,
     rotations: broadcast::Sender<Rotation>,
     scripts: Scripts,
     sealing: Arc<Sealing>,
 }
+
+/// Durable writes on at most this many connections at once; more queue behind their WAITs.
+const WRITE_CONNECTIONS: usize = 8;
+
+/// A connection, made on first use, with the generation it was made in.
+type Slot = RwLock<Option<(u64, ConnectionManager)>>;
 
 struct Scripts {
     create: Script,
@@ -249,10 +268,18 @@ impl RedisStore {
         Ok(Self {
             target,
             sealing,
-            settings,
             connection: RwLock::new(None),
-            rediscover: AtomicBool::new(false),
+            writers: (0..if settings.wait_replicas > 0 {
+                WRITE_CONNECTIONS
+            } else {
+                0
+            })
+                .map(|_| RwLock::new(None))
+                .collect(),
+            next_writer: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             rotations: broadcast::channel(64).0,
+            settings,
             scripts: Scripts {
                 create: Script::new(CREATE),
                 get: Script::new(GET),
@@ -329,17 +356,22 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        if !self.rediscover.load(Ordering::Relaxed) {
-            if let Some(manager) = self.connection.read().await.as_ref() {
+        self.connect(&self.connection).await
+    }
+
+    /// The slot's connection, made (again) when it has none of the current generation.
+    async fn connect(&self, slot: &Slot) -> Result<ConnectionManager, StoreError> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        if let Some((made, manager)) = slot.read().await.as_ref() {
+            if *made == generation {
                 return Ok(manager.clone());
             }
         }
-        let mut slot = self.connection.write().await;
-        if self.rediscover.swap(false, Ordering::Relaxed) {
-            *slot = None;
-        }
-        if let Some(manager) = slot.as_ref() {
-            return Ok(manager.clone());
+        let mut slot = slot.write().await;
+        if let Some((made, manager)) = slot.as_ref() {
+            if *made == generation {
+                return Ok(manager.clone());
+            }
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.settings.connect_timeout)
@@ -355,8 +387,41 @@ impl RedisStore {
         .await
         .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
         .map_err(unavailable)?;
-        *slot = Some(manager.clone());
+        *slot = Some((generation, manager.clone()));
         Ok(manager)
+    }
+
+    /// Runs a script that writes a session. With `wait_replicas`, it goes on a write
+    /// connection followed by `WAIT` in the same round trip, and succeeds only once that many
+    /// replicas have it: a write acknowledged then survives the primary's loss.
+    async fn write<T: redis::FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let wanted = self.settings.wait_replicas;
+        if wanted == 0 {
+            let mut conn = self.conn().await?;
+            return call.invoke_async(&mut conn).await.map_err(|e| self.failed(e));
+        }
+        let writer = &self.writers[self.next_writer.fetch_add(1, Ordering::Relaxed) % self.writers.len()];
+        let mut conn = self.connect(writer).await?;
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(call)
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(self.settings.wait_timeout.as_millis() as u64);
+        let (answer, acked): (T, i64) = match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                call.load_async(&mut conn).await.map_err(|e| self.failed(e))?;
+                pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?
+            }
+            answered => answered.map_err(|e| self.failed(e))?,
+        };
+        if acked < i64::from(wanted) {
+            return Err(StoreError::NotDurable {
+                acked,
+                wanted,
+                within: self.settings.wait_timeout,
+            });
+        }
+        Ok(answer)
     }
 
     /// Maps a Redis error; under Sentinel, a failure that suggests the primary moved (lost
@@ -368,7 +433,7 @@ impl RedisStore {
             || e.is_timeout()
             || e.kind() == redis::ErrorKind::ReadOnly;
         if moved && matches!(self.target, Target::Sentinel(_)) {
-            self.rediscover.store(true, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Relaxed);
         }
         unavailable(e)
     }
@@ -612,7 +677,6 @@ impl Store for RedisStore {
         limit: &SessionLimit,
         now: i64,
     ) -> Result<CreateOutcome, StoreError> {
-        let mut conn = self.conn().await?;
         let mut call = self.scripts.create.key(self.session_key(replica_set, session_id));
         if let Some(user) = &session.user {
             call.key(self.user_key(replica_set, user));
@@ -634,7 +698,7 @@ impl Store for RedisStore {
             .arg(session.incarnation.to_string())
             .arg(&session.creator)
             .arg(self.user_key_prefix(replica_set));
-        let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        let answer: Vec<Value> = self.write(&call).await?;
         match status_of(&answer) {
             0 => Ok(CreateOutcome::IdInUse),
             1 => Ok(CreateOutcome::LimitReached),
@@ -677,7 +741,6 @@ impl Store for RedisStore {
         session_id: &str,
         change: &Replacement,
     ) -> Result<ReplaceOutcome, StoreError> {
-        let mut conn = self.conn().await?;
         let session = &change.session;
         let session_key = self.session_key(replica_set, session_id);
         let mut call = self.scripts.replace.key(&session_key);
@@ -708,7 +771,7 @@ impl Store for RedisStore {
             .arg(self.session_key_prefix(replica_set))
             .arg(self.user_key_prefix(replica_set))
             .arg(if moved { 1 } else { 0 });
-        let answer: Vec<Value> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+        let answer: Vec<Value> = self.write(&call).await?;
         match (status_of(&answer), answer.get(1)) {
             (0, _) => Ok(ReplaceOutcome::NotFound),
             (1, Some(stored)) => Ok(ReplaceOutcome::VersionMismatch {
@@ -723,16 +786,9 @@ impl Store for RedisStore {
     }
 
     async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let deleted: i64 = self
-            .scripts
-            .delete
-            .key(self.session_key(replica_set, session_id))
-            .arg(self.user_key_prefix(replica_set))
-            .arg(session_id)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut call = self.scripts.delete.key(self.session_key(replica_set, session_id));
+        call.arg(self.user_key_prefix(replica_set)).arg(session_id);
+        let deleted: i64 = self.write(&call).await?;
         Ok(deleted == 1)
     }
 

@@ -84,6 +84,27 @@ pub struct RedisSpec {
     /// TLS for every connection to Redis and Sentinel: clients, replication, Sentinel's own.
     #[serde(default)]
     pub tls: RedisTlsSpec,
+    /// When a session write is acknowledged: once the primary has it, or once replicas have
+    /// it too, so that it survives the primary's loss.
+    #[serde(default)]
+    pub durability: DurabilitySpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DurabilitySpec {
+    /// Replicas that must have each session write (createSession, changeSession,
+    /// terminateSession) before the shim answers success; past `timeout` the write is
+    /// answered with a fault. Redis also refuses writes while fewer replicas are connected
+    /// (`min-replicas-to-write`), native WebSEAL and IAG clients' included. Default: 1 with
+    /// replicated Redis, 0 (once the primary has it) with a standalone one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 8))]
+    pub replicas: Option<i32>,
+    /// How long a write waits for those replicas (default 1s; less than 5s, the shim's
+    /// request timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -140,6 +161,7 @@ impl Default for RedisSpec {
             scheduling: SchedulingSpec::default(),
             config: BTreeMap::new(),
             tls: RedisTlsSpec::default(),
+            durability: DurabilitySpec::default(),
         }
     }
 }

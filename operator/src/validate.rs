@@ -36,6 +36,11 @@ const MANAGED_REDIS_SETTINGS: &[&str] = &[
     "include",
     "rename-command",
     "logfile",
+    // spec.redis.durability
+    "min-replicas-to-write",
+    "min-slaves-to-write",
+    "min-replicas-max-lag",
+    "min-slaves-max-lag",
     // spec.redis.tls
     "tls-port",
     "tls-cert-file",
@@ -113,6 +118,15 @@ pub struct RedisPlan {
     pub memory: MemoryPlan,
     /// TLS-only Redis and Sentinel (`spec.redis.tls.enabled`).
     pub tls: Option<TlsPlan>,
+    /// Replicas each session write must reach before it is acknowledged (0 = the primary's
+    /// alone), and how long the shim waits for them.
+    pub durability: DurabilityPlan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DurabilityPlan {
+    pub replicas: i32,
+    pub timeout: Duration,
 }
 
 /// Where Redis's and Sentinel's certificate comes from, and where clients find its CA.
@@ -373,6 +387,33 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// Checks a SessionCache and fills in what it leaves to the operator.
+/// `spec.redis.durability`, with its defaults: one replica's acknowledgement when there are
+/// replicas, within 1 s.
+fn durability(redis: &crate::crd::RedisSpec) -> Result<DurabilityPlan, ValidationError> {
+    let spec = &redis.durability;
+    let replicas = spec.replicas.unwrap_or(if redis.replicas >= 2 { 1 } else { 0 });
+    if replicas < 0 || replicas >= redis.replicas {
+        return Err(invalid(
+            "spec.redis.durability.replicas",
+            format!(
+                "must be between 0 and {} (spec.redis.replicas less the primary)",
+                redis.replicas - 1
+            ),
+        ));
+    }
+    let timeout = match &spec.timeout {
+        Some(text) => parse_duration("spec.redis.durability.timeout", text)?,
+        None => Duration::from_secs(1),
+    };
+    if timeout < Duration::from_millis(10) || timeout >= Duration::from_secs(5) {
+        return Err(invalid(
+            "spec.redis.durability.timeout",
+            "must be at least 10ms and less than 5s (the shim's request timeout)",
+        ));
+    }
+    Ok(DurabilityPlan { replicas, timeout })
+}
+
 pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
     let name = sc.name_any();
     let namespace = sc.namespace().unwrap_or_else(|| "default".into());
@@ -455,6 +496,7 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
     let mut extra_config = redis.config.clone();
     extra_config.retain(|k, _| !MEMORY_SETTINGS.contains(&k.to_ascii_lowercase().as_str()));
 
+    let durability = durability(redis)?;
     let sentinel = if redis.replicas >= 2 {
         let s = &spec.sentinel;
         if !(1..=9).contains(&s.replicas) {
@@ -620,6 +662,7 @@ pub fn validate(sc: &SessionCache) -> Result<Plan, ValidationError> {
             topology_spread_constraints: redis.scheduling.topology_spread_constraints.clone(),
             extra_config,
             memory,
+            durability,
             tls: redis.tls.enabled.then(|| TlsPlan {
                 certificate_secret: redis
                     .tls
@@ -710,6 +753,19 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         for (spec, field) in [
+            (
+                "  redis: {replicas: 3, durability: {replicas: 3}}",
+                "spec.redis.durability.replicas",
+            ),
+            ("  redis: {durability: {replicas: 1}}", "spec.redis.durability.replicas"),
+            (
+                "  redis: {replicas: 2, durability: {timeout: 5s}}",
+                "spec.redis.durability.timeout",
+            ),
+            (
+                "  redis: {config: {min-replicas-to-write: '0'}}",
+                "spec.redis.config.min-replicas-to-write",
+            ),
             (
                 "  redis: {config: {maxmemory-policy: allkeys-lru}}",
                 "spec.redis.config.maxmemory-policy",

@@ -138,6 +138,16 @@ fn redis_conf(plan: &Plan) -> String {
         },
         memory.policy
     ));
+    let durability = &plan.redis.durability;
+    if durability.replicas > 0 {
+        conf.push_str(&format!(
+            "# spec.redis.durability: the shim acknowledges a session write once {n} replica(s) have it;\n\
+             # the primary refuses writes while fewer are connected and caught up (within 10 s).\n\
+             min-replicas-to-write {n}\n\
+             min-replicas-max-lag 10\n",
+            n = durability.replicas
+        ));
+    }
     if !plan.redis.extra_config.is_empty() {
         conf.push_str("# spec.redis.config\n");
         for (key, value) in &plan.redis.extra_config {
@@ -1015,6 +1025,21 @@ spec:
             volumes.last().unwrap(),
             &serde_json::json!({"name": "data", "emptyDir": {}})
         );
+    }
+
+    #[test]
+    fn replicated_caches_acknowledge_writes_a_replica_has() {
+        let conf = |spec: &str| config(&build(&plan(spec), &owner(), &Observed::default()))["redis.conf"].clone();
+        let replicated = conf("  redis: {replicas: 3}");
+        assert!(
+            replicated.contains("\nmin-replicas-to-write 1\nmin-replicas-max-lag 10\n"),
+            "{replicated}"
+        );
+        let two = conf("  redis: {replicas: 3, durability: {replicas: 2}}");
+        assert!(two.contains("\nmin-replicas-to-write 2\n"), "{two}");
+        for unbound in ["  {}", "  redis: {replicas: 3, durability: {replicas: 0}}"] {
+            assert!(!conf(unbound).contains("min-replicas"), "{unbound}");
+        }
     }
 
     #[test]

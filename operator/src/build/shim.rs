@@ -162,6 +162,14 @@ pub fn env(plan: &Plan) -> Vec<EnvVar> {
         env.push(plain("REDSESS_REDIS_SENTINEL_PASSWORD_FILE", REDIS_PASSWORD_FILE));
     }
     env.push(plain("REDSESS_REDIS_PASSWORD_FILE", REDIS_PASSWORD_FILE));
+    let durability = &plan.redis.durability;
+    if durability.replicas > 0 {
+        env.push(plain("REDSESS_REDIS_WAIT_REPLICAS", durability.replicas.to_string()));
+        env.push(plain(
+            "REDSESS_REDIS_WAIT_TIMEOUT",
+            format!("{}ms", durability.timeout.as_millis()),
+        ));
+    }
     if plan.redis.tls.is_some() {
         env.push(plain("REDSESS_REDIS_TLS_CA_FILE", REDIS_CA_FILE));
         if plan.sentinel.is_some() {
@@ -499,6 +507,26 @@ mod tests {
         assert!(serde_json::to_string(pod(&own))
             .unwrap()
             .contains("\"secretName\":\"my-keys\""));
+    }
+
+    #[test]
+    fn the_shim_waits_for_the_replicas_durability_names() {
+        let env_of = |spec: &str| {
+            let p = plan(spec);
+            let d = build(&p, &owner(), &Observed::default())
+                .into_iter()
+                .find_map(|o| match o {
+                    Emitted::Deployment(d) => Some(d),
+                    _ => None,
+                })
+                .unwrap();
+            env_map(container(&d))
+        };
+        let env = env_of("  redis: {replicas: 3, durability: {timeout: 250ms}}");
+        assert_eq!(value(&env, "REDSESS_REDIS_WAIT_REPLICAS"), "1");
+        assert_eq!(value(&env, "REDSESS_REDIS_WAIT_TIMEOUT"), "250ms");
+        let standalone = env_of("  {}");
+        assert!(!standalone.contains_key("REDSESS_REDIS_WAIT_REPLICAS"));
     }
 
     #[test]

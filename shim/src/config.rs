@@ -136,6 +136,16 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub redis_wait_timeout: Duration,
 
+    /// Without --replica-sets, the most replica sets the cache takes on from joins and polls;
+    /// a new one past it is refused ("replica set not configured"). 0 = no bound.
+    #[arg(long, env = "REDSESS_MAX_REPLICA_SETS", default_value_t = 64)]
+    pub max_replica_sets: usize,
+
+    /// The most live replicas (WebSEAL servers) in one replica set; a new one past it is
+    /// refused ("replica set not configured"). 0 = no bound.
+    #[arg(long, env = "REDSESS_MAX_REPLICAS", default_value_t = 256)]
+    pub max_replicas: u32,
+
     /// The most sessions the embedded store keeps; past it the least recently used session
     /// goes (counted in `redsess_shim_sessions_evicted_total`). 0 = no bound. Default 100000
     /// (about 300 MB of WebSEAL sessions). Not for Redis, whose bound is its `maxmemory`.
@@ -425,7 +435,9 @@ impl ServeArgs {
                 }))
             }
         };
-        if self.redis_wait_timeout < Duration::from_millis(10) || self.redis_wait_timeout >= self.request_timeout {
+        if self.redis_wait_replicas > 0
+            && (self.redis_wait_timeout < Duration::from_millis(10) || self.redis_wait_timeout >= self.request_timeout)
+        {
             return Err(bad(
                 "--redis-wait-timeout (REDSESS_REDIS_WAIT_TIMEOUT)",
                 "must be at least 10ms and less than --request-timeout (REDSESS_REQUEST_TIMEOUT)",
@@ -567,6 +579,8 @@ impl ServeArgs {
                 key_rotation_secs: (!self.key_rotation.is_zero()).then(|| secs(self.key_rotation).max(1)),
                 replica_timeout_secs: secs(self.replica_timeout),
                 strict_membership: self.strict_membership,
+                max_replica_sets: self.max_replica_sets,
+                max_replicas: self.max_replicas,
             },
             tls,
             basic_auth,
@@ -680,7 +694,8 @@ mod tests {
         assert_eq!((redis.wait_replicas, redis.wait_timeout), (1, Duration::from_secs(1)));
         let e = args(&["--redis-wait-replicas", "1"]).validate(no_env).unwrap_err();
         assert!(e.to_string().starts_with("--redis-wait-replicas"), "{e}");
-        let e = args(&["--redis-url", "redis://r:6379", "--redis-wait-timeout", "5s"])
+        let waiting = ["--redis-url", "redis://r:6379", "--redis-wait-replicas", "1"];
+        let e = args(&[&waiting[..], &["--redis-wait-timeout", "5s"]].concat())
             .validate(no_env)
             .unwrap_err();
         assert!(e.to_string().starts_with("--redis-wait-timeout"), "{e}");

@@ -2,7 +2,7 @@
 //! decision, replica-set membership and key material. Written against the `Store` trait;
 //! knows nothing of XML or Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,11 @@ pub mod class {
 const DEFAULT_REPLICA_SET: &str = "default";
 /// How long a membership confirmed by the store is trusted without asking again.
 const MEMBERSHIP_CACHE: Duration = Duration::from_secs(30);
+/// Replica activity waiting for the next flush, at most; a flood of made-up replica names
+/// cannot grow it (activity past it is dropped until the flush; heartbeats are best effort).
+const MAX_PENDING_HEARTBEATS: usize = 10_000;
+/// Confirmed memberships remembered, at most (strict mode).
+const MAX_MEMBERSHIPS_SEEN: usize = 10_000;
 /// A long poll is never held longer than this, whatever `responseBy` asks.
 const MAX_POLL_HOLD: Duration = Duration::from_secs(600);
 
@@ -51,6 +56,11 @@ pub struct Settings {
     pub replica_timeout_secs: i64,
     /// Refuse session operations from replicas that have not joined the replica set.
     pub strict_membership: bool,
+    /// Without `replica_sets`, the most replica sets the cache takes on; a new one past it
+    /// is refused (0 = no bound).
+    pub max_replica_sets: usize,
+    /// The most live members of one replica set; a new one past it is refused (0 = no bound).
+    pub max_replicas: u32,
 }
 
 impl Default for Settings {
@@ -67,6 +77,8 @@ impl Default for Settings {
             key_rotation_secs: None,
             replica_timeout_secs: 600,
             strict_membership: false,
+            max_replica_sets: 64,
+            max_replicas: 256,
         }
     }
 }
@@ -82,6 +94,8 @@ pub struct SessionService {
     heard_from: Mutex<HashMap<(String, String), i64>>,
     /// (replica set, replica) → when the store last confirmed the membership (strict mode).
     members_seen: Mutex<HashMap<(String, String), Instant>>,
+    /// Replica sets the store is known to have (at most `max_replica_sets`).
+    known_sets: Mutex<HashSet<String>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -93,6 +107,7 @@ impl SessionService {
             clock,
             heard_from: Mutex::new(HashMap::new()),
             members_seen: Mutex::new(HashMap::new()),
+            known_sets: Mutex::new(HashSet::new()),
             shutdown,
         }
     }
@@ -113,6 +128,14 @@ impl SessionService {
     pub async fn handle(&self, request: Request) -> Result<Response, StoreError> {
         if let Some(set) = replica_set_of(&request) {
             if !self.serves(set) {
+                return Ok(Response::refusal(
+                    request.operation(),
+                    ResultCode::ReplicaSetNotConfigured,
+                ));
+            }
+        }
+        if let Some(set) = new_replica_set_of(&request) {
+            if !self.admits_replica_set(set).await? {
                 return Ok(Response::refusal(
                     request.operation(),
                     ResultCode::ReplicaSetNotConfigured,
@@ -155,6 +178,35 @@ impl SessionService {
             .is_none_or(|sets| sets.iter().any(|s| s == replica_set))
     }
 
+    /// Whether a request may give the cache the replica set `set` (a join, a poll): always
+    /// when the sets are configured (the list is the bound), else while the cache has fewer
+    /// than `max_replica_sets`, so that made-up names cannot grow it without end.
+    async fn admits_replica_set(&self, set: &str) -> Result<bool, StoreError> {
+        let max = self.settings.max_replica_sets;
+        if self.settings.replica_sets.is_some() || max == 0 {
+            return Ok(true);
+        }
+        if self.known_sets.lock().unwrap_or_else(|e| e.into_inner()).contains(set) {
+            return Ok(true);
+        }
+        let sets = self.store.replica_sets().await?;
+        let admitted = sets.len() < max || sets.iter().any(|s| s == set);
+        let mut known = self.known_sets.lock().unwrap_or_else(|e| e.into_inner());
+        known.extend(sets.into_iter().take(max));
+        if admitted {
+            if known.len() < max {
+                known.insert(set.to_string());
+            }
+        } else {
+            tracing::warn!(
+                replica_set = set,
+                max,
+                "refused a new replica set: the cache has as many as it may (--max-replica-sets)"
+            );
+        }
+        Ok(admitted)
+    }
+
     /// In strict mode: `None` when the replica is a member of the set, else the refusal.
     /// A confirmed membership is cached briefly so the hot path stays one store call.
     async fn check_membership(&self, replica_set: &str, replica: &str) -> Result<Option<ResultCode>, StoreError> {
@@ -185,13 +237,22 @@ impl SessionService {
     fn remember_member(&self, replica_set: &str, replica: &str) {
         if self.settings.strict_membership {
             let mut seen = self.members_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() >= MAX_MEMBERSHIPS_SEEN {
+                seen.retain(|_, at| at.elapsed() < MEMBERSHIP_CACHE);
+                if seen.len() >= MAX_MEMBERSHIPS_SEEN {
+                    seen.clear();
+                }
+            }
             seen.insert((replica_set.to_string(), replica.to_string()), Instant::now());
         }
     }
 
     fn heard(&self, replica_set: &str, replica: &str) {
         let mut heard = self.heard_from.lock().unwrap_or_else(|e| e.into_inner());
-        heard.insert((replica_set.to_string(), replica.to_string()), self.now());
+        let key = (replica_set.to_string(), replica.to_string());
+        if heard.len() < MAX_PENDING_HEARTBEATS || heard.contains_key(&key) {
+            heard.insert(key, self.now());
+        }
     }
 
     /// Writes the activity heard since the last flush to the store.
@@ -248,7 +309,13 @@ impl SessionService {
         let stale_before = now - self.settings.replica_timeout_secs;
         let result = match self
             .store
-            .join(&r.replica_set, &member, r.capabilities, stale_before)
+            .join(
+                &r.replica_set,
+                &member,
+                r.capabilities,
+                stale_before,
+                self.settings.max_replicas,
+            )
             .await?
         {
             JoinOutcome::Joined => {
@@ -270,6 +337,11 @@ impl SessionService {
                 tracing::warn!(replica = %r.replica, replica_set = %r.replica_set, expected, offered = r.capabilities,
                     "refused a join: its capability mask differs from the replica set's");
                 ResultCode::CapabilityMismatch
+            }
+            JoinOutcome::Full { max } => {
+                tracing::warn!(replica = %r.replica, replica_set = %r.replica_set, max,
+                    "refused a join: the replica set has as many live members as it may (--max-replicas)");
+                ResultCode::ReplicaSetNotConfigured
             }
             JoinOutcome::InstanceOwnedBy { replica } => {
                 tracing::warn!(replica = %r.replica, owner = %replica, "refused a join: the instance ID belongs to another replica");
@@ -761,6 +833,16 @@ fn replica_set_of(request: &Request) -> Option<&str> {
     }
 }
 
+/// The replica set a request would give the cache when it does not have it yet: a join,
+/// or a poll that names its set (both make the set's key material).
+fn new_replica_set_of(request: &Request) -> Option<&str> {
+    match request {
+        Request::JoinReplicaSet(r) => Some(&r.replica_set),
+        Request::GetUpdates(r) => r.replica_set.as_deref(),
+        _ => None,
+    }
+}
+
 /// The (replica set, replica) of session operations, which strict membership checks.
 fn member_of(request: &Request) -> Option<(&str, &str)> {
     match request {
@@ -1042,6 +1124,23 @@ mod tests {
             assert_eq!(gone.result(), ResultCode::SessionNotFound);
             let r = f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
             assert_eq!(r.result(), ResultCode::SessionNotFound);
+        }
+
+        /// Made-up replica names cannot grow the shim's own bookkeeping without bound.
+        #[tokio::test]
+        async fn per_replica_bookkeeping_is_bounded() {
+            let f = fixture(Settings {
+                strict_membership: true,
+                ..Settings::default()
+            });
+            for n in 0..MAX_PENDING_HEARTBEATS + 500 {
+                f.service.heard("default", &format!("r-{n}"));
+                f.service.remember_member("default", &format!("r-{n}"));
+            }
+            assert_eq!(f.service.heard_from.lock().unwrap().len(), MAX_PENDING_HEARTBEATS);
+            assert!(f.service.members_seen.lock().unwrap().len() <= MAX_MEMBERSHIPS_SEEN);
+            f.service.flush_heartbeats().await.unwrap();
+            assert!(f.service.heard_from.lock().unwrap().is_empty());
         }
 
         /// The rules read no clock but the injected one: at a time long past (or far ahead),

@@ -1021,3 +1021,71 @@ async fn a_flood_of_sessions_stays_within_max_sessions() {
         assert_eq!(got.result() == SUCCESS, found, "flood-{n}");
     }
 }
+
+/// Floods of made-up names grow nothing without bound: new replica sets past
+/// `--max-replica-sets` and new replicas past `--max-replicas` are refused ("replica set not
+/// configured"), while the ones admitted go on.
+async fn name_floods_are_bounded(shim: &Shim) {
+    const NOT_CONFIGURED: u32 = 952467762;
+    let client = shim.client();
+    let mut admitted = Vec::new();
+    for n in 0..20 {
+        let set = format!("flood-set-{n}");
+        let r = client
+            .join_replica_set(&format!("web-{n}"), &format!("u{n}:web-{n}"), 15, &set)
+            .await
+            .unwrap();
+        match r.result() {
+            SUCCESS => admitted.push(set),
+            NOT_CONFIGURED => {}
+            other => panic!("{set}: {other}"),
+        }
+    }
+    assert_eq!(admitted.len(), 4, "{admitted:?}");
+    let poll = client
+        .get_updates("web-x", "ux:web-x", Some("flood-set-99"), 1)
+        .await
+        .unwrap();
+    assert_eq!(poll.result(), NOT_CONFIGURED, "a poll cannot make a fifth set either");
+    let again = client
+        .join_replica_set("web-0b", "u0b:web-0b", 15, &admitted[0])
+        .await
+        .unwrap();
+    assert_eq!(again.result(), SUCCESS, "an admitted set takes members");
+
+    let mut joined = 0;
+    for n in 0..20 {
+        let r = client
+            .join_replica_set(&format!("member-{n}"), &format!("m{n}:member-{n}"), 15, &admitted[1])
+            .await
+            .unwrap();
+        match r.result() {
+            SUCCESS => joined += 1,
+            NOT_CONFIGURED => {}
+            other => panic!("member-{n}: {other}"),
+        }
+    }
+    // web-1 joined it first: three members in all.
+    assert_eq!(joined, 2);
+    let info = client
+        .execute("getReplicaSetInfo", &[("ReplicaSet", admitted[1].as_str())])
+        .await
+        .unwrap();
+    assert_eq!(info.groups().len(), 3, "{:?}", info.groups());
+}
+
+#[tokio::test]
+async fn name_floods_are_bounded_on_the_embedded_store() {
+    let shim = Shim::start(&["--max-replica-sets", "4", "--max-replicas", "3"], &[]);
+    name_floods_are_bounded(&shim).await;
+}
+
+#[tokio::test]
+async fn name_floods_are_bounded_on_redis() {
+    let redis = RedisServer::start();
+    let shim = Shim::start(
+        &["--max-replica-sets", "4", "--max-replicas", "3"],
+        &[("REDSESS_REDIS_URL", &redis.url())],
+    );
+    name_floods_are_bounded(&shim).await;
+}

@@ -555,7 +555,7 @@ async fn membership_rules(store: Arc<dyn Store>) {
     let stale_before = t - 600;
     let join = |m: Member, caps: u64| {
         let store = store.clone();
-        async move { store.join("default", &m, caps, stale_before).await.unwrap() }
+        async move { store.join("default", &m, caps, stale_before, 0).await.unwrap() }
     };
     assert_eq!(join(member("web1", "u1:web1", t), 15).await, JoinOutcome::Joined);
     assert_eq!(
@@ -601,6 +601,48 @@ async fn membership_rules(store: Arc<dyn Store>) {
     // With every member gone, a new capability mask starts the set afresh.
     assert_eq!(join(member("web3", "u4:web3", t), 7).await, JoinOutcome::Joined);
     assert_eq!(store.replica_sets().await.unwrap(), ["default"]);
+}
+
+/// A set takes at most `max_members` live members; a stale one's place (and instance) is
+/// free again, and a rejoin with a new instance gives the old one up.
+async fn joins_are_bounded_and_free_stale_places(store: Arc<dyn Store>) {
+    let t = now();
+    let join = |m: Member, stale_before: i64| {
+        let store = store.clone();
+        async move { store.join("default", &m, 15, stale_before, 2).await.unwrap() }
+    };
+    assert_eq!(join(member("w1", "u1:w1", t - 700), t - 800).await, JoinOutcome::Joined);
+    assert_eq!(join(member("w2", "u2:w2", t), t - 800).await, JoinOutcome::Joined);
+    assert_eq!(
+        join(member("w3", "u3:w3", t), t - 800).await,
+        JoinOutcome::Full { max: 2 }
+    );
+    assert_eq!(
+        join(member("w2", "u2b:w2", t), t - 800).await,
+        JoinOutcome::Joined,
+        "a member rejoins whatever the bound"
+    );
+    // w1 was last seen at t - 700: once that is stale, its place and its instance are free.
+    assert_eq!(join(member("w3", "u1:w1", t), t - 600).await, JoinOutcome::Joined);
+    assert_eq!(
+        join(member("w4", "u2:w2", t), t - 600).await,
+        JoinOutcome::Full { max: 2 },
+        "full again; w2's old instance is no longer w2's"
+    );
+    store.leave("w3").await.unwrap();
+    assert_eq!(join(member("w4", "u2:w2", t), t - 600).await, JoinOutcome::Joined);
+    assert_eq!(
+        join(member("w5", "u2b:w2", t), t - 600).await,
+        JoinOutcome::InstanceOwnedBy { replica: "w2".into() }
+    );
+    let names: Vec<String> = store
+        .members("default", t - 600)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.replica)
+        .collect();
+    assert_eq!(names, ["w2", "w4"]);
 }
 
 async fn key_material_is_shared_and_rotates_once(store: Arc<dyn Store>) {
@@ -680,6 +722,7 @@ store_suite!(
     a_change_of_user_applies_the_limit,
     an_idle_end_spares_a_session_touched_in_between,
     membership_rules,
+    joins_are_bounded_and_free_stale_places,
     key_material_is_shared_and_rotates_once,
 );
 
@@ -722,7 +765,7 @@ async fn heartbeats_survive_a_concurrent_member_expiry(a: Arc<dyn Store>, b: Arc
         let replica = format!("web-{round}");
         let stale = member(&replica, &format!("u:{replica}"), t - 1000);
         assert_eq!(
-            a.join("default", &stale, 15, t - 2000).await.unwrap(),
+            a.join("default", &stale, 15, t - 2000, 0).await.unwrap(),
             JoinOutcome::Joined
         );
         let (listed, heard) = tokio::join!(a.members("default", t - 600), b.heartbeat("default", &replica, t));

@@ -63,7 +63,51 @@ struct IndexEntry {
 struct ReplicaSet {
     capabilities: Option<u64>,
     members: HashMap<String, Member>,
+    /// instance → the member that holds it.
+    instances: HashMap<String, String>,
+    /// (last seen, replica): the stale members are the first.
+    by_last_seen: BTreeSet<(i64, String)>,
     keys: Option<KeyMaterial>,
+}
+
+impl ReplicaSet {
+    fn insert_member(&mut self, member: Member) {
+        self.remove_member(&member.replica);
+        self.instances.insert(member.instance.clone(), member.replica.clone());
+        self.by_last_seen.insert((member.last_seen, member.replica.clone()));
+        self.members.insert(member.replica.clone(), member);
+    }
+
+    fn remove_member(&mut self, replica: &str) -> Option<Member> {
+        let member = self.members.remove(replica)?;
+        self.by_last_seen.remove(&(member.last_seen, member.replica.clone()));
+        if self.instances.get(&member.instance).is_some_and(|r| r == replica) {
+            self.instances.remove(&member.instance);
+        }
+        Some(member)
+    }
+
+    /// Members last seen before `stale_before` leave; each once, so O(log n) amortized.
+    fn drop_stale(&mut self, stale_before: i64) {
+        while let Some((seen, replica)) = self.by_last_seen.first().cloned() {
+            if seen >= stale_before {
+                break;
+            }
+            self.remove_member(&replica);
+        }
+    }
+
+    fn heard_from(&mut self, replica: &str, now: i64) -> bool {
+        let Some(member) = self.members.get(replica) else {
+            return false;
+        };
+        if member.last_seen < now {
+            let mut member = member.clone();
+            member.last_seen = now;
+            self.insert_member(member);
+        }
+        true
+    }
 }
 
 pub struct MemoryStore {
@@ -415,39 +459,38 @@ impl Store for MemoryStore {
         member: &Member,
         capabilities: u64,
         stale_before: i64,
+        max_members: u32,
     ) -> Result<JoinOutcome, StoreError> {
         let mut state = self.lock();
         let set = state.set(replica_set);
-        set.members.retain(|_, m| m.last_seen >= stale_before);
-        if let Some(owner) = set
-            .members
-            .values()
-            .find(|m| m.instance == member.instance && m.replica != member.replica)
-        {
-            return Ok(JoinOutcome::InstanceOwnedBy {
-                replica: owner.replica.clone(),
-            });
+        set.drop_stale(stale_before);
+        if let Some(owner) = set.instances.get(&member.instance) {
+            if owner != &member.replica && set.members.contains_key(owner) {
+                return Ok(JoinOutcome::InstanceOwnedBy { replica: owner.clone() });
+            }
         }
-        let others = set.members.keys().any(|r| r != &member.replica);
+        let known = set.members.contains_key(&member.replica);
+        let others = set.members.len() - usize::from(known);
         match set.capabilities {
-            Some(expected) if expected != capabilities && others => {
+            Some(expected) if expected != capabilities && others > 0 => {
                 return Ok(JoinOutcome::CapabilityMismatch { expected })
             }
-            _ => set.capabilities = Some(capabilities),
+            _ => {}
         }
-        set.members.insert(member.replica.clone(), member.clone());
+        if !known && max_members > 0 && others >= max_members as usize {
+            return Ok(JoinOutcome::Full { max: max_members });
+        }
+        set.capabilities = Some(capabilities);
+        set.insert_member(member.clone());
         Ok(JoinOutcome::Joined)
     }
 
     async fn heartbeat(&self, replica_set: &str, replica: &str, now: i64) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        match state.sets.get_mut(replica_set).and_then(|s| s.members.get_mut(replica)) {
-            Some(m) => {
-                m.last_seen = m.last_seen.max(now);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        Ok(state
+            .sets
+            .get_mut(replica_set)
+            .is_some_and(|set| set.heard_from(replica, now)))
     }
 
     async fn leave(&self, replica: &str) -> Result<Vec<String>, StoreError> {
@@ -455,7 +498,7 @@ impl Store for MemoryStore {
         let mut left: Vec<String> = state
             .sets
             .iter_mut()
-            .filter_map(|(name, set)| set.members.remove(replica).map(|_| name.clone()))
+            .filter_map(|(name, set)| set.remove_member(replica).map(|_| name.clone()))
             .collect();
         left.sort();
         Ok(left)
@@ -466,7 +509,7 @@ impl Store for MemoryStore {
         let Some(set) = state.sets.get_mut(replica_set) else {
             return Ok(Vec::new());
         };
-        set.members.retain(|_, m| m.last_seen >= stale_before);
+        set.drop_stale(stale_before);
         let mut members: Vec<Member> = set.members.values().cloned().collect();
         members.sort_by(|a, b| a.joined.cmp(&b.joined).then_with(|| a.replica.cmp(&b.replica)));
         Ok(members)

@@ -115,8 +115,16 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutcome {
     Joined,
-    CapabilityMismatch { expected: u64 },
-    InstanceOwnedBy { replica: String },
+    CapabilityMismatch {
+        expected: u64,
+    },
+    InstanceOwnedBy {
+        replica: String,
+    },
+    /// The set has as many live members as it may (`max_members`).
+    Full {
+        max: u32,
+    },
 }
 
 /// A replica set's key material: the current key and the one before it.
@@ -232,14 +240,16 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut UserVisitor<'_>,
     ) -> Result<(), StoreError>;
 
-    /// Adds a replica to a set, enforcing the set's capability mask and instance ownership.
-    /// Members last seen before `stale_before` leave the set first.
+    /// Adds a replica to a set, enforcing the set's capability mask, instance ownership and
+    /// `max_members` (0 = no bound). Members last seen before `stale_before` leave the set
+    /// first. O(log n) in the set's members: no join reads them all.
     async fn join(
         &self,
         replica_set: &str,
         member: &Member,
         capabilities: u64,
         stale_before: i64,
+        max_members: u32,
     ) -> Result<JoinOutcome, StoreError>;
 
     /// Records that a member was heard from; false (and nothing recorded) when it is not one.

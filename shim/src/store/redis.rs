@@ -13,7 +13,9 @@
 //! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs, oldest first: scored by creation second plus arrival within it (`ARRIVALS_PER_SECOND`), ties by ID; every create drops entries of ended sessions among the oldest; the set itself expires with its longest-lived session |
 //! | `P rs:{<rs>}` | hash | the set's capability mask `caps` and key material `cur`, `cur_id`, `old`, `old_id`, `created` |
 //! | `P m:{<rs>}` | hash | members: replica → `instance \t joined \t last_seen` |
-//! | `P sets` | set | every replica set ever joined |
+//! | `P ml:{<rs>}` | sorted set | members by last seen: the stale ones leave first, without reading the others |
+//! | `P mi:{<rs>}` | hash | instance → the member holding it |
+//! | `P sets` | set | every replica set with key material or members (bounded by `--max-replica-sets`) |
 //! | `P keys` | channel | key rotations, the message is the replica set |
 //!
 //! Every session key carries a TTL at the earlier of its lifetime end and its last activity
@@ -225,6 +227,7 @@ struct Scripts {
     delete: Script,
     end_if_unchanged: Script,
     members: Script,
+    leave: Script,
     join: Script,
     heartbeat: Script,
     keys: Script,
@@ -287,6 +290,7 @@ impl RedisStore {
                 delete: Script::new(DELETE),
                 end_if_unchanged: Script::new(END_IF_UNCHANGED),
                 members: Script::new(MEMBERS),
+                leave: Script::new(LEAVE),
                 join: Script::new(JOIN),
                 heartbeat: Script::new(HEARTBEAT),
                 keys: Script::new(KEYS),
@@ -461,6 +465,25 @@ impl RedisStore {
 
     fn members_key(&self, replica_set: &str) -> String {
         format!("{}m:{{{}}}", self.settings.key_prefix, replica_set)
+    }
+
+    fn liveness_key(&self, replica_set: &str) -> String {
+        format!("{}ml:{{{}}}", self.settings.key_prefix, replica_set)
+    }
+
+    fn instances_key(&self, replica_set: &str) -> String {
+        format!("{}mi:{{{}}}", self.settings.key_prefix, replica_set)
+    }
+
+    /// The three keys of a set's membership, in the order the membership scripts take them.
+    fn membership<'a, 's>(
+        &self,
+        call: &'a mut ScriptInvocation<'s>,
+        replica_set: &str,
+    ) -> &'a mut ScriptInvocation<'s> {
+        call.key(self.members_key(replica_set))
+            .key(self.liveness_key(replica_set))
+            .key(self.instances_key(replica_set))
     }
 
     fn sets_key(&self) -> String {
@@ -894,13 +917,11 @@ impl Store for RedisStore {
         member: &Member,
         capabilities: u64,
         stale_before: i64,
+        max_members: u32,
     ) -> Result<JoinOutcome, StoreError> {
         let mut conn = self.conn().await?;
-        let answer: Vec<String> = self
-            .scripts
-            .join
-            .key(self.set_key(replica_set))
-            .key(self.members_key(replica_set))
+        let mut call = self.scripts.join.key(self.set_key(replica_set));
+        self.membership(&mut call, replica_set)
             .key(self.sets_key())
             .arg(&member.replica)
             .arg(&member.instance)
@@ -908,30 +929,24 @@ impl Store for RedisStore {
             .arg(member.joined)
             .arg(stale_before)
             .arg(replica_set)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+            .arg(max_members);
+        let answer: Vec<String> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         match answer.as_slice() {
             [s] if s == "0" => Ok(JoinOutcome::Joined),
             [s, caps] if s == "1" => Ok(JoinOutcome::CapabilityMismatch {
                 expected: caps.parse().unwrap_or(0),
             }),
             [s, owner] if s == "2" => Ok(JoinOutcome::InstanceOwnedBy { replica: owner.clone() }),
+            [s] if s == "3" => Ok(JoinOutcome::Full { max: max_members }),
             _ => Err(StoreError::Corrupt("unexpected answer from the join script".into())),
         }
     }
 
     async fn heartbeat(&self, replica_set: &str, replica: &str, now: i64) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        let member: i64 = self
-            .scripts
-            .heartbeat
-            .key(self.members_key(replica_set))
-            .arg(replica)
-            .arg(now)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut call = self.scripts.heartbeat.prepare_invoke();
+        self.membership(&mut call, replica_set).arg(replica).arg(now);
+        let member: i64 = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         Ok(member == 1)
     }
 
@@ -939,29 +954,23 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let mut sets: Vec<String> = conn.smembers(self.sets_key()).await.map_err(|e| self.failed(e))?;
         sets.sort();
-        let mut pipe = redis::pipe();
-        for set in &sets {
-            pipe.hdel(self.members_key(set), replica);
+        let mut left = Vec::new();
+        for set in sets {
+            let mut call = self.scripts.leave.prepare_invoke();
+            self.membership(&mut call, &set).arg(replica);
+            let removed: i64 = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+            if removed == 1 {
+                left.push(set);
+            }
         }
-        let removed: Vec<i64> = pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
-        Ok(sets
-            .into_iter()
-            .zip(removed)
-            .filter(|(_, n)| *n > 0)
-            .map(|(s, _)| s)
-            .collect())
+        Ok(left)
     }
 
     async fn members(&self, replica_set: &str, stale_before: i64) -> Result<Vec<Member>, StoreError> {
         let mut conn = self.conn().await?;
-        let live: Vec<(String, String)> = self
-            .scripts
-            .members
-            .key(self.members_key(replica_set))
-            .arg(stale_before)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut call = self.scripts.members.prepare_invoke();
+        self.membership(&mut call, replica_set).arg(stale_before);
+        let live: Vec<(String, String)> = call.invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
         let mut members: Vec<Member> = live
             .into_iter()
             .filter_map(|(replica, value)| parse_member(replica, &value))
@@ -983,8 +992,10 @@ impl Store for RedisStore {
             .scripts
             .keys
             .key(self.set_key(replica_set))
+            .key(self.sets_key())
             .arg(candidate)
             .arg(now)
+            .arg(replica_set)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
@@ -1219,62 +1230,102 @@ return drop(KEYS[1], ARGV[4], ARGV[5])
 "#
 );
 
-/// KEYS: members hash. ARGV: stale_before. Answers the live members (replica, value pairs)
-/// and removes the others in the same step.
+/// KEYS: members hash, liveness, instances. ARGV: stale_before. Answers the live members
+/// (replica, value pairs) and removes the others in the same step.
 const MEMBERS: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
 local live = {}
 for n = 1, #all, 2 do
-  local seen = string.match(all[n + 1], '^.*\t%d+\t(%d+)$')
+  local replica, value = all[n], all[n + 1]
+  local instance, seen = string.match(value, '^(.*)\t%d+\t(%d+)$')
   if seen and tonumber(seen) >= tonumber(ARGV[1]) then
-    live[#live + 1] = all[n]
-    live[#live + 1] = all[n + 1]
+    live[#live + 1] = replica
+    live[#live + 1] = value
   else
-    redis.call('HDEL', KEYS[1], all[n])
+    redis.call('HDEL', KEYS[1], replica)
+    redis.call('ZREM', KEYS[2], replica)
+    if instance and redis.call('HGET', KEYS[3], instance) == replica then redis.call('HDEL', KEYS[3], instance) end
   end
 end
 return live
 "#;
 
-/// KEYS: set hash, members hash, sets. ARGV: replica, instance, caps, now, stale_before, set.
-/// Answers {'0'} joined, {'1', caps} capability mismatch, {'2', owner} instance taken.
+/// KEYS: set hash, members hash, liveness, instances, sets. ARGV: replica, instance, caps,
+/// now, stale_before, set, max members (0 = no bound).
+/// Answers {'0'} joined, {'1', caps} capability mismatch, {'2', owner} instance taken,
+/// {'3'} the set is full. Stale members leave first, each once, found by the liveness index
+/// (a member a shim without that index heard from is put back in it): O(log n) amortized.
 const JOIN: &str = r#"
-local all = redis.call('HGETALL', KEYS[2])
-local others = 0
-for n = 1, #all, 2 do
-  local replica, value = all[n], all[n + 1]
-  local instance, joined, seen = string.match(value, '^(.*)\t(%d+)\t(%d+)$')
-  if not seen or tonumber(seen) < tonumber(ARGV[5]) then
-    redis.call('HDEL', KEYS[2], replica)
-  elseif replica ~= ARGV[1] then
-    others = others + 1
-    if instance == ARGV[2] then return {'2', replica} end
+local stale_before = tonumber(ARGV[5])
+for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[5])) do
+  local value = redis.call('HGET', KEYS[2], r)
+  local instance, seen
+  if value then instance, seen = string.match(value, '^(.*)\t%d+\t(%d+)$') end
+  if seen and tonumber(seen) >= stale_before then
+    redis.call('ZADD', KEYS[3], seen, r)
+  else
+    redis.call('HDEL', KEYS[2], r)
+    redis.call('ZREM', KEYS[3], r)
+    if instance and redis.call('HGET', KEYS[4], instance) == r then redis.call('HDEL', KEYS[4], instance) end
   end
 end
+local owner = redis.call('HGET', KEYS[4], ARGV[2])
+if owner and owner ~= ARGV[1] and redis.call('HEXISTS', KEYS[2], owner) == 1 then return {'2', owner} end
+local known = redis.call('ZSCORE', KEYS[3], ARGV[1])
+local others = redis.call('ZCARD', KEYS[3])
+if known then others = others - 1 end
 local caps = redis.call('HGET', KEYS[1], 'caps')
 if caps and caps ~= ARGV[3] and others > 0 then return {'1', caps} end
+local max = tonumber(ARGV[7])
+if not known and max > 0 and others >= max then return {'3'} end
+local previous = redis.call('HGET', KEYS[2], ARGV[1])
+if previous then
+  local old = string.match(previous, '^(.*)\t%d+\t%d+$')
+  if old and old ~= ARGV[2] and redis.call('HGET', KEYS[4], old) == ARGV[1] then redis.call('HDEL', KEYS[4], old) end
+end
 redis.call('HSET', KEYS[1], 'caps', ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\t' .. ARGV[4] .. '\t' .. ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[6])
 return {'0'}
 "#;
 
-/// KEYS: members hash. ARGV: replica, now. Moves last_seen forward for a member.
+/// KEYS: members hash, liveness, instances. ARGV: replica, now. Moves last_seen forward for
+/// a member (indexing it, if a shim without the indexes made it).
 const HEARTBEAT: &str = r#"
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if not value then return 0 end
-local head, seen = string.match(value, '^(.*\t%d+)\t(%d+)$')
-if head and tonumber(seen) < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], ARGV[1], head .. '\t' .. ARGV[2])
+local instance, joined, seen = string.match(value, '^(.*)\t(%d+)\t(%d+)$')
+if not seen then return 1 end
+if tonumber(seen) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], instance .. '\t' .. joined .. '\t' .. ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], 'NX', seen, ARGV[1])
 end
+redis.call('HSETNX', KEYS[3], instance, ARGV[1])
 return 1
 "#;
 
-/// KEYS: set hash. ARGV: candidate, now. The key material, made on first use.
+/// KEYS: members hash, liveness, instances. ARGV: replica. Removes it; 1 when it was one.
+const LEAVE: &str = r#"
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local instance = string.match(value, '^(.*)\t%d+\t%d+$')
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if instance and redis.call('HGET', KEYS[3], instance) == ARGV[1] then redis.call('HDEL', KEYS[3], instance) end
+return 1
+"#;
+
+/// KEYS: set hash, sets. ARGV: candidate, now, set. The key material, made on first use
+/// (which counts the set among the cache's sets).
 const KEYS: &str = r#"
 local k = redis.call('HMGET', KEYS[1], 'cur', 'cur_id', 'old', 'old_id', 'created')
 if k[1] then return k end
 redis.call('HSET', KEYS[1], 'cur', ARGV[1], 'cur_id', 0, 'old', ARGV[1], 'old_id', 0, 'created', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
 return {ARGV[1], '0', ARGV[1], '0', ARGV[2]}
 "#;
 

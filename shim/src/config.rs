@@ -184,6 +184,16 @@ pub struct ServeArgs {
     #[arg(long, env = "REDSESS_BASIC_AUTH_PASSWORD_FILE")]
     pub basic_auth_password_file: Option<PathBuf>,
 
+    /// Log lines as plain text (colours only on a terminal) or as one JSON object each.
+    #[arg(long, env = "REDSESS_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+
+    /// Which replica sets each authenticated identity (the Basic user, a client
+    /// certificate's subject) may use, one `user NAME: SETS` or `certificate SUBJECT: SETS`
+    /// line each; others are answered "not authorized" (see docs/security.md).
+    #[arg(long, env = "REDSESS_AUTHORIZATION_FILE")]
+    pub authorization_file: Option<PathBuf>,
+
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "REDSESS_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -192,6 +202,12 @@ pub struct ServeArgs {
     /// pod's endpoint reaches every proxy first (a few seconds on Kubernetes).
     #[arg(long, env = "REDSESS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 /// Where sessions are kept.
@@ -228,6 +244,28 @@ impl std::fmt::Debug for BasicAuth {
     }
 }
 
+impl ServeArgs {
+    fn authorization(
+        &self,
+        tls: &Option<TlsConfig>,
+        basic_auth: &Option<BasicAuth>,
+    ) -> Result<Option<crate::authorization::Authorization>, ConfigError> {
+        const SETTING: &str = "--authorization-file (REDSESS_AUTHORIZATION_FILE)";
+        let Some(path) = &self.authorization_file else {
+            return Ok(None);
+        };
+        if basic_auth.is_none() && tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_none() {
+            return Err(bad(
+                SETTING,
+                "needs an identity to authorize: --basic-auth-user or --tls-client-ca",
+            ));
+        }
+        crate::authorization::Authorization::load(path)
+            .map(Some)
+            .map_err(|e| bad(SETTING, e.to_string()))
+    }
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -236,6 +274,8 @@ pub struct Config {
     pub session: Settings,
     pub tls: Option<TlsConfig>,
     pub basic_auth: Option<BasicAuth>,
+    /// Which replica sets each identity may use; `None` = any.
+    pub authorization: Option<crate::authorization::Authorization>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
@@ -582,6 +622,7 @@ impl ServeArgs {
                 max_replica_sets: self.max_replica_sets,
                 max_replicas: self.max_replicas,
             },
+            authorization: self.authorization(&tls, &basic_auth)?,
             tls,
             basic_auth,
             request_timeout: self.request_timeout,

@@ -1,9 +1,11 @@
 //! redsess-shim: speaks IBM WebSEAL's Distributed Session Cache protocol (SOAP) and keeps the
 //! sessions in Redis, or in memory when no Redis is configured.
 //!
-//! One request's way: `server` (listener, auth, size limit) → `soap` (envelope) → `dsc`
+//! One request's way: `server` (listener, auth, size limit, `authorization`) → `soap` (envelope) → `dsc`
 //! (typed operation) → `session` (the rules) → `store` (memory or Redis) → `dsc` answer.
 
+pub mod admin;
+pub mod authorization;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use redsess_shim::admin;
 use redsess_shim::client::{ClientOptions, DscClient};
-use redsess_shim::config::ServeArgs;
+use redsess_shim::config::{LogFormat, ServeArgs};
 use redsess_shim::probe::{self, ProbeOptions};
 use redsess_shim::server;
 
@@ -31,6 +32,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Drive a WebSEAL-like session lifecycle against a DSC endpoint and print what it saw.
     Probe(ProbeArgs),
+    /// Run a command of IBM's `dscadmin` against a DSC admin endpoint: this shim's, or IBM's
+    /// own DSC.
+    Admin(AdminArgs),
     /// Exit 0 when the shim at this address answers `GET /readyz` with 200: the probe of a
     /// sidecar that listens on 127.0.0.1, which the kubelet cannot reach over HTTP.
     Ready {
@@ -57,15 +61,189 @@ struct ProbeArgs {
     /// Basic-auth user; the password comes from REDSESS_PROBE_PASSWORD.
     #[arg(long)]
     user: Option<String>,
+    #[command(flatten)]
+    tls: ClientTls,
+    /// responseBy of the getUpdates step, in seconds.
+    #[arg(long, default_value_t = 2)]
+    response_by: u64,
+}
+
+/// How a client command trusts the cache and proves who it is over HTTPS.
+#[derive(clap::Args)]
+struct ClientTls {
     /// PEM CA bundle to trust for HTTPS.
     #[arg(long)]
     ca: Option<PathBuf>,
     /// PEM file with the client certificate and its private key.
     #[arg(long)]
     identity: Option<PathBuf>,
-    /// responseBy of the getUpdates step, in seconds.
-    #[arg(long, default_value_t = 2)]
-    response_by: u64,
+}
+
+impl ClientTls {
+    fn options(&self, basic_auth: Option<(String, String)>, timeout: Duration) -> anyhow::Result<ClientOptions> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        Ok(ClientOptions {
+            basic_auth,
+            ca_pem: self.ca.as_ref().map(read).transpose()?,
+            identity_pem: self.identity.as_ref().map(read).transpose()?,
+            timeout: Some(timeout),
+        })
+    }
+}
+
+/// The Basic user and its password from `password_env`, when a user is given.
+fn basic_auth(user: Option<String>, password_env: &str) -> anyhow::Result<Option<(String, String)>> {
+    user.map(|user| {
+        let password =
+            std::env::var(password_env).with_context(|| format!("--user needs the password in {password_env}"))?;
+        Ok((user, password))
+    })
+    .transpose()
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Base URL of the cache, e.g. https://redsess-shim:8443
+    url: String,
+    /// Basic-auth user; the password comes from REDSESS_ADMIN_PASSWORD.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// A table for people, or JSON for scripts.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    output: OutputFormat,
+    #[command(flatten)]
+    tls: ClientTls,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// `cluster show`
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// `replica list REPLICA_SET`
+    Replica {
+        #[command(subcommand)]
+        command: ReplicaCommand,
+    },
+    /// `session list REPLICA_SET USER_PATTERN`, `session terminate session|all_sessions`
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The realm, the replica sets and their keys.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum ReplicaCommand {
+    /// The live replicas of a replica set and when they joined.
+    List { replica_set: String },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// The sessions of the users matching a pattern (`*` wildcards).
+    List {
+        replica_set: String,
+        user_pattern: String,
+        /// At most this many (0 = all); every match is counted.
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+    },
+    /// End one session, or every session of a user.
+    Terminate {
+        #[command(subcommand)]
+        command: TerminateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TerminateCommand {
+    /// One session, by ID.
+    Session { replica_set: String, session_id: String },
+    /// Every session of a user.
+    #[command(name = "all_sessions", alias = "all-sessions")]
+    AllSessions {
+        replica_set: String,
+        // Not `user`: that is the global --user option's name.
+        #[arg(value_name = "USER")]
+        user_name: String,
+    },
+}
+
+impl AdminCommand {
+    fn into_command(self) -> admin::Command {
+        match self {
+            AdminCommand::Cluster {
+                command: ClusterCommand::Show,
+            } => admin::Command::ClusterShow,
+            AdminCommand::Replica {
+                command: ReplicaCommand::List { replica_set },
+            } => admin::Command::ReplicaList { replica_set },
+            AdminCommand::Session {
+                command:
+                    SessionCommand::List {
+                        replica_set,
+                        user_pattern,
+                        max,
+                    },
+            } => admin::Command::SessionList {
+                replica_set,
+                user_pattern,
+                max_results: max,
+            },
+            AdminCommand::Session {
+                command:
+                    SessionCommand::Terminate {
+                        command:
+                            TerminateCommand::Session {
+                                replica_set,
+                                session_id,
+                            },
+                    },
+            } => admin::Command::TerminateSession {
+                replica_set,
+                session_id,
+            },
+            AdminCommand::Session {
+                command:
+                    SessionCommand::Terminate {
+                        command: TerminateCommand::AllSessions { replica_set, user_name },
+                    },
+            } => admin::Command::TerminateAllSessions {
+                replica_set,
+                user: user_name,
+            },
+        }
+    }
+}
+
+async fn run_admin(args: AdminArgs) -> anyhow::Result<()> {
+    let options = args.tls.options(
+        basic_auth(args.user, "REDSESS_ADMIN_PASSWORD")?,
+        Duration::from_secs(30),
+    )?;
+    let client = DscClient::new(&args.url, options)?;
+    let output = match args.output {
+        OutputFormat::Table => admin::Output::Table,
+        OutputFormat::Json => admin::Output::Json,
+    };
+    admin::run(&client, &args.command.into_command(), output, &mut std::io::stdout()).await?;
+    Ok(())
 }
 
 fn keygen(id: Option<&str>) -> std::process::ExitCode {
@@ -82,7 +260,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let workers = match &cli.command {
         Some(Command::Serve(args)) => args.worker_threads,
-        Some(Command::Probe(_)) => 0,
+        Some(Command::Probe(_) | Command::Admin(_)) => 0,
         Some(Command::Ready { address }) => return ready(*address),
         Some(Command::Keygen { id }) => return keygen(id.as_deref()),
         None => cli.serve.worker_threads,
@@ -101,6 +279,7 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Some(Command::Probe(args)) => run_probe(args).await,
+            Some(Command::Admin(args)) => run_admin(args).await,
             Some(Command::Serve(args)) => serve(*args).await,
             Some(Command::Ready { .. } | Command::Keygen { .. }) => {
                 unreachable!("answered before the runtime starts")
@@ -146,10 +325,15 @@ fn ready(address: std::net::SocketAddr) -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REDSESS_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+        // Colours only for a person at a terminal, not in a pod's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Plain => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let config = args
         .validate(|k| std::env::var(k).ok())
         .context("invalid configuration")?;
@@ -184,20 +368,10 @@ async fn shutdown_signal() {
 }
 
 async fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let basic_auth = match args.user {
-        Some(user) => Some((
-            user,
-            std::env::var("REDSESS_PROBE_PASSWORD").context("--user needs the password in REDSESS_PROBE_PASSWORD")?,
-        )),
-        None => None,
-    };
-    let options = ClientOptions {
-        basic_auth,
-        ca_pem: args.ca.as_ref().map(read).transpose()?,
-        identity_pem: args.identity.as_ref().map(read).transpose()?,
-        timeout: Some(Duration::from_secs(args.response_by + 30)),
-    };
+    let options = args.tls.options(
+        basic_auth(args.user, "REDSESS_PROBE_PASSWORD")?,
+        Duration::from_secs(args.response_by + 30),
+    )?;
     let client = DscClient::new(&args.url, options)?;
     let probe = ProbeOptions {
         replica_set: args.replica_set,

@@ -17,14 +17,16 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
+use crate::authorization::{Authorization, Identity};
 use crate::config::{BasicAuth, Config, StoreConfig, TlsConfig};
 use crate::dsc::{self, Endpoint, Request, ResultCode};
 use crate::metrics::Metrics;
-use crate::session::{poll_hold, SessionService};
+use crate::session::{poll_hold, replica_set_of, SessionService};
 use crate::soap::{self, FaultCode};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
+use tower::Layer;
 
 pub const CLIENT_PATH: &str = "/DSess/services/DSess";
 pub const ADMIN_PATH: &str = "/DSess/services/DSessAdmin";
@@ -46,6 +48,10 @@ struct App {
     service: Arc<SessionService>,
     /// `Basic <base64(user:password)>`'s token, compared in constant time.
     basic_token: Option<Arc<[u8]>>,
+    /// The Basic user: the identity of a request the token admitted.
+    basic_user: Option<Arc<str>>,
+    /// Which replica sets each identity may use (`--authorization-file`).
+    authorization: Option<Arc<Authorization>>,
     max_body_bytes: usize,
     request_timeout: Duration,
     body_timeout: Duration,
@@ -83,7 +89,12 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ServerError> 
 }
 
 /// The routes, for a given service; shared by the binary and in-process tests.
-pub fn router(service: Arc<SessionService>, basic_auth: Option<&BasicAuth>, limits: Limits) -> Router {
+pub fn router(
+    service: Arc<SessionService>,
+    basic_auth: Option<&BasicAuth>,
+    authorization: Option<Authorization>,
+    limits: Limits,
+) -> Router {
     let counters = Arc::new(Metrics::new());
     let in_flight = InFlight {
         permits: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
@@ -97,6 +108,8 @@ pub fn router(service: Arc<SessionService>, basic_auth: Option<&BasicAuth>, limi
                 .into_bytes()
                 .into()
         }),
+        basic_user: basic_auth.map(|a| a.user.as_str().into()),
+        authorization: authorization.map(Arc::new),
         max_body_bytes: limits.max_body_bytes,
         request_timeout: limits.request_timeout,
         body_timeout: limits.body_timeout,
@@ -162,6 +175,7 @@ pub async fn run(
     let app = router(
         service,
         config.basic_auth.as_ref(),
+        config.authorization.clone(),
         Limits {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
@@ -204,7 +218,10 @@ pub async fn run(
         None => axum_server::bind(config.listen).handle(handle).serve(make).await?,
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_tls(tls)?));
-            axum_server::bind_rustls(config.listen, rustls)
+            axum_server::bind(config.listen)
+                .acceptor(ClientCertificateAcceptor {
+                    inner: axum_server::tls_rustls::RustlsAcceptor::new(rustls),
+                })
                 .handle(handle)
                 .serve(make)
                 .await?
@@ -307,12 +324,60 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-async fn client_endpoint(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    serve_soap(app, Endpoint::Client, headers, body).await
+/// The subject of the client certificate a TLS connection's handshake verified.
+#[derive(Debug, Clone, Default)]
+struct ClientCertificate(Option<String>);
+
+/// Accepts TLS connections and gives each request on one the subject of its client
+/// certificate, for `--authorization-file`.
+#[derive(Clone)]
+struct ClientCertificateAcceptor {
+    inner: axum_server::tls_rustls::RustlsAcceptor,
 }
 
-async fn admin_endpoint(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    serve_soap(app, Endpoint::Admin, headers, body).await
+impl<I, S> axum_server::accept::Accept<I, S> for ClientCertificateAcceptor
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Send + 'static,
+{
+    type Stream = tokio_rustls::server::TlsStream<I>;
+    type Service = axum::middleware::AddExtension<S, ClientCertificate>;
+    type Future = futures::future::BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let acceptor = self.inner.clone();
+        Box::pin(async move {
+            let (stream, service) = acceptor.accept(stream, service).await?;
+            let subject = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+                .map(|(_, certificate)| certificate.subject().to_string());
+            Ok((stream, axum::Extension(ClientCertificate(subject)).layer(service)))
+        })
+    }
+}
+
+async fn client_endpoint(
+    State(app): State<App>,
+    certificate: Option<axum::Extension<ClientCertificate>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let certificate = certificate.and_then(|c| c.0 .0);
+    serve_soap(app, Endpoint::Client, certificate, headers, body).await
+}
+
+async fn admin_endpoint(
+    State(app): State<App>,
+    certificate: Option<axum::Extension<ClientCertificate>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let certificate = certificate.and_then(|c| c.0 .0);
+    serve_soap(app, Endpoint::Admin, certificate, headers, body).await
 }
 
 fn xml(status: StatusCode, body: String) -> Response {
@@ -391,8 +456,14 @@ fn closing(mut response: Response) -> Response {
 #[derive(Clone, Copy)]
 struct FaultCause(&'static str);
 
-async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
-    let response = answer_soap(&app, endpoint, headers, body).await;
+async fn serve_soap(
+    app: App,
+    endpoint: Endpoint,
+    certificate: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = answer_soap(&app, endpoint, certificate, headers, body).await;
     if let Some(FaultCause(cause)) = response.extensions().get::<FaultCause>() {
         app.metrics.fault(cause);
     } else if response.status() != StatusCode::OK {
@@ -407,7 +478,13 @@ async fn serve_soap(app: App, endpoint: Endpoint, headers: HeaderMap, body: Body
     response
 }
 
-async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+async fn answer_soap(
+    app: &App,
+    endpoint: Endpoint,
+    certificate: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if !authorized(app, &headers) {
         let mut r = fault(
             StatusCode::UNAUTHORIZED,
@@ -485,6 +562,20 @@ async fn answer_soap(app: &App, endpoint: Endpoint, headers: HeaderMap, body: Bo
         }
     };
     let operation = request.operation();
+    if let Some(authorization) = &app.authorization {
+        let identity = Identity {
+            user: app.basic_user.as_deref().map(String::from),
+            certificate,
+        };
+        let replica_set = replica_set_of(&request);
+        if !authorization.permits(&identity, replica_set) {
+            tracing::warn!(%identity, operation, replica_set,
+                "refused a request: the identity may not use the replica set (--authorization-file)");
+            let refused = ResultCode::NotAuthorized;
+            app.metrics.answered(operation, refused.name(), Duration::ZERO);
+            return xml(StatusCode::OK, dsc::Response::refusal(operation, refused).to_xml());
+        }
+    }
     let limit = match &request {
         Request::GetUpdates(r) => app.request_timeout + poll_hold(r.response_by_secs),
         _ => app.request_timeout,

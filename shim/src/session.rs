@@ -814,7 +814,8 @@ impl Listing {
     }
 }
 
-fn replica_set_of(request: &Request) -> Option<&str> {
+/// The replica set a request is about, if it names one.
+pub fn replica_set_of(request: &Request) -> Option<&str> {
     match request {
         Request::JoinReplicaSet(r) => Some(&r.replica_set),
         Request::GetRealmName { replica_set, .. } => Some(replica_set),

@@ -212,6 +212,8 @@ struct Pki {
     ca_pem: String,
     client_identity: String,
     stranger_identity: String,
+    /// Another client certificate from the same CA: `CN=webseal-b`.
+    peer_identity: String,
 }
 
 impl Pki {
@@ -226,6 +228,7 @@ impl Pki {
             &ca_key,
         );
         let (client, client_key) = leaf(vec![], "webseal", ExtendedKeyUsagePurpose::ClientAuth, &ca, &ca_key);
+        let (peer, peer_key) = leaf(vec![], "webseal-b", ExtendedKeyUsagePurpose::ClientAuth, &ca, &ca_key);
         let (stranger, stranger_key) = leaf(
             vec![],
             "webseal",
@@ -238,6 +241,7 @@ impl Pki {
             ca_pem: ca.pem(),
             client_identity: client.pem() + &client_key.serialize_pem(),
             stranger_identity: stranger.pem() + &stranger_key.serialize_pem(),
+            peer_identity: peer.pem() + &peer_key.serialize_pem(),
             dir,
         };
         std::fs::write(pki.path("ca.pem"), &pki.ca_pem).unwrap();
@@ -403,7 +407,99 @@ async fn tls_and_basic_auth_together() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// (c) Configuration errors
+// (c) Authorization
+
+const NOT_AUTHORIZED: u32 = 952467759;
+
+async fn create_in(client: &DscClient, replica_set: &str, id: &str) -> u32 {
+    client
+        .create_session(
+            "webseald-a",
+            replica_set,
+            id,
+            0,
+            &redsess_tests::webseal_session("alice"),
+        )
+        .await
+        .unwrap()
+        .result()
+}
+
+/// `--authorization-file`: a client certificate's subject may use its replica sets only; a
+/// subject the file does not name may do nothing; both are answered "not authorized".
+#[tokio::test]
+async fn certificate_subjects_are_limited_to_their_replica_sets() {
+    let pki = Pki::new();
+    std::fs::write(pki.path("authorization"), "certificate CN=webseal: www\n").unwrap();
+    let shim = Shim::start(
+        &[
+            "--tls-cert",
+            &pki.arg("server.pem"),
+            "--tls-key",
+            &pki.arg("server.key"),
+            "--tls-client-ca",
+            &pki.arg("ca.pem"),
+            "--authorization-file",
+            &pki.arg("authorization"),
+        ],
+        &[],
+    );
+    let webseal = https_client(&shim, Some(&pki.ca_pem), Some(&pki.client_identity));
+    assert_eq!(create_in(&webseal, "www", "w-1").await, SUCCESS);
+    assert_eq!(create_in(&webseal, "default", "d-1").await, NOT_AUTHORIZED);
+    let listed = webseal
+        .execute(
+            "listSessions",
+            &[
+                ("SessionDataClass", "com.tivoli.am.eb.user-name"),
+                ("SessionDataInstance", "sms"),
+                ("ReplicaSet", "default"),
+                ("SessionDataValue", "*"),
+                ("MaxResults", "0x10"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.result(), NOT_AUTHORIZED, "the admin endpoint too");
+    let peer = https_client(&shim, Some(&pki.ca_pem), Some(&pki.peer_identity));
+    assert_eq!(
+        peer.ping().await.unwrap().result(),
+        NOT_AUTHORIZED,
+        "CN=webseal-b is not named"
+    );
+    assert_eq!(create_in(&peer, "www", "w-2").await, NOT_AUTHORIZED);
+    assert!(shim.logs().contains("may not use the replica set"), "{}", shim.logs());
+}
+
+/// The Basic user is an identity too.
+#[tokio::test]
+async fn the_basic_user_is_limited_to_its_replica_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authorization");
+    std::fs::write(&file, "# the WebSEAL fleet\nuser webseal: default, www\n").unwrap();
+    let shim = Shim::start(
+        &[
+            "--basic-auth-user",
+            "webseal",
+            "--authorization-file",
+            file.to_str().unwrap(),
+        ],
+        &[("REDSESS_BASIC_AUTH_PASSWORD", "s3cret-s3cret")],
+    );
+    let client = shim.client_with(ClientOptions {
+        basic_auth: Some(("webseal".into(), "s3cret-s3cret".into())),
+        ..Default::default()
+    });
+    assert_eq!(create_in(&client, "www", "w-1").await, SUCCESS);
+    assert_eq!(create_in(&client, "api", "a-1").await, NOT_AUTHORIZED);
+    assert_eq!(
+        shim.metric(r#"redsess_shim_requests_total{operation="createSession",result="not_authorized"}"#),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) Configuration errors
 
 /// Runs the shim expecting it to refuse its configuration at once: (exit status, stderr). A
 /// shim that starts anyway is killed and fails the test instead of hanging it.
@@ -510,6 +606,21 @@ fn bad_settings_stop_the_start_naming_the_setting() {
             with_listen(&["--basic-auth-user", "web:seal"]),
             vec![("REDSESS_BASIC_AUTH_PASSWORD", "pw")],
             "--basic-auth-user",
+        ),
+        // Authorization with nobody authenticated, and a file that does not parse.
+        (
+            [with_listen(&["--authorization-file"]), vec![empty.into()]].concat(),
+            vec![],
+            "--authorization-file",
+        ),
+        (
+            [
+                with_listen(&["--basic-auth-user", "webseal", "--authorization-file"]),
+                vec![exists.into()],
+            ]
+            .concat(),
+            vec![("REDSESS_BASIC_AUTH_PASSWORD", "pw")],
+            "line 1",
         ),
         (
             with_listen(&[

@@ -143,6 +143,8 @@ pub fn env(plan: &Plan) -> Vec<EnvVar> {
     let shim = &plan.shim;
     let mut env = vec![
         plain("REDSESS_LISTEN", listen),
+        // One JSON object a line, as the operator's own logs, for the cluster's log store.
+        plain("REDSESS_LOG_FORMAT", "json"),
         plain("REDSESS_REALM", shim.realm.clone()),
         plain("REDSESS_REPLICA_SETS", shim.replica_sets.join(",")),
         plain("REDSESS_MAX_LIFETIME", shim.max_lifetime.clone()),

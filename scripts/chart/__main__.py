@@ -25,6 +25,7 @@ Ends with `chart: N passed, M failed` and exits 1 when anything failed."""
 import argparse
 import copy
 import glob
+import json
 import os
 import re
 import shutil
@@ -95,8 +96,99 @@ CERTIFICATE_SCHEMA = {
                                    "properties": {"name": {"type": "string", "minLength": 1},
                                                   "kind": {"enum": ["Issuer", "ClusterIssuer"]},
                                                   "group": {"const": "cert-manager.io"}}}}}}}
-OWN_SCHEMAS = {"monitoring.coreos.com/v1": ("ServiceMonitor", SERVICE_MONITOR_SCHEMA),
-               "cert-manager.io/v1": ("Certificate", CERTIFICATE_SCHEMA)}
+_METADATA = {"type": "object", "additionalProperties": False, "required": ["name", "namespace"],
+             "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                            "labels": _STRING_MAP, "annotations": _STRING_MAP}}
+
+# The Prometheus Operator's PrometheusRule and PodMonitor, reduced to the fields the chart writes.
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+                "properties": {"name": {"type": "string", "minLength": 1},
+                               "rules": {"type": "array", "minItems": 1, "items": {
+                                   "type": "object", "additionalProperties": False,
+                                   "required": ["alert", "expr", "labels", "annotations"],
+                                   "properties": {
+                                       "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9]*$"},
+                                       "expr": {"type": "string", "minLength": 1},
+                                       "for": _DURATION,
+                                       "labels": {"type": "object", "required": ["severity"],
+                                                  "properties": {"severity": {"enum": ["critical", "warning", "info"]}},
+                                                  "additionalProperties": {"type": "string"}},
+                                       "annotations": {"type": "object", "required": ["summary", "description"],
+                                                       "additionalProperties": {"type": "string"}}}}}}}}}}}}
+POD_MONITOR_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": _METADATA,
+        "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "podMetricsEndpoints"],
+                 "properties": {
+                     "selector": SERVICE_MONITOR_SCHEMA["properties"]["spec"]["properties"]["selector"],
+                     "namespaceSelector": SERVICE_MONITOR_SCHEMA["properties"]["spec"]["properties"]["namespaceSelector"],
+                     "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+                         "type": "object", "additionalProperties": False, "required": ["port"],
+                         "properties": {"port": {"type": "string"}, "path": {"type": "string"},
+                                        "scheme": {"enum": ["http", "https"]}, "interval": _DURATION,
+                                        "tlsConfig": {"type": "object"}}}}}}}}
+
+# A Grafana dashboard (the JSON model), reduced to what the chart's dashboard uses: every panel
+# a row or a Prometheus time series with queries.
+DASHBOARD_SCHEMA = {
+    "type": "object", "required": ["title", "uid", "panels", "schemaVersion"],
+    "properties": {
+        "title": {"type": "string", "minLength": 1}, "uid": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"},
+        "schemaVersion": {"type": "integer", "minimum": 30},
+        "panels": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["id", "type", "title", "gridPos"],
+            "properties": {
+                "id": {"type": "integer"}, "type": {"enum": ["row", "timeseries", "stat"]},
+                "title": {"type": "string", "minLength": 1},
+                "gridPos": {"type": "object", "required": ["x", "y", "w", "h"],
+                            "properties": {k: {"type": "integer", "minimum": 0} for k in "xywh"}},
+                "targets": {"type": "array", "items": {"type": "object", "required": ["refId", "expr"],
+                                                      "properties": {"expr": {"type": "string", "minLength": 1}}}}},
+            "if": {"properties": {"type": {"const": "timeseries"}}},
+            "then": {"required": ["targets", "datasource"],
+                     "properties": {"targets": {"minItems": 1}}}}}}}
+
+OWN_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
+               ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SCHEMA,
+               ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR_SCHEMA,
+               ("cert-manager.io/v1", "Certificate"): CERTIFICATE_SCHEMA}
+
+ROOT = os.path.dirname(os.path.dirname(HERE))
+# Where the metrics the alerts and the dashboard read are registered.
+METRIC_SOURCES = {"redsess_shim": os.path.join(ROOT, "shim", "src", "metrics.rs"),
+                  "redsess_operator": os.path.join(ROOT, "operator", "src", "metrics.rs")}
+
+
+def exported_metrics():
+    """The series names the shim and the operator export, read from their registries: the
+    registered names with their prefix, and the suffixes the exposition adds."""
+    names = set()
+    for prefix, path in METRIC_SOURCES.items():
+        with open(path) as f:
+            text = f.read()
+        for name in re.findall(r'"([a-z_]+)",\s*"[A-Z]', text) + re.findall(r'register(?:_with_unit)?\(\s*"([a-z_]+)"', text):
+            base = f"{prefix}_{name}"
+            if "Unit::Seconds" in text and name == "reconcile_duration":
+                base += "_seconds"
+            names |= {base, base + "_total", base + "_bucket", base + "_count", base + "_sum"}
+    return names
+
+
+def unknown_metrics(expressions, known):
+    """The redsess_* series the PromQL expressions name that nothing exports."""
+    named = {m for e in expressions for m in re.findall(r"\bredsess_[a-z_]+", e)}
+    return sorted(named - known)
 
 
 def load(path):
@@ -136,6 +228,28 @@ def self_tests(report, k8s_versions):
     missed = {"spec", "spec.selector", "spec.endpoints[0].interval"} - found
     report.check("self-test: the ServiceMonitor schema rejects a broken ServiceMonitor",
                  [("missed", ", ".join(sorted(missed)))] if missed else [])
+    broken = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+              "metadata": {"name": "x", "namespace": "y"},
+              "spec": {"groups": [{"name": "g", "rules": [{"alert": "Bad Name", "expr": "up", "for": "soon",
+                                                            "labels": {}, "annotations": {"summary": "s"}}]}]}}
+    found = {p for p, _ in schema_errors(PROMETHEUS_RULE_SCHEMA, broken)}
+    missed = {"spec.groups[0].rules[0].alert", "spec.groups[0].rules[0].for",
+              "spec.groups[0].rules[0].labels", "spec.groups[0].rules[0].annotations"} - found
+    report.check("self-test: the PrometheusRule schema rejects a broken rule",
+                 [("missed", ", ".join(sorted(missed)))] if missed else [])
+    broken = {"title": "t", "uid": "u", "schemaVersion": 39,
+              "panels": [{"id": 1, "type": "timeseries", "title": "p", "gridPos": {"x": 0, "y": 0, "w": 1, "h": 1}}]}
+    report.check("self-test: the dashboard schema rejects a time series without queries",
+                 [] if schema_errors(DASHBOARD_SCHEMA, broken) else [("missed", "panels[0].targets")])
+    known = exported_metrics()
+    report.check("self-test: the shim's and the operator's metrics are read from their registries",
+                 [(m, "not found") for m in ("redsess_shim_requests_total", "redsess_shim_redis_up",
+                                             "redsess_shim_request_duration_seconds_bucket",
+                                             "redsess_operator_reconcile_duration_seconds_bucket")
+                  if m not in known])
+    report.check("self-test: a metric nothing exports is caught",
+                 [] if unknown_metrics(["rate(redsess_shim_requets_total[5m])"], known)
+                 else [("missed", "redsess_shim_requets_total")])
     broken = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
               "spec": {"replicas": "2", "selectr": {}, "template": {}}}
     for v in k8s_versions:
@@ -225,10 +339,13 @@ def validate_objects(report, where, objects, k8s_versions, namespace):
                 problems.append(("metadata.namespace", "set on a cluster-scoped object"))
         elif meta.get("namespace") != namespace:
             problems.append(("metadata.namespace", f"{meta.get('namespace')!r}, not {namespace!r}"))
-        if obj.get("apiVersion") in OWN_SCHEMAS:
-            kind, schema = OWN_SCHEMAS[obj["apiVersion"]]
-            problems += [(p, m) for p, m in schema_errors(schema, obj)]
-            versions = f"the {kind} schema of scripts/chart (kubernetes-validate does not know it)"
+        own = OWN_SCHEMAS.get((obj.get("apiVersion"), obj.get("kind")))
+        if obj.get("apiVersion") in {v for v, _ in OWN_SCHEMAS} and own is None:
+            problems.append(("kind", f"scripts/chart has no schema for {obj.get('kind')}"))
+            versions = "scripts/chart's schemas"
+        elif own is not None:
+            problems += [(p, m) for p, m in schema_errors(own, obj)]
+            versions = f"the {obj['kind']} schema of scripts/chart (kubernetes-validate does not know it)"
         else:
             for v in k8s_versions:
                 problems += [(f"{p} (Kubernetes {v})", why) for p, why in kube.validate(obj, v)]
@@ -271,10 +388,34 @@ def check_render(report, label, values, k8s_versions, operator_peer, expect):
     merged = deep_merge(load(os.path.join(CHART, "values.yaml")), values or {})
     report.check(f"{where}: the objects fit together and the operator pod keeps to restricted-v2",
                  coherence(objects, merged, operator_peer))
+    report.check(f"{where}: the alerts and the dashboard read metrics the shim and the operator export",
+                 monitoring_problems(objects))
     report.check(f"{where}: NOTES.txt says what to apply next",
                  [] if "kind: SessionCache" in notes and "kubectl get rsc" in notes and "-client-" in notes
                  else [("NOTES.txt", "no SessionCache sample, `kubectl get rsc` or client ConfigMap hint")])
     return objects
+
+
+def monitoring_problems(objects):
+    """The dashboard is JSON of the dashboard schema; rules and panels name only exported metrics."""
+    problems, expressions = [], []
+    for rule_set in by_kind(objects, "PrometheusRule"):
+        for group in rule_set["spec"]["groups"]:
+            expressions += [r["expr"] for r in group["rules"]]
+    for cm in by_kind(objects, "ConfigMap"):
+        for key, text in (cm.get("data") or {}).items():
+            if not key.endswith(".json"):
+                continue
+            try:
+                dashboard = json.loads(text)
+            except ValueError as e:
+                problems.append((f"ConfigMap {cm['metadata']['name']} {key}", f"not JSON: {e}"))
+                continue
+            problems += [(f"{key} {p}", m) for p, m in schema_errors(DASHBOARD_SCHEMA, dashboard)]
+            expressions += [t["expr"] for p in dashboard.get("panels", []) for t in p.get("targets", [])]
+    problems += [(m, "named by an alert or panel, exported by neither the shim nor the operator")
+                 for m in unknown_metrics(expressions, exported_metrics())]
+    return problems
 
 
 def deep_merge(base, override):
@@ -603,6 +744,9 @@ def operator_peer(operator):
     raise SystemExit("the operator's Redis NetworkPolicy has no peer for the operator's pods")
 
 
+NO_MONITORING = {"PrometheusRule": 0, "PodMonitor": 0, "ConfigMap": 0}
+
+
 def main():
     parser = argparse.ArgumentParser(prog="python -m chart", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", default="check", choices=["check", "generate-deploy"])
@@ -630,16 +774,19 @@ def main():
             "RoleBinding": 1, "Service": 2, "PodDisruptionBudget": 1, "NetworkPolicy": 1,
             "MutatingWebhookConfiguration": 1}
     default = check_render(report, "default values", None, k8s_versions, peer,
-                           {**base, "CustomResourceDefinition": 1, "ServiceMonitor": 0, "Certificate": 0})
+                           {**base, "CustomResourceDefinition": 1, "ServiceMonitor": 0, "Certificate": 0,
+                            **NO_MONITORING})
     check_render(report, FULL, load(FULL), k8s_versions, peer,
-                 {**base, "CustomResourceDefinition": 0, "ServiceMonitor": 1, "Certificate": 1})
+                 {**base, "CustomResourceDefinition": 0, "ServiceMonitor": 1, "Certificate": 1,
+                  "PrometheusRule": 1, "PodMonitor": 1, "ConfigMap": 1})
     check_render(report, os.path.relpath(OFF), load(OFF), k8s_versions, peer,
                  {"Deployment": 1, "CustomResourceDefinition": 1, "ServiceAccount": 0, "ClusterRole": 0,
                   "ClusterRoleBinding": 0, "Role": 0, "RoleBinding": 0, "Service": 0, "ServiceMonitor": 0,
+                  **NO_MONITORING,
                   "PodDisruptionBudget": 0, "NetworkPolicy": 0, "MutatingWebhookConfiguration": 0})
     openshift = os.path.join(HERE, "values", "webhook-openshift.yaml")
     check_render(report, os.path.relpath(openshift), load(openshift), k8s_versions, peer,
-                 {**base, "CustomResourceDefinition": 1, "ServiceMonitor": 0, "Certificate": 0})
+                 {**base, "CustomResourceDefinition": 1, "ServiceMonitor": 0, "Certificate": 0, **NO_MONITORING})
     if default is not None:
         check_rbac(report, default)
         check_crd(report, default)

@@ -33,6 +33,17 @@ pub struct Metrics {
     durations: Family<Operation, Histogram>,
     faults: Family<Cause, Counter>,
     pub waiting_polls: Gauge<i64, AtomicI64>,
+    redis: RedisGauges,
+}
+
+/// Redis as the shim last saw it (`store::ServerHealth`), every `HEALTH_EVERY`.
+#[derive(Default)]
+struct RedisGauges {
+    up: Gauge,
+    connected_replicas: Gauge,
+    replication_lag_bytes: Gauge,
+    used_memory_bytes: Gauge,
+    max_memory_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,12 +97,39 @@ impl Metrics {
             "getUpdates long polls waiting now",
             waiting_polls.clone(),
         );
+        let redis = RedisGauges::default();
+        for (name, help, gauge) in [
+            (
+                "redis_up",
+                "Whether the Redis the shim writes to answered its last look as a primary (1) or not (0)",
+                &redis.up,
+            ),
+            (
+                "redis_connected_replicas",
+                "Replicas streaming from the primary",
+                &redis.connected_replicas,
+            ),
+            (
+                "redis_replication_lag_bytes",
+                "How far the furthest replica is behind the primary, in bytes of the replication stream",
+                &redis.replication_lag_bytes,
+            ),
+            ("redis_used_memory_bytes", "Memory Redis uses", &redis.used_memory_bytes),
+            (
+                "redis_max_memory_bytes",
+                "Redis's maxmemory (0: none)",
+                &redis.max_memory_bytes,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         Self {
             registry,
             requests,
             durations,
             faults,
             waiting_polls,
+            redis,
         }
     }
 
@@ -108,6 +146,23 @@ impl Metrics {
                     operation: operation.into(),
                 })
                 .observe(took.as_secs_f64());
+        }
+    }
+
+    /// What a look at Redis found: its health, or nothing (it did not answer).
+    pub fn redis_seen(&self, health: Option<&crate::store::ServerHealth>) {
+        let r = &self.redis;
+        match health {
+            Some(h) => {
+                r.up.set(i64::from(h.primary));
+                r.connected_replicas.set(h.connected_replicas);
+                r.replication_lag_bytes.set(h.replication_lag_bytes);
+                r.used_memory_bytes.set(h.used_memory_bytes);
+                r.max_memory_bytes.set(h.max_memory_bytes);
+            }
+            None => {
+                r.up.set(0);
+            }
         }
     }
 

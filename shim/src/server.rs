@@ -96,6 +96,7 @@ pub fn router(
     limits: Limits,
 ) -> Router {
     let counters = Arc::new(Metrics::new());
+    watch_redis_health(service.store().clone(), &counters);
     let in_flight = InFlight {
         permits: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
         metrics: counters.clone(),
@@ -228,6 +229,30 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// How often the shim looks at Redis for its metrics (`redsess_shim_redis_*`).
+const HEALTH_EVERY: Duration = Duration::from_secs(15);
+
+/// Looks at Redis every `HEALTH_EVERY` while the metrics live; nothing for the embedded store.
+fn watch_redis_health(store: Arc<dyn Store>, metrics: &Arc<Metrics>) {
+    let metrics = Arc::downgrade(metrics);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
+        loop {
+            tick.tick().await;
+            let health = store.health().await;
+            let Some(metrics) = metrics.upgrade() else { return };
+            match health {
+                Ok(None) => return,
+                Ok(Some(h)) => metrics.redis_seen(Some(&h)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot look at Redis for the metrics");
+                    metrics.redis_seen(None);
+                }
+            }
+        }
+    });
 }
 
 fn spawn_background(service: &Arc<SessionService>) {

@@ -162,6 +162,12 @@ async fn the_rendered_cache_runs_locked_down_and_survives_a_failover() {
     );
     assert!(ok, "{said}\n{}", shim.logs());
     assert!(!shim.logs().contains("NOPERM"), "{}", shim.logs());
+    // Its user may also look at Redis (INFO) for the metrics the alerts read.
+    let metrics_at: std::net::SocketAddr = format!("{}:8443", shim.ip).parse().unwrap();
+    redsess_tests::wait_until(Duration::from_secs(20), "the shim reports a primary", || {
+        redsess_tests::http_get(metrics_at, "/metrics")
+            .is_some_and(|(_, body)| body.contains("redsess_shim_redis_up 1"))
+    });
 
     // Redis: nobody without the password, and not with a wrong one.
     let primary = redis[0].ip.clone();

@@ -646,3 +646,25 @@ async fn lifetime_items_at_the_ends_of_the_integer_range_are_clamped() {
     }
     assert!(shim.is_running(), "the shim exited:\n{}", shim.logs());
 }
+
+/// The shim reports Redis as it sees it (`redsess_shim_redis_*`, which the chart's alerts
+/// read): a primary, its streaming replicas, its memory and bound; and no primary once Redis
+/// is gone.
+#[tokio::test]
+async fn the_shim_reports_the_health_of_redis() {
+    let mut primary = RedisServer::start_with(&["--maxmemory", "64mb"]);
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let shim = shim_on(&primary, &[]);
+    redsess_tests::wait_until(
+        Duration::from_secs(20),
+        "the shim sees a primary with one replica",
+        || shim.metric("redsess_shim_redis_up") == 1 && shim.metric("redsess_shim_redis_connected_replicas") == 1,
+    );
+    assert_eq!(shim.metric("redsess_shim_redis_max_memory_bytes"), 64 * 1024 * 1024);
+    assert!(shim.metric("redsess_shim_redis_used_memory_bytes") > 0);
+    drop(replica);
+    primary.stop();
+    redsess_tests::wait_until(Duration::from_secs(25), "the shim reports no primary", || {
+        shim.metric("redsess_shim_redis_up") == 0
+    });
+}

@@ -29,7 +29,7 @@ pub const AUTH_DIR: &str = "/etc/redis-auth";
 /// Redis), and the client ignores its refusal.
 const SHIM_COMMANDS: &str =
     "+ping +auth +hello +client|setname +role +evalsha +script|load +hmget +hget +hgetall +hset \
-     +hdel +exists +del +pttl +pexpire +pexpireat +zadd +zrem +zrange +zrangebyscore +zscore +zcard +hexists +hsetnx +sadd +smembers +scan +publish +wait \
+     +hdel +exists +del +pttl +pexpire +pexpireat +zadd +zrem +zrange +zrangebyscore +zscore +zcard +hexists +hsetnx +sadd +smembers +scan +publish +wait +info \
      +subscribe +unsubscribe";
 
 /// What a replica sends its primary.

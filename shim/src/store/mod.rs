@@ -283,11 +283,87 @@ pub trait Store: Send + Sync + 'static {
 
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// What the server behind the store says of itself, for the metrics; `None` for a store
+    /// with no server (the embedded one).
+    async fn health(&self) -> Result<Option<ServerHealth>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Redis as the shim sees it (`INFO replication`, `INFO memory` on the server it writes to).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerHealth {
+    /// The server the shim writes to is a primary.
+    pub primary: bool,
+    /// Replicas connected to it and streaming.
+    pub connected_replicas: i64,
+    /// How far the furthest replica is behind, in bytes of the replication stream.
+    pub replication_lag_bytes: i64,
+    pub used_memory_bytes: i64,
+    /// 0 when Redis has no `maxmemory`.
+    pub max_memory_bytes: i64,
+}
+
+impl ServerHealth {
+    /// From the text of `INFO replication` and `INFO memory` (`name:value` lines).
+    pub fn from_info(info: &str) -> Self {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+                .map(str::to_string)
+        };
+        let number = |name: &str| field(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let primary_offset = number("master_repl_offset");
+        // slaveN:ip=…,port=…,state=online,offset=…,lag=…
+        let replicas: Vec<(bool, i64)> = info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains(":ip="))
+            .map(|l| {
+                let attr = |name: &str| {
+                    l.split([':', ','])
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                        .unwrap_or("")
+                };
+                (attr("state") == "online", attr("offset").parse().unwrap_or(0))
+            })
+            .collect();
+        ServerHealth {
+            primary: field("role").as_deref() == Some("master"),
+            connected_replicas: replicas.iter().filter(|(online, _)| *online).count() as i64,
+            replication_lag_bytes: replicas
+                .iter()
+                .map(|(_, offset)| (primary_offset - offset).max(0))
+                .max()
+                .unwrap_or(0),
+            used_memory_bytes: number("used_memory"),
+            max_memory_bytes: number("maxmemory"),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_reads_info() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+            slave0:ip=10.0.0.2,port=6379,state=online,offset=1000,lag=0\r\n\
+            slave1:ip=10.0.0.3,port=6379,state=wait_bgsave,offset=0,lag=7\r\n\
+            master_repl_offset:1500\r\n# Memory\r\nused_memory:2048\r\nused_memory_human:2K\r\nmaxmemory:8192\r\n";
+        assert_eq!(
+            ServerHealth::from_info(info),
+            ServerHealth {
+                primary: true,
+                connected_replicas: 1,
+                replication_lag_bytes: 1500,
+                used_memory_bytes: 2048,
+                max_memory_bytes: 8192,
+            }
+        );
+        assert!(!ServerHealth::from_info("role:slave\r\n").primary);
+    }
 
     #[test]
     fn expiry_is_the_earlier_of_lifetime_and_idleness() {

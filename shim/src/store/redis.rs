@@ -42,8 +42,8 @@ use tokio::sync::{broadcast, Mutex, RwLock};
 use super::record::{decode_items, encode_items};
 use super::sealing::{KeyRing, Mode, Sealing};
 use super::{
-    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation, Session,
-    SessionLimit, SessionVisitor, Store, StoreError, UserVisitor,
+    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation, ServerHealth,
+    Session, SessionLimit, SessionVisitor, Store, StoreError, UserVisitor,
 };
 
 /// How to reach Redis.
@@ -1040,6 +1040,17 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.failed(e))?;
         Ok(())
+    }
+
+    async fn health(&self) -> Result<Option<ServerHealth>, StoreError> {
+        let mut conn = self.conn().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(Some(ServerHealth::from_info(&info)))
     }
 }
 

@@ -117,8 +117,8 @@ pub fn router(
         metrics: counters,
     };
     let soap = Router::new()
-        .route(CLIENT_PATH, post(client_endpoint))
-        .route(ADMIN_PATH, post(admin_endpoint))
+        .route(CLIENT_PATH, post(soap_endpoint(Endpoint::Client)))
+        .route(ADMIN_PATH, post(soap_endpoint(Endpoint::Admin)))
         .layer(axum::middleware::from_fn_with_state(in_flight, limit_in_flight));
     Router::new()
         .merge(soap)
@@ -385,24 +385,20 @@ where
     }
 }
 
-async fn client_endpoint(
-    State(app): State<App>,
-    certificate: Option<axum::Extension<ClientCertificate>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let certificate = certificate.and_then(|c| c.0 .0);
-    serve_soap(app, Endpoint::Client, certificate, headers, body).await
-}
-
-async fn admin_endpoint(
-    State(app): State<App>,
-    certificate: Option<axum::Extension<ClientCertificate>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let certificate = certificate.and_then(|c| c.0 .0);
-    serve_soap(app, Endpoint::Admin, certificate, headers, body).await
+/// The handler of one SOAP endpoint.
+fn soap_endpoint(
+    endpoint: Endpoint,
+) -> impl Fn(
+    State<App>,
+    Option<axum::Extension<ClientCertificate>>,
+    HeaderMap,
+    Body,
+) -> futures::future::BoxFuture<'static, Response>
+       + Clone {
+    move |State(app), certificate, headers, body| {
+        let certificate = certificate.and_then(|c| c.0 .0);
+        Box::pin(serve_soap(app, endpoint, certificate, headers, body))
+    }
 }
 
 fn xml(status: StatusCode, body: String) -> Response {

@@ -55,14 +55,15 @@ CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding
 _DURATION = {"type": "string",
              "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {"type": "object", "additionalProperties": False, "required": ["name", "namespace"],
+             "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                            "labels": _STRING_MAP, "annotations": _STRING_MAP}}
 SERVICE_MONITOR_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
         "apiVersion": {"const": "monitoring.coreos.com/v1"},
         "kind": {"const": "ServiceMonitor"},
-        "metadata": {"type": "object", "additionalProperties": False, "required": ["name", "namespace"],
-                     "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
-                                    "labels": _STRING_MAP, "annotations": _STRING_MAP}},
+        "metadata": _METADATA,
         "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
                  "properties": {
                      "selector": {"type": "object", "additionalProperties": False, "minProperties": 1,
@@ -85,9 +86,7 @@ CERTIFICATE_SCHEMA = {
     "properties": {
         "apiVersion": {"const": "cert-manager.io/v1"},
         "kind": {"const": "Certificate"},
-        "metadata": {"type": "object", "additionalProperties": False, "required": ["name", "namespace"],
-                     "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
-                                    "labels": _STRING_MAP, "annotations": _STRING_MAP}},
+        "metadata": _METADATA,
         "spec": {"type": "object", "additionalProperties": False, "required": ["secretName", "issuerRef"],
                  "properties": {
                      "secretName": {"type": "string", "minLength": 1},
@@ -96,9 +95,6 @@ CERTIFICATE_SCHEMA = {
                                    "properties": {"name": {"type": "string", "minLength": 1},
                                                   "kind": {"enum": ["Issuer", "ClusterIssuer"]},
                                                   "group": {"const": "cert-manager.io"}}}}}}}
-_METADATA = {"type": "object", "additionalProperties": False, "required": ["name", "namespace"],
-             "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
-                            "labels": _STRING_MAP, "annotations": _STRING_MAP}}
 
 # The Prometheus Operator's PrometheusRule and PodMonitor, reduced to the fields the chart writes.
 PROMETHEUS_RULE_SCHEMA = {

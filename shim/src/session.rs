@@ -16,7 +16,7 @@ use crate::dsc::{
 };
 use crate::store::{
     CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit,
-    Store, StoreError,
+    Store, StoreError, Touch,
 };
 
 /// Items whose meaning the cache itself understands.
@@ -61,6 +61,16 @@ pub struct Settings {
     pub max_replica_sets: usize,
     /// The most live members of one replica set; a new one past it is refused (0 = no bound).
     pub max_replicas: u32,
+}
+
+impl Settings {
+    /// How getSession records activity: not again within a quarter of the clock-skew
+    /// tolerance (45 s at the default 3 minutes, at most a minute), so most reads are one
+    /// plain Redis read. The inactivity end lags by less than that; every end already has the
+    /// whole tolerance added, and the idle decision reads the last-access item as well.
+    pub fn read_touch(&self) -> Touch {
+        Touch::UnlessWithin((self.clock_skew_secs / 4).clamp(0, 60))
+    }
 }
 
 impl Default for Settings {
@@ -516,7 +526,7 @@ impl SessionService {
     ) -> Result<bool, StoreError> {
         Ok(self
             .store
-            .get_session(replica_set, session_id, false, now)
+            .get_session(replica_set, session_id, Touch::No, now)
             .await?
             .is_some_and(|stored| {
                 stored.version == 0 && stored.creator == asked.creator && stored.items == asked.items
@@ -528,7 +538,7 @@ impl SessionService {
         Ok(
             match self
                 .store
-                .get_session(&r.replica_set, &r.session_id, true, self.now())
+                .get_session(&r.replica_set, &r.session_id, self.settings.read_touch(), self.now())
                 .await?
             {
                 Some(s) => Response::GetSession {
@@ -552,7 +562,7 @@ impl SessionService {
         };
         let Some(stored) = self
             .store
-            .get_session(&r.replica_set, &r.session_id, false, now)
+            .get_session(&r.replica_set, &r.session_id, Touch::No, now)
             .await?
         else {
             return Ok(answer(ResultCode::SessionNotFound, 0));
@@ -607,7 +617,7 @@ impl SessionService {
         };
         let Some(stored) = self
             .store
-            .get_session(&r.replica_set, &r.session_id, false, now)
+            .get_session(&r.replica_set, &r.session_id, Touch::No, now)
             .await?
         else {
             return Ok(answer(ResultCode::SessionNotFound));
@@ -766,7 +776,7 @@ impl SessionService {
         if data_class == class::USER_NAME && data_instance == "sms" && !pattern.contains('*') {
             let before = listing.total;
             for id in self.store.user_sessions(replica_set, pattern, now).await? {
-                let session = self.store.get_session(replica_set, &id, false, now).await?;
+                let session = self.store.get_session(replica_set, &id, Touch::No, now).await?;
                 if let Some(value) = session.as_ref().and_then(matching) {
                     listing.add(&id, &value);
                 }

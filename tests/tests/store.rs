@@ -10,7 +10,8 @@ use redsess_shim::store::memory::MemoryStore;
 use redsess_shim::store::redis::{RedisSettings, RedisStore};
 use redsess_shim::store::sealing::{new_key_line, Mode};
 use redsess_shim::store::{
-    CreateOutcome, JoinOutcome, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit, Store, StoreError,
+    CreateOutcome, JoinOutcome, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit, Store,
+    StoreError, Touch,
 };
 use redsess_tests::{item, now, RedisServer};
 
@@ -141,19 +142,27 @@ async fn create_then_get_round_trips(store: Arc<dyn Store>) {
         created(&*store, "S1", &s, &NO_LIMIT).await,
         CreateOutcome::Created { displaced: vec![] }
     );
-    let got = store.get_session("default", "S1", true, now()).await.unwrap().unwrap();
+    let got = store
+        .get_session("default", "S1", Touch::Always, now())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.items, s.items);
     assert_eq!(got.version, 0);
     assert_eq!(got.user.as_deref(), Some("alice"));
     assert_eq!(got.lifetime, s.lifetime);
     assert_eq!(created(&*store, "S1", &s, &NO_LIMIT).await, CreateOutcome::IdInUse);
     assert!(store
-        .get_session("default", "nope", true, now())
+        .get_session("default", "nope", Touch::Always, now())
         .await
         .unwrap()
         .is_none());
     // Replica sets partition sessions.
-    assert!(store.get_session("other", "S1", true, now()).await.unwrap().is_none());
+    assert!(store
+        .get_session("other", "S1", Touch::Always, now())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn replace_checks_the_version(store: Arc<dyn Store>) {
@@ -177,7 +186,11 @@ async fn replace_checks_the_version(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(missing, ReplaceOutcome::NotFound);
-    let got = store.get_session("default", "S1", false, now()).await.unwrap().unwrap();
+    let got = store
+        .get_session("default", "S1", Touch::No, now())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((got.version, got.items.len()), (1, 5));
 }
 
@@ -203,7 +216,11 @@ async fn delete_removes_session_and_index_entry(store: Arc<dyn Store>) {
     assert!(store.delete_session("default", "S1").await.unwrap());
     assert!(!store.delete_session("default", "S1").await.unwrap());
     assert_eq!(users_sessions(&*store, "alice").await, ["S2"]);
-    assert!(store.get_session("default", "S1", true, now()).await.unwrap().is_none());
+    assert!(store
+        .get_session("default", "S1", Touch::Always, now())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn limit_refuses_past_the_maximum(store: Arc<dyn Store>) {
@@ -219,7 +236,11 @@ async fn limit_refuses_past_the_maximum(store: Arc<dyn Store>) {
         ));
     }
     assert_eq!(created(&*store, "C", &s, &limit).await, CreateOutcome::LimitReached);
-    assert!(store.get_session("default", "C", false, now()).await.unwrap().is_none());
+    assert!(store
+        .get_session("default", "C", Touch::No, now())
+        .await
+        .unwrap()
+        .is_none());
     // Another user is not affected.
     let bob = session(Some("bob"), items(), 3600, 600);
     assert!(matches!(
@@ -242,7 +263,11 @@ async fn limit_displaces_the_oldest(store: Arc<dyn Store>) {
             displaced: vec!["Z".into()]
         }
     );
-    assert!(store.get_session("default", "Z", false, now()).await.unwrap().is_none());
+    assert!(store
+        .get_session("default", "Z", Touch::No, now())
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(users_sessions(&*store, "alice").await, ["Y", "X"]);
 }
 
@@ -252,18 +277,18 @@ async fn sessions_expire_at_their_lifetime_end(store: Arc<dyn Store>) {
     let long = session(Some("alice"), items(), 3600, 0);
     created(&*store, "long", &long, &NO_LIMIT).await;
     assert!(store
-        .get_session("default", "short", false, now())
+        .get_session("default", "short", Touch::No, now())
         .await
         .unwrap()
         .is_some());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(store
-        .get_session("default", "short", true, now())
+        .get_session("default", "short", Touch::Always, now())
         .await
         .unwrap()
         .is_none());
     assert!(store
-        .get_session("default", "long", true, now())
+        .get_session("default", "long", Touch::Always, now())
         .await
         .unwrap()
         .is_some());
@@ -279,22 +304,70 @@ async fn activity_extends_an_idle_timeout(store: Arc<dyn Store>) {
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert!(store
-            .get_session("default", "busy", true, now())
+            .get_session("default", "busy", Touch::Always, now())
             .await
             .unwrap()
             .is_some());
     }
     assert!(store
-        .get_session("default", "idle", true, now())
+        .get_session("default", "idle", Touch::Always, now())
         .await
         .unwrap()
         .is_none());
     let busy = store
-        .get_session("default", "busy", false, now())
+        .get_session("default", "busy", Touch::No, now())
         .await
         .unwrap()
         .unwrap();
     assert!(now() - busy.touched <= 1, "touch recorded");
+}
+
+/// getSession's touch (`Touch::UnlessWithin`) records activity only once the last recorded
+/// is that old; a plain look (`Touch::No`) never does, and `Touch::Always` always does.
+async fn a_read_touches_only_past_its_granularity(store: Arc<dyn Store>) {
+    let s = session(None, items(), 3600, 600);
+    let t0 = s.touched;
+    created(&*store, "coarse", &s, &NO_LIMIT).await;
+    let touched = |at: i64| {
+        let store = store.clone();
+        async move {
+            let found = store.get_session("default", "coarse", Touch::No, at).await.unwrap();
+            found.expect("the session is live").touched
+        }
+    };
+    let read = |touch: Touch, at: i64| {
+        let store = store.clone();
+        async move {
+            assert!(store
+                .get_session("default", "coarse", touch, at)
+                .await
+                .unwrap()
+                .is_some())
+        }
+    };
+    read(Touch::UnlessWithin(45), t0 + 44).await;
+    assert_eq!(
+        touched(t0 + 44).await,
+        t0,
+        "a read within the granularity records nothing"
+    );
+    read(Touch::UnlessWithin(45), t0 + 45).await;
+    assert_eq!(touched(t0 + 45).await, t0 + 45, "a read past it records activity");
+    read(Touch::No, t0 + 50).await;
+    assert_eq!(touched(t0 + 50).await, t0 + 45);
+    read(Touch::Always, t0 + 51).await;
+    assert_eq!(touched(t0 + 51).await, t0 + 51);
+    // The idle end follows the recorded activity: 600 s after t0 + 51, not after t0.
+    assert!(store
+        .get_session("default", "coarse", Touch::No, t0 + 640)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .get_session("default", "coarse", Touch::No, t0 + 651)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn ended_sessions_leave_no_index_entries_behind(store: Arc<dyn Store>) {
@@ -389,7 +462,11 @@ async fn ended_sessions_are_invisible_before_any_sweep(store: Arc<dyn Store>) {
     let s = session(Some("erin"), items(), 60, 0);
     created(&*store, "S", &s, &NO_LIMIT).await;
     let later = now() + 61;
-    assert!(store.get_session("default", "S", false, later).await.unwrap().is_none());
+    assert!(store
+        .get_session("default", "S", Touch::No, later)
+        .await
+        .unwrap()
+        .is_none());
     assert!(store.user_sessions("default", "erin", later).await.unwrap().is_empty());
     let mut seen = 0;
     store
@@ -403,7 +480,11 @@ async fn ended_sessions_are_invisible_before_any_sweep(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(seen, 0);
     // Nor is its ID in use; and a read with touch cannot bring it back.
-    assert!(store.get_session("default", "S", true, later).await.unwrap().is_none());
+    assert!(store
+        .get_session("default", "S", Touch::Always, later)
+        .await
+        .unwrap()
+        .is_none());
     let again = Session {
         created: later,
         touched: later,
@@ -456,7 +537,11 @@ async fn oldest_means_first_created_then_first_arrived(store: Arc<dyn Store>) {
 async fn a_stale_change_cannot_overwrite_a_recreated_session(store: Arc<dyn Store>) {
     let first = session(Some("gus"), items(), 3600, 0);
     created(&*store, "S", &first, &NO_LIMIT).await;
-    let read = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    let read = store
+        .get_session("default", "S", Touch::No, now())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(store.delete_session("default", "S").await.unwrap());
     let second = session(Some("gus"), vec![item("fresh", "sms", Some("yes"))], 3600, 0);
     created(&*store, "S", &second, &NO_LIMIT).await;
@@ -470,7 +555,11 @@ async fn a_stale_change_cannot_overwrite_a_recreated_session(store: Arc<dyn Stor
             .unwrap(),
         ReplaceOutcome::VersionMismatch { stored: 0 }
     );
-    let stored = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    let stored = store
+        .get_session("default", "S", Touch::No, now())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.items, second.items);
 }
 
@@ -513,7 +602,7 @@ async fn a_change_of_user_applies_the_limit(store: Arc<dyn Store>) {
         }
     );
     assert!(store
-        .get_session("default", "H1", false, now())
+        .get_session("default", "H1", Touch::No, now())
         .await
         .unwrap()
         .is_none());
@@ -526,16 +615,28 @@ async fn a_change_of_user_applies_the_limit(store: Arc<dyn Store>) {
 async fn an_idle_end_spares_a_session_touched_in_between(store: Arc<dyn Store>) {
     let s = session(Some("jo"), items(), 3600, 600);
     created(&*store, "S", &s, &NO_LIMIT).await;
-    let read = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    let read = store
+        .get_session("default", "S", Touch::No, now())
+        .await
+        .unwrap()
+        .unwrap();
     store
-        .get_session("default", "S", true, now() + 5)
+        .get_session("default", "S", Touch::Always, now() + 5)
         .await
         .unwrap()
         .unwrap();
     assert!(!store.end_if_unchanged("default", "S", &read).await.unwrap());
-    let read = store.get_session("default", "S", false, now()).await.unwrap().unwrap();
+    let read = store
+        .get_session("default", "S", Touch::No, now())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(store.end_if_unchanged("default", "S", &read).await.unwrap());
-    assert!(store.get_session("default", "S", false, now()).await.unwrap().is_none());
+    assert!(store
+        .get_session("default", "S", Touch::No, now())
+        .await
+        .unwrap()
+        .is_none());
     assert!(users_sessions(&*store, "jo").await.is_empty(), "and its index entry");
     created(&*store, "S", &session(Some("jo"), items(), 3600, 600), &NO_LIMIT).await;
     assert!(!store.end_if_unchanged("default", "S", &read).await.unwrap());
@@ -712,6 +813,7 @@ store_suite!(
     limit_displaces_the_oldest,
     sessions_expire_at_their_lifetime_end,
     activity_extends_an_idle_timeout,
+    a_read_touches_only_past_its_granularity,
     ended_sessions_leave_no_index_entries_behind,
     a_create_without_a_limit_drops_ended_entries,
     scan_sessions_walks_one_replica_set,
@@ -735,15 +837,31 @@ async fn a_bounded_memory_store_ends_the_least_recently_used() {
     for id in ["A", "B", "C"] {
         created(&store, id, &session(Some("kim"), items(), 3600, 0), &NO_LIMIT).await;
     }
-    store.get_session("default", "A", true, now()).await.unwrap().unwrap();
+    store
+        .get_session("default", "A", Touch::Always, now())
+        .await
+        .unwrap()
+        .unwrap();
     // A read without touch (the shim's own, before a change) is no use.
-    store.get_session("default", "B", false, now()).await.unwrap().unwrap();
+    store
+        .get_session("default", "B", Touch::No, now())
+        .await
+        .unwrap()
+        .unwrap();
     created(&store, "D", &session(Some("kim"), items(), 3600, 0), &NO_LIMIT).await;
     assert!(
-        store.get_session("default", "B", false, now()).await.unwrap().is_none(),
+        store
+            .get_session("default", "B", Touch::No, now())
+            .await
+            .unwrap()
+            .is_none(),
         "B was used least recently"
     );
-    let c = store.get_session("default", "C", false, now()).await.unwrap().unwrap();
+    let c = store
+        .get_session("default", "C", Touch::No, now())
+        .await
+        .unwrap()
+        .unwrap();
     let mut next = c.clone();
     next.version = 1;
     store
@@ -752,7 +870,11 @@ async fn a_bounded_memory_store_ends_the_least_recently_used() {
         .unwrap();
     created(&store, "E", &session(Some("kim"), items(), 3600, 0), &NO_LIMIT).await;
     // A was read before D was made, and C changed after: A is the least recently used now.
-    assert!(store.get_session("default", "A", false, now()).await.unwrap().is_none());
+    assert!(store
+        .get_session("default", "A", Touch::No, now())
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(users_sessions(&store, "kim").await, ["C", "D", "E"]);
     assert!(redsess_shim::store::memory::EVICTED.get() >= evicted + 2);
 }
@@ -802,7 +924,11 @@ async fn two_redis_stores_share_sessions_keys_and_rotations() {
     let s = session(Some("alice"), items(), 3600, 0);
     a.create_session("default", "S", &s, &NO_LIMIT, now()).await.unwrap();
     assert_eq!(
-        b.get_session("default", "S", true, now()).await.unwrap().unwrap().items,
+        b.get_session("default", "S", Touch::Always, now())
+            .await
+            .unwrap()
+            .unwrap()
+            .items,
         s.items
     );
     let ka = a.key_material("default", "key-from-a", now()).await.unwrap();
@@ -824,7 +950,11 @@ async fn two_redis_stores_share_sessions_keys_and_rotations() {
     assert_eq!(heard, "default");
     // A different key prefix is a different cache on the same Redis.
     let c = redis_store(&server, "other:");
-    assert!(c.get_session("default", "S", true, now()).await.unwrap().is_none());
+    assert!(c
+        .get_session("default", "S", Touch::Always, now())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -834,7 +964,10 @@ async fn a_redis_that_is_down_is_an_error_not_a_hang() {
     store.ping().await.unwrap();
     server.stop();
     let started = std::time::Instant::now();
-    let err = store.get_session("default", "S", true, now()).await.unwrap_err();
+    let err = store
+        .get_session("default", "S", Touch::Always, now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     server.restart();

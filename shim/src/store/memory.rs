@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 
 use super::{
     CreateOutcome, JoinOutcome, KeyMaterial, Member, ReplaceOutcome, Replacement, Rotation, Session, SessionLimit,
-    SessionVisitor, Store, StoreError, UserVisitor,
+    SessionVisitor, Store, StoreError, Touch, UserVisitor,
 };
 use crate::dsc::wildcard_match;
 
@@ -275,13 +275,18 @@ impl State {
         }
         self.expiries
             .insert((session.lifetime.expires_at(session.touched), key.clone()));
+        self.mark_used(&key);
+        self.sessions.insert(key, session);
+        STORED.set(self.sessions.len() as i64);
+    }
+
+    /// Counts a session as used now: the last to go when the store is full.
+    fn mark_used(&mut self, key: &SessionKey) {
         self.uses += 1;
         if let Some(before) = self.last_use.insert(key.clone(), self.uses) {
             self.by_last_use.remove(&before);
         }
         self.by_last_use.insert(self.uses, key.clone());
-        self.sessions.insert(key, session);
-        STORED.set(self.sessions.len() as i64);
     }
 
     /// Ends least recently used sessions until one more fits.
@@ -346,7 +351,7 @@ impl Store for MemoryStore {
         &self,
         replica_set: &str,
         session_id: &str,
-        touch: bool,
+        touch: Touch,
         now: i64,
     ) -> Result<Option<Session>, StoreError> {
         let mut state = self.lock();
@@ -354,10 +359,12 @@ impl Store for MemoryStore {
         let Some(found) = state.live_session(&k, now).cloned() else {
             return Ok(None);
         };
-        if touch {
+        if touch.due(found.touched, now) {
             let mut touched = found.clone();
             touched.touched = now;
             state.insert_session(k, touched);
+        } else if touch != Touch::No {
+            state.mark_used(&k);
         }
         Ok(Some(found))
     }

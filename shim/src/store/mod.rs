@@ -33,6 +33,30 @@ impl Lifetime {
     }
 }
 
+/// Whether a read records the session's activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// A look that records nothing (changeSession's read, the idle decision, listings).
+    No,
+    /// Records activity at the read's time.
+    Always,
+    /// Records activity unless the last recorded is less than this many seconds old. A read
+    /// of a session touched that recently stays a plain read (one Redis command, no script);
+    /// its inactivity end then lags by less than this, which the clock-skew tolerance covers.
+    UnlessWithin(i64),
+}
+
+impl Touch {
+    /// Whether a read at `now` of a session last touched at `touched` records activity.
+    pub fn due(self, touched: i64, now: i64) -> bool {
+        match self {
+            Touch::No => false,
+            Touch::Always => touched < now,
+            Touch::UnlessWithin(secs) => now.saturating_sub(touched) >= secs.max(1),
+        }
+    }
+}
+
 /// A session as stored: its items in first-stored order and what the rules need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -191,12 +215,13 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<CreateOutcome, StoreError>;
 
-    /// Reads a session. With `touch`, records activity at `now` and extends its expiry.
+    /// Reads a session; `touch` says whether the read records activity at `now` (and extends
+    /// the expiry with it). The session comes back as it was read.
     async fn get_session(
         &self,
         replica_set: &str,
         session_id: &str,
-        touch: bool,
+        touch: Touch,
         now: i64,
     ) -> Result<Option<Session>, StoreError>;
 

@@ -43,7 +43,7 @@ use super::record::{decode_items, encode_items};
 use super::sealing::{KeyRing, Mode, Sealing};
 use super::{
     CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation, ServerHealth,
-    Session, SessionLimit, SessionVisitor, Store, StoreError, UserVisitor,
+    Session, SessionLimit, SessionVisitor, Store, StoreError, Touch, UserVisitor,
 };
 
 /// How to reach Redis.
@@ -222,7 +222,7 @@ type Slot = RwLock<Option<(u64, ConnectionManager)>>;
 
 struct Scripts {
     create: Script,
-    get: Script,
+    touch: Script,
     replace: Script,
     delete: Script,
     end_if_unchanged: Script,
@@ -285,7 +285,7 @@ impl RedisStore {
             settings,
             scripts: Scripts {
                 create: Script::new(CREATE),
-                get: Script::new(GET),
+                touch: Script::new(TOUCH),
                 replace: Script::new(REPLACE),
                 delete: Script::new(DELETE),
                 end_if_unchanged: Script::new(END_IF_UNCHANGED),
@@ -736,26 +736,30 @@ impl Store for RedisStore {
         &self,
         replica_set: &str,
         session_id: &str,
-        touch: bool,
+        touch: Touch,
         now: i64,
     ) -> Result<Option<Session>, StoreError> {
+        // One HMGET; the touch script runs only when the read must record activity (see Touch).
+        // A session past its end stays until its TTL drops it, invisible meanwhile.
         let mut conn = self.conn().await?;
-        let key = self.session_key(replica_set, session_id);
-        if !touch {
-            let session = self.read_session(replica_set, session_id, &mut conn).await?;
-            return Ok(session.filter(|s| s.is_live(now)));
+        let Some(session) = self
+            .read_session(replica_set, session_id, &mut conn)
+            .await?
+            .filter(|s| s.is_live(now))
+        else {
+            return Ok(None);
+        };
+        if touch.due(session.touched, now) {
+            let _: i64 = self
+                .scripts
+                .touch
+                .key(self.session_key(replica_set, session_id))
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
         }
-        let fields: Vec<Option<Vec<u8>>> = self
-            .scripts
-            .get
-            .key(key)
-            .arg(now)
-            .arg(self.user_key_prefix(replica_set))
-            .arg(session_id)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
-        self.decode_session(replica_set, session_id, fields)
+        Ok(Some(session))
     }
 
     async fn replace_session(
@@ -1169,24 +1173,18 @@ return answer
 "#
 );
 
-/// KEYS: session. ARGV: now, user index prefix, id. Reads the session, records the activity
-/// and extends its TTL; a session that ended by the shim's clock is dropped and not found.
-const GET: &str = concat!(
+/// KEYS: session. ARGV: now. Records activity at `now` and extends the TTL with it, for a
+/// session still live and last active before `now`; answers 1 when it did.
+const TOUCH: &str = concat!(
     session_rules!(),
     r#"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'e', 'i', 't', 'c', 'u', 'n', 'r')
-if not r[1] then return {} end
+local f = redis.call('HMGET', KEYS[1], 'e', 'i', 't')
+if not f[1] then return 0 end
 local now = tonumber(ARGV[1])
-if ends_of(r[3], r[4], r[5]) <= now then
-  drop(KEYS[1], ARGV[2], ARGV[3])
-  return {}
-end
-local at = tonumber(r[3])
-local idle = tonumber(r[4])
-if idle > 0 and now + idle < at then at = now + idle end
+if tonumber(f[3]) >= now or ends_of(f[1], f[2], f[3]) <= now then return 0 end
 redis.call('HSET', KEYS[1], 't', now)
-redis.call('PEXPIREAT', KEYS[1], at * 1000)
-return r
+redis.call('PEXPIREAT', KEYS[1], ends_of(f[1], f[2], now) * 1000)
+return 1
 "#
 );
 

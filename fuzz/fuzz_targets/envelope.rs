@@ -63,9 +63,9 @@ fn items_read_back(items: &[DataItem]) {
     let read: Vec<DataItem> = ret
         .children_named("data")
         .map(|d| DataItem {
-            data_class: d.child("dataClass").map(|e| e.text.clone()).unwrap_or_default(),
-            instance: d.child("instance").map(|e| e.text.clone()).unwrap_or_default(),
-            value: d.child("value").filter(|v| !v.nil).map(|v| v.text.clone()),
+            data_class: d.child("dataClass").map(|e| e.text.to_string()).unwrap_or_default().into(),
+            instance: d.child("instance").map(|e| e.text.to_string()).unwrap_or_default().into(),
+            value: d.child("value").filter(|v| !v.nil).map(|v| v.text.to_string()),
         })
         .collect();
     assert_eq!(read, items);

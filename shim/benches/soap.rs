@@ -32,8 +32,8 @@ fn login_items() -> Vec<DataItem> {
     let credential: Vec<u8> = (0..1536).map(|_| next() as u8).collect();
     let credential = base64::engine::general_purpose::STANDARD.encode(credential);
     let item = |class: &str, instance: &str, value: Option<&str>| DataItem {
-        data_class: class.to_string(),
-        instance: instance.to_string(),
+        data_class: class.to_string().into(),
+        instance: instance.to_string().into(),
         value: value.map(str::to_string),
     };
     let (sms, web) = ("sms", "webseal");
@@ -135,7 +135,11 @@ fn parse(body: &[u8]) -> Request {
 /// What a client does with a getSession answer: the items back.
 fn read_answer(body: &[u8]) -> Vec<DataItem> {
     let op = soap::read_operation(body).expect("a SOAP envelope");
-    let ret = op.child("getSessionReturn").expect("getSessionReturn").clone();
+    let ret = op
+        .child("getSessionReturn")
+        .expect("getSessionReturn")
+        .clone()
+        .into_owned();
     Reply { ret }.data()
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::dsc::{DataItem, ADMIN_NS, CLIENT_NS};
+use crate::dsc::{item_name, DataItem, ADMIN_NS, CLIENT_NS};
 use crate::server::{ADMIN_PATH, CLIENT_PATH};
 use crate::soap::{self, Element, MessageWriter};
 
@@ -40,16 +40,13 @@ pub struct DscClient {
 /// `<op>Return`, that element too).
 #[derive(Debug, Clone)]
 pub struct Reply {
-    pub ret: Element,
+    pub ret: Element<'static>,
 }
 
 impl Reply {
     /// The result code: `result` child, or the element's own text.
     pub fn result(&self) -> u32 {
-        let text = self
-            .ret
-            .child("result")
-            .map_or(self.ret.text.as_str(), |r| r.text.as_str());
+        let text = self.ret.child("result").map_or(&*self.ret.text, |r| &*r.text);
         text.trim().parse().unwrap_or(0)
     }
 
@@ -65,9 +62,9 @@ impl Reply {
         self.ret
             .children_named("data")
             .map(|d| DataItem {
-                data_class: d.child("dataClass").map(|e| e.text.clone()).unwrap_or_default(),
-                instance: d.child("instance").map(|e| e.text.clone()).unwrap_or_default(),
-                value: d.child("value").filter(|v| !v.nil).map(|v| v.text.clone()),
+                data_class: item_name(d.child("dataClass").map(|e| e.text.to_string()).unwrap_or_default()),
+                instance: item_name(d.child("instance").map(|e| e.text.to_string()).unwrap_or_default()),
+                value: d.child("value").filter(|v| !v.nil).map(|v| v.text.to_string()),
             })
             .collect()
     }
@@ -80,8 +77,8 @@ impl Reply {
                 g.children_named("attributes")
                     .map(|a| {
                         (
-                            a.child("name").map(|e| e.text.clone()).unwrap_or_default(),
-                            a.child("values").map(|e| e.text.clone()).unwrap_or_default(),
+                            a.child("name").map(|e| e.text.to_string()).unwrap_or_default(),
+                            a.child("values").map(|e| e.text.to_string()).unwrap_or_default(),
                         )
                     })
                     .collect()
@@ -181,6 +178,7 @@ impl DscClient {
         let ret = response
             .child(&format!("{operation}Return"))
             .cloned()
+            .map(soap::Element::into_owned)
             .ok_or_else(|| ClientError::Malformed(format!("{operation}Response has no {operation}Return")))?;
         Ok(Reply { ret })
     }

@@ -72,9 +72,65 @@ impl ResultCode {
 /// One item of a session: `value` is `None` for `xsi:nil`, which differs from `Some("")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataItem {
-    pub data_class: String,
-    pub instance: String,
+    pub data_class: ItemName,
+    pub instance: ItemName,
     pub value: Option<String>,
+}
+
+/// A data class or instance name. The names WebSEAL sends on every login are shared, not
+/// copied into each item: a login's items are read and written on every getSession.
+pub type ItemName = std::borrow::Cow<'static, str>;
+
+/// The data classes IBM's WebSEAL sends every time. Append only: a stored record names a class
+/// by its index here (`store::record`).
+pub const KNOWN_CLASSES: &[&str] = &[
+    "com.tivoli.am.eb.credential",
+    "com.tivoli.am.eb.auth-type",
+    "com.tivoli.am.eb.user-name",
+    "com.tivoli.am.eb.expiry",
+    "com.tivoli.am.eb.is-inactive",
+    "com.tivoli.am.eb.last-access",
+    "com.tivoli.am.eb.version",
+    "com.tivoli.am.sms.class",
+    "com.tivoli.am.sms.concurrent-session-key-class",
+    "com.tivoli.am.sms.concurrent-session-key-instance",
+    "com.tivoli.am.sms.creation-time",
+    "com.tivoli.am.sms.session-index",
+    "com.tivoli.am.sms.user-uuid",
+    "com.tivoli.am.webseal.auth-data",
+    "com.tivoli.am.webseal.cookie-jar.managed-cookies",
+    "com.tivoli.am.webseal.cookie-jar.stored-cookies",
+    "com.tivoli.am.webseal.custom-inactivity-timeout",
+    "com.tivoli.am.webseal.custom-lifetime-timeout",
+    "com.tivoli.am.webseal.flush-sms-session",
+    "com.tivoli.am.webseal.inactivity-timeout",
+    "com.tivoli.am.webseal.lifetime-extended",
+    "com.tivoli.am.webseal.mpa-type",
+    "com.tivoli.am.webseal.multi-domain-session",
+    "com.tivoli.am.webseal.orig-auth-type",
+    "com.tivoli.am.webseal.orig-session-key",
+    "com.tivoli.am.webseal.otp",
+    "com.tivoli.am.webseal.refresh-failover",
+];
+
+/// The instances WebSEAL's items name.
+pub const KNOWN_INSTANCES: [&str; 2] = ["sms", "webseal"];
+
+/// Where `class` is in [`KNOWN_CLASSES`]. A look at each in turn: the names differ early
+/// enough past their common prefix that this beats hashing them (criterion: record/encode).
+pub fn known_class(class: &str) -> Option<usize> {
+    KNOWN_CLASSES.iter().position(|c| *c == class)
+}
+
+/// `name` as an item name: shared when it is a known class or instance.
+pub fn item_name(name: String) -> ItemName {
+    if let Some(i) = known_class(&name) {
+        return ItemName::Borrowed(KNOWN_CLASSES[i]);
+    }
+    match KNOWN_INSTANCES.iter().find(|i| **i == name) {
+        Some(known) => ItemName::Borrowed(known),
+        None => ItemName::Owned(name),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +296,7 @@ impl RequestError {
 const MAX_NAME: usize = 1024;
 
 struct Fields<'a> {
-    op: &'a Element,
+    op: &'a Element<'a>,
     operation: &'static str,
 }
 
@@ -319,13 +375,15 @@ impl<'a> Fields<'a> {
                     .child("value")
                     .ok_or_else(|| self.invalid(format!("data item {} has no value element", i + 1)))?;
                 Ok(DataItem {
-                    data_class: item
-                        .name("dataClass")
-                        .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
-                    instance: item
-                        .name("instance")
-                        .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
-                    value: if value.nil { None } else { Some(value.text.clone()) },
+                    data_class: item_name(
+                        item.name("dataClass")
+                            .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
+                    ),
+                    instance: item_name(
+                        item.name("instance")
+                            .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
+                    ),
+                    value: if value.nil { None } else { Some(value.text.to_string()) },
                 })
             })
             .collect()
@@ -391,7 +449,7 @@ pub fn parse_request(endpoint: Endpoint, op: &Element) -> Result<Request, Reques
             expected,
         });
     }
-    let operation: &'static str = match (endpoint, op.name.as_str()) {
+    let operation: &'static str = match (endpoint, &*op.name) {
         (Endpoint::Client, "joinReplicaSet") => "joinReplicaSet",
         (Endpoint::Client, "replicaShutdown") => "replicaShutdown",
         (Endpoint::Client, "ping") => "ping",
@@ -673,11 +731,7 @@ impl Response {
                 w.number("result", result.code());
                 w.number("version", version);
                 for item in data {
-                    w.open("data");
-                    w.optional_field("value", item.value.as_deref());
-                    w.field("dataClass", &item.data_class);
-                    w.field("instance", &item.instance);
-                    w.close("data");
+                    w.data_item(item.value.as_deref(), &item.data_class, &item.instance);
                 }
                 w.number("stackDepth", 1);
                 close(w, "getSession")

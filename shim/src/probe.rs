@@ -6,7 +6,7 @@ use std::time::Instant;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::client::{ClientError, DscClient, Reply};
-use crate::dsc::{DataItem, ResultCode};
+use crate::dsc::{item_name, DataItem, ResultCode};
 use crate::session::class;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +65,8 @@ impl Steps<'_> {
 
 fn item(data_class: &str, instance: &str, value: Option<&str>) -> DataItem {
     DataItem {
-        data_class: data_class.into(),
-        instance: instance.into(),
+        data_class: item_name(data_class.to_string()),
+        instance: item_name(instance.to_string()),
         value: value.map(Into::into),
     }
 }

@@ -64,12 +64,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// How getSession records activity: not again within a quarter of the clock-skew
-    /// tolerance (45 s at the default 3 minutes, at most a minute), so most reads are one
-    /// plain Redis read. The inactivity end lags by less than that; every end already has the
-    /// whole tolerance added, and the idle decision reads the last-access item as well.
+    /// How long a getSession may leave the last recorded activity as it is: a quarter of the
+    /// clock-skew tolerance (45 s at the default 3 minutes), at least a second, at most a
+    /// minute. Most reads are then one plain Redis read. Every end already has the whole
+    /// tolerance added, and the idle decision waits this much longer, so a session read within
+    /// its inactivity timeout is never ended as idle.
+    pub fn touch_granularity_secs(&self) -> i64 {
+        (self.clock_skew_secs / 4).clamp(1, 60)
+    }
+
+    /// How getSession records activity (see `touch_granularity_secs`).
     pub fn read_touch(&self) -> Touch {
-        Touch::UnlessWithin((self.clock_skew_secs / 4).clamp(0, 60))
+        Touch::UnlessWithin(self.touch_granularity_secs())
     }
 }
 
@@ -626,9 +632,11 @@ impl SessionService {
         let newest = item_number(&stored.items, class::LAST_ACCESS)
             .unwrap_or(0)
             .max(stored.touched);
-        // Ended only if still as read: a touch through another shim in between keeps it.
+        // A read within the touch granularity may have left no trace, so idle means idle for
+        // that much longer. Ended only if still as read: a touch through another shim in
+        // between keeps it.
         if idle > 0
-            && now - newest >= idle - self.settings.clock_skew_secs
+            && now - newest >= idle - self.settings.clock_skew_secs + self.settings.touch_granularity_secs()
             && self
                 .store
                 .end_if_unchanged(&r.replica_set, &r.session_id, &stored)
@@ -930,8 +938,8 @@ mod tests {
 
     fn item(c: &str, i: &str, v: &str) -> DataItem {
         DataItem {
-            data_class: c.into(),
-            instance: i.into(),
+            data_class: c.to_string().into(),
+            instance: i.to_string().into(),
             value: Some(v.into()),
         }
     }
@@ -953,7 +961,7 @@ mod tests {
         );
         let names: Vec<_> = items
             .iter()
-            .map(|i| (i.data_class.as_str(), i.instance.as_str()))
+            .map(|i| (i.data_class.as_ref(), i.instance.as_ref()))
             .collect();
         assert_eq!(names, [("a", "sms"), ("b", "webseal"), ("c", "sms"), ("b", "sms")]);
         assert_eq!(items[0].value, None);
@@ -1018,8 +1026,8 @@ mod tests {
 
         fn item(c: &str, i: &str, v: &str) -> DataItem {
             DataItem {
-                data_class: c.into(),
-                instance: i.into(),
+                data_class: c.to_string().into(),
+                instance: i.to_string().into(),
                 value: Some(v.into()),
             }
         }
@@ -1129,12 +1137,43 @@ mod tests {
                 ResultCode::Success,
                 "kept, and the read counts as activity"
             );
-            f.clock.store(T0 + 539 + 540, Ordering::SeqCst);
+            // Idle for 540 s plus the touch granularity (15 s at 60 s of skew) after that read.
+            f.clock.store(T0 + 539 + 554, Ordering::SeqCst);
+            f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
+            f.clock.store(T0 + 539 + 555, Ordering::SeqCst);
+            let kept = f.service.handle(Request::GetSession(session_ref("S"))).await.unwrap();
+            assert_eq!(kept.result(), ResultCode::Success, "not yet idle past the granularity");
+            f.clock.store(T0 + 539 + 555 + 555, Ordering::SeqCst);
             f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
             let gone = f.service.handle(Request::GetSession(session_ref("S"))).await.unwrap();
             assert_eq!(gone.result(), ResultCode::SessionNotFound);
             let r = f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
             assert_eq!(r.result(), ResultCode::SessionNotFound);
+        }
+
+        /// A getSession within the touch granularity records nothing, yet the session it read
+        /// is not ended as idle before its inactivity timeout (less the skew) has passed since.
+        #[tokio::test]
+        async fn a_read_left_unrecorded_still_keeps_a_session_from_idling() {
+            let f = fixture(Settings::default()); // 180 s of skew: 45 s of granularity
+            let data = vec![item(class::INACTIVITY_TIMEOUT, "webseal", "0xc8")]; // 200 s
+            f.service.handle(create("web", "default", "S", data)).await.unwrap();
+            f.clock.store(T0 + 30, Ordering::SeqCst);
+            let read = f.service.handle(Request::GetSession(session_ref("S"))).await.unwrap();
+            assert_eq!(read.result(), ResultCode::Success);
+            let stored = f
+                .service
+                .store()
+                .get_session("default", "S", Touch::No, T0 + 30)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(stored.touched, T0, "a read within the granularity records nothing");
+            // 30 s after the read: within 200 s less 180 s of skew of it, so kept.
+            f.clock.store(T0 + 60, Ordering::SeqCst);
+            f.service.handle(Request::IdleTimeout(session_ref("S"))).await.unwrap();
+            let kept = f.service.handle(Request::GetSession(session_ref("S"))).await.unwrap();
+            assert_eq!(kept.result(), ResultCode::Success, "the read 30 s ago keeps it");
         }
 
         /// Made-up replica names cannot grow the shim's own bookkeeping without bound.

@@ -5,6 +5,7 @@
 //! outright: no entity other than XML's five predefined ones and character references is ever
 //! expanded, and nothing is ever fetched.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use quick_xml::events::{BytesStart, Event};
@@ -27,25 +28,46 @@ const MAX_NAMESPACE_DECLARATIONS: usize = 256;
 
 /// One element of the operation inside `Body`: its namespace and local name, whether it
 /// carried `xsi:nil="true"`, its text (character data of this element only) and children.
+/// Names and text borrow from the request body; text is copied only where a character or
+/// entity reference had to be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Element {
+pub struct Element<'a> {
     /// Shared between elements: a message names one or two namespaces, not one per element.
     pub namespace: Option<Arc<str>>,
-    pub name: String,
+    pub name: Cow<'a, str>,
     pub nil: bool,
-    pub text: String,
-    pub children: Vec<Element>,
+    pub text: Cow<'a, str>,
+    pub children: Vec<Element<'a>>,
 }
 
-impl Element {
+impl<'a> Element<'a> {
     /// The first child with this local name.
-    pub fn child(&self, name: &str) -> Option<&Element> {
+    pub fn child(&self, name: &str) -> Option<&Element<'a>> {
         self.children.iter().find(|c| c.name == name)
     }
 
     /// Every child with this local name, in document order.
-    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> {
+    pub fn children_named<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s Element<'a>> {
         self.children.iter().filter(move |c| c.name == name)
+    }
+
+    /// The same tree, owning its names and text (for a tree kept past its body).
+    pub fn into_owned(self) -> Element<'static> {
+        Element {
+            namespace: self.namespace,
+            name: Cow::Owned(self.name.into_owned()),
+            nil: self.nil,
+            text: Cow::Owned(self.text.into_owned()),
+            children: self.children.into_iter().map(Element::into_owned).collect(),
+        }
+    }
+
+    fn push_text(&mut self, piece: Cow<'a, str>) {
+        if self.text.is_empty() {
+            self.text = piece;
+        } else {
+            self.text.to_mut().push_str(&piece);
+        }
     }
 }
 
@@ -76,7 +98,7 @@ pub enum EnvelopeError {
 }
 
 /// Reads a SOAP 1.1 envelope and returns the first element inside its `Body`.
-pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
+pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
     let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
     let mut reader = NsReader::from_str(text);
     reader.config_mut().expand_empty_elements = false;
@@ -129,7 +151,7 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
                 if operation.is_some() {
                     continue;
                 }
-                let element = open_element(&reader, namespace, start)?;
+                let element = open_element(&reader, text, namespace, start)?;
                 let in_envelope = element.namespace.as_deref() == Some(ENVELOPE_NS);
                 if !seen_root {
                     seen_root = true;
@@ -152,14 +174,26 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
             }
             Event::Text(t) => {
                 if let Some(top) = stack.last_mut() {
-                    let s = t.decode().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-                    top.text.push_str(&s);
+                    top.push_text(match borrowed_from(text, &t) {
+                        Some(piece) => Cow::Borrowed(piece),
+                        None => Cow::Owned(
+                            t.decode()
+                                .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
+                                .into_owned(),
+                        ),
+                    });
                 }
             }
             Event::CData(c) => {
                 if let Some(top) = stack.last_mut() {
-                    let s = c.decode().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-                    top.text.push_str(&s);
+                    top.push_text(match borrowed_from(text, &c) {
+                        Some(piece) => Cow::Borrowed(piece),
+                        None => Cow::Owned(
+                            c.decode()
+                                .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
+                                .into_owned(),
+                        ),
+                    });
                 }
             }
             Event::GeneralRef(r) => {
@@ -174,7 +208,7 @@ pub fn read_operation(body: &[u8]) -> Result<Element, EnvelopeError> {
                     Err(e) => return Err(EnvelopeError::Malformed(e.to_string())),
                 };
                 if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&resolved);
+                    top.push_text(Cow::Owned(resolved));
                 }
             }
             Event::Eof => break,
@@ -241,23 +275,29 @@ fn has_attributes(start: &BytesStart) -> bool {
     !start.attributes_raw().iter().all(u8::is_ascii_whitespace)
 }
 
-fn open_element(
+fn open_element<'a>(
     reader: &NsReader<&[u8]>,
+    body: &'a str,
     namespace: Option<Arc<str>>,
     start: &BytesStart,
-) -> Result<Element, EnvelopeError> {
-    // The body was checked to be UTF-8 as a whole, so a name is too.
+) -> Result<Element<'a>, EnvelopeError> {
     let local = start.local_name();
-    let name = std::str::from_utf8(local.as_ref())
-        .map_err(|_| EnvelopeError::NotUtf8)?
-        .to_owned();
+    let name = borrowed_from(body, local.as_ref())
+        .ok_or_else(|| EnvelopeError::Malformed("an element name is not part of the body".into()))?;
     Ok(Element {
         namespace,
-        name,
+        name: Cow::Borrowed(name),
         nil: has_attributes(start) && is_nil(reader, start)?,
-        text: String::new(),
+        text: Cow::Borrowed(""),
         children: Vec::new(),
     })
+}
+
+/// `part` as the piece of `body` it is, when it lies inside it: the reader's events borrow
+/// from the body, so the tree can too instead of copying every name and text.
+fn borrowed_from<'a>(body: &'a str, part: &[u8]) -> Option<&'a str> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    body.get(start..start.checked_add(part.len())?)
 }
 
 /// Whether the element carries `xsi:nil="true"` (or `"1"`).
@@ -282,7 +322,7 @@ fn is_nil(reader: &NsReader<&[u8]>, start: &BytesStart) -> Result<bool, Envelope
 
 /// Pops the innermost open element into its parent; the first element closed directly inside
 /// `Body` is the operation.
-fn close_element(stack: &mut Vec<Element>, body_depth: Option<usize>, operation: &mut Option<Element>) {
+fn close_element<'a>(stack: &mut Vec<Element<'a>>, body_depth: Option<usize>, operation: &mut Option<Element<'a>>) {
     let Some(done) = stack.pop() else { return };
     match (body_depth, stack.len()) {
         (Some(depth), len) if len == depth + 1 => {
@@ -393,6 +433,26 @@ impl MessageWriter {
         }
     }
 
+    /// One session item, `<ns1:data>` with its value (nil kept apart from empty), data class
+    /// and instance, escaped. The markup goes in whole pieces: a login's 27 items are written
+    /// on every getSession.
+    pub fn data_item(&mut self, value: Option<&str>, class: &str, instance: &str) {
+        match value {
+            Some(v) => {
+                self.out.push_str("<ns1:data><ns1:value>");
+                escape_into(&mut self.out, v);
+                self.out.push_str("</ns1:value><ns1:dataClass>");
+            }
+            None => self
+                .out
+                .push_str("<ns1:data><ns1:value xsi:nil=\"true\"/><ns1:dataClass>"),
+        }
+        escape_into(&mut self.out, class);
+        self.out.push_str("</ns1:dataClass><ns1:instance>");
+        escape_into(&mut self.out, instance);
+        self.out.push_str("</ns1:instance></ns1:data>");
+    }
+
     pub fn number(&mut self, name: &str, n: impl std::fmt::Display) {
         use std::fmt::Write;
         self.open(name);
@@ -440,7 +500,7 @@ pub fn read_fault(body: &[u8]) -> Option<(String, String)> {
         .child("faultcode")
         .map(|e| e.text.trim().to_string())
         .unwrap_or_default();
-    let string = op.child("faultstring").map(|e| e.text.clone()).unwrap_or_default();
+    let string = op.child("faultstring").map(|e| e.text.to_string()).unwrap_or_default();
     Some((code, string))
 }
 

@@ -343,8 +343,8 @@ pub fn run_probe(url: &str, extra: &[&str], env: &[(&str, &str)]) -> (bool, Stri
 /// A data item.
 pub fn item(data_class: &str, instance: &str, value: Option<&str>) -> DataItem {
     DataItem {
-        data_class: data_class.into(),
-        instance: instance.into(),
+        data_class: data_class.to_string().into(),
+        instance: instance.to_string().into(),
         value: value.map(Into::into),
     }
 }

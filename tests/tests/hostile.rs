@@ -128,7 +128,7 @@ fn assert_invalid_parameter(what: &str, (status, answer): &(u16, String), operat
     let ret = response
         .child(&format!("{operation}Return"))
         .unwrap_or_else(|| panic!("{what}: no {operation}Return: {answer}"));
-    let result = ret.child("result").map_or(ret.text.as_str(), |r| r.text.as_str());
+    let result = ret.child("result").map_or(&*ret.text, |r| &*r.text);
     assert_eq!(result.trim(), INVALID_PARAMETER.to_string(), "{what}: {answer}");
 }
 

@@ -4,7 +4,7 @@
 //! Format 2 (written): one format byte, then per item
 //! - the data class: a varint tag; `0` = the name follows (length-prefixed), `1..=3` = one of
 //!   the three `com.tivoli.am.{eb,sms,webseal}.` prefixes then the rest of the name,
-//!   `16 + i` = entry `i` of [`WELL_KNOWN_CLASSES`] (names IBM's WebSEAL sends every time);
+//!   `16 + i` = entry `i` of [`KNOWN_CLASSES`] (names IBM's WebSEAL sends every time);
 //! - the instance: one byte; `0` = the name follows, `1` = `sms`, `2` = `webseal`;
 //! - the value: one byte; `0` = nil, `1` = text follows, `2` = base64 text stored decoded
 //!   (only when encoding the bytes again gives exactly the text sent: credentials are
@@ -16,45 +16,13 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::dsc::DataItem;
+use crate::dsc::{item_name, known_class, DataItem, ItemName, KNOWN_CLASSES, KNOWN_INSTANCES};
 
 const FORMAT_PLAIN: u8 = 1;
 const FORMAT_COMPACT: u8 = 2;
 
-/// Append only: a record names a class by its index here.
-pub const WELL_KNOWN_CLASSES: &[&str] = &[
-    "com.tivoli.am.eb.credential",
-    "com.tivoli.am.eb.auth-type",
-    "com.tivoli.am.eb.user-name",
-    "com.tivoli.am.eb.expiry",
-    "com.tivoli.am.eb.is-inactive",
-    "com.tivoli.am.eb.last-access",
-    "com.tivoli.am.eb.version",
-    "com.tivoli.am.sms.class",
-    "com.tivoli.am.sms.concurrent-session-key-class",
-    "com.tivoli.am.sms.concurrent-session-key-instance",
-    "com.tivoli.am.sms.creation-time",
-    "com.tivoli.am.sms.session-index",
-    "com.tivoli.am.sms.user-uuid",
-    "com.tivoli.am.webseal.auth-data",
-    "com.tivoli.am.webseal.cookie-jar.managed-cookies",
-    "com.tivoli.am.webseal.cookie-jar.stored-cookies",
-    "com.tivoli.am.webseal.custom-inactivity-timeout",
-    "com.tivoli.am.webseal.custom-lifetime-timeout",
-    "com.tivoli.am.webseal.flush-sms-session",
-    "com.tivoli.am.webseal.inactivity-timeout",
-    "com.tivoli.am.webseal.lifetime-extended",
-    "com.tivoli.am.webseal.mpa-type",
-    "com.tivoli.am.webseal.multi-domain-session",
-    "com.tivoli.am.webseal.orig-auth-type",
-    "com.tivoli.am.webseal.orig-session-key",
-    "com.tivoli.am.webseal.otp",
-    "com.tivoli.am.webseal.refresh-failover",
-];
-
 const CLASS_PREFIXES: [&str; 3] = ["com.tivoli.am.eb.", "com.tivoli.am.sms.", "com.tivoli.am.webseal."];
 const WELL_KNOWN_BASE: usize = 16;
-const INSTANCES: [&str; 2] = ["sms", "webseal"];
 /// Shorter base64 values are not worth the round-trip check.
 const MIN_BASE64: usize = 64;
 
@@ -76,7 +44,7 @@ pub fn encode_items(items: &[DataItem]) -> Vec<u8> {
     out.push(FORMAT_COMPACT);
     for item in items {
         put_class(&mut out, &item.data_class);
-        match INSTANCES.iter().position(|i| *i == item.instance) {
+        match KNOWN_INSTANCES.iter().position(|i| *i == item.instance) {
             Some(i) => out.push(i as u8 + 1),
             None => {
                 out.push(0);
@@ -101,7 +69,7 @@ pub fn encode_items(items: &[DataItem]) -> Vec<u8> {
 }
 
 fn put_class(out: &mut Vec<u8>, class: &str) {
-    if let Some(i) = WELL_KNOWN_CLASSES.iter().position(|c| *c == class) {
+    if let Some(i) = known_class(class) {
         put_varint(out, (WELL_KNOWN_BASE + i) as u64);
     } else if let Some((p, rest)) = CLASS_PREFIXES
         .iter()
@@ -132,8 +100,8 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
     match format {
         FORMAT_PLAIN => {
             while !rest.is_empty() {
-                let data_class = take_string(&mut rest)?;
-                let instance = take_string(&mut rest)?;
+                let data_class = item_name(take_string(&mut rest)?);
+                let instance = item_name(take_string(&mut rest)?);
                 let value = match take_byte(&mut rest)? {
                     0 => None,
                     1 => Some(take_string(&mut rest)?),
@@ -150,8 +118,8 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
             while !rest.is_empty() {
                 let data_class = take_class(&mut rest)?;
                 let instance = match take_byte(&mut rest)? {
-                    0 => take_string(&mut rest)?,
-                    i @ 1..=2 => INSTANCES[i as usize - 1].to_string(),
+                    0 => ItemName::Owned(take_string(&mut rest)?),
+                    i @ 1..=2 => ItemName::Borrowed(KNOWN_INSTANCES[i as usize - 1]),
                     tag => return Err(RecordError::UnknownTag(tag.into())),
                 };
                 let value = match take_byte(&mut rest)? {
@@ -172,15 +140,19 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
     Ok(items)
 }
 
-fn take_class(rest: &mut &[u8]) -> Result<String, RecordError> {
+fn take_class(rest: &mut &[u8]) -> Result<ItemName, RecordError> {
     let tag = take_varint(rest)?;
     match tag {
-        0 => take_string(rest),
-        1..=3 => Ok(format!("{}{}", CLASS_PREFIXES[tag as usize - 1], take_string(rest)?)),
-        t => WELL_KNOWN_CLASSES
+        0 => take_string(rest).map(ItemName::Owned),
+        1..=3 => Ok(ItemName::Owned(format!(
+            "{}{}",
+            CLASS_PREFIXES[tag as usize - 1],
+            take_string(rest)?
+        ))),
+        t => KNOWN_CLASSES
             .get((t as usize).wrapping_sub(WELL_KNOWN_BASE))
             .filter(|_| t as usize >= WELL_KNOWN_BASE)
-            .map(|c| c.to_string())
+            .map(|c| ItemName::Borrowed(*c))
             .ok_or(RecordError::UnknownTag(t)),
     }
 }
@@ -240,8 +212,8 @@ mod tests {
 
     fn item(c: &str, i: &str, v: Option<&str>) -> DataItem {
         DataItem {
-            data_class: c.into(),
-            instance: i.into(),
+            data_class: c.to_string().into(),
+            instance: i.to_string().into(),
             value: v.map(Into::into),
         }
     }

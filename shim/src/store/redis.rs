@@ -750,7 +750,9 @@ impl Store for RedisStore {
             return Ok(None);
         };
         if touch.due(session.touched, now) {
-            let _: i64 = self
+            // Ended between the read and the touch (an idle decision through another shim):
+            // not found, as the touch left it ended.
+            let live: i64 = self
                 .scripts
                 .touch
                 .key(self.session_key(replica_set, session_id))
@@ -758,6 +760,9 @@ impl Store for RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;
+            if live == 0 {
+                return Ok(None);
+            }
         }
         Ok(Some(session))
     }
@@ -1173,17 +1178,20 @@ return answer
 "#
 );
 
-/// KEYS: session. ARGV: now. Records activity at `now` and extends the TTL with it, for a
-/// session still live and last active before `now`; answers 1 when it did.
+/// KEYS: session. ARGV: now. Records activity at `now` and extends the TTL with it, unless
+/// activity at `now` or later is recorded already; answers 1 while the session is live, 0
+/// when it is gone or ended (a touch never revives one).
 const TOUCH: &str = concat!(
     session_rules!(),
     r#"
 local f = redis.call('HMGET', KEYS[1], 'e', 'i', 't')
 if not f[1] then return 0 end
 local now = tonumber(ARGV[1])
-if tonumber(f[3]) >= now or ends_of(f[1], f[2], f[3]) <= now then return 0 end
-redis.call('HSET', KEYS[1], 't', now)
-redis.call('PEXPIREAT', KEYS[1], ends_of(f[1], f[2], now) * 1000)
+if ends_of(f[1], f[2], f[3]) <= now then return 0 end
+if tonumber(f[3]) < now then
+  redis.call('HSET', KEYS[1], 't', now)
+  redis.call('PEXPIREAT', KEYS[1], ends_of(f[1], f[2], now) * 1000)
+end
 return 1
 "#
 );
@@ -1199,8 +1207,8 @@ const REPLACE: &str = concat!(
     session_rules!(),
     r#"
 local now = tonumber(ARGV[11])
-local f = redis.call('HMGET', KEYS[1], 'v', 'n', 'c')
-if not f[1] or not live(KEYS[1], now) then return {0} end
+local f = redis.call('HMGET', KEYS[1], 'v', 'n', 'c', 'e', 'i', 't')
+if not f[1] or ends_of(f[4], f[5], f[6]) <= now then return {0} end
 if f[1] ~= ARGV[1] or (f[2] or '0') ~= ARGV[12] then return {1, tonumber(f[1])} end
 local moved = ARGV[17] == '1'
 local displaced = {}

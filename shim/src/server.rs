@@ -125,7 +125,7 @@ pub fn router(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(app)
+        .with_state(Arc::new(app))
 }
 
 /// The bound on SOAP requests handled at once. The probes and /metrics stay outside it, so an
@@ -326,7 +326,7 @@ fn server_tls(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerError> {
     Ok(config)
 }
 
-async fn ready(State(app): State<App>) -> Response {
+async fn ready(State(app): State<Arc<App>>) -> Response {
     match tokio::time::timeout(app.request_timeout, app.service.store().ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
@@ -338,7 +338,7 @@ async fn ready(State(app): State<App>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -385,19 +385,15 @@ where
     }
 }
 
-/// The handler of one SOAP endpoint.
+/// The handler of one SOAP endpoint. It takes the request whole: axum's header extractor
+/// would copy every header of every request.
 fn soap_endpoint(
     endpoint: Endpoint,
-) -> impl Fn(
-    State<App>,
-    Option<axum::Extension<ClientCertificate>>,
-    HeaderMap,
-    Body,
-) -> futures::future::BoxFuture<'static, Response>
-       + Clone {
-    move |State(app), certificate, headers, body| {
-        let certificate = certificate.and_then(|c| c.0 .0);
-        Box::pin(serve_soap(app, endpoint, certificate, headers, body))
+) -> impl Fn(State<Arc<App>>, axum::extract::Request) -> futures::future::BoxFuture<'static, Response> + Clone {
+    move |State(app), request| {
+        let (mut parts, body) = request.into_parts();
+        let certificate = parts.extensions.remove::<ClientCertificate>().and_then(|c| c.0);
+        Box::pin(serve_soap(app, endpoint, certificate, parts.headers, body))
     }
 }
 
@@ -478,7 +474,7 @@ fn closing(mut response: Response) -> Response {
 struct FaultCause(&'static str);
 
 async fn serve_soap(
-    app: App,
+    app: Arc<App>,
     endpoint: Endpoint,
     certificate: Option<String>,
     headers: HeaderMap,

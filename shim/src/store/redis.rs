@@ -1223,7 +1223,9 @@ if KEYS[3] ~= KEYS[1] then
   local keep = tonumber(ARGV[10])
   if moved then
     index(KEYS[3], tonumber(f[3]), ARGV[9], keep)
-  elseif keep > 0 and redis.call('PTTL', KEYS[3]) < keep then
+  elseif keep > 0 and ARGV[4] ~= f[4] and redis.call('PTTL', KEYS[3]) < keep then
+    -- The index outlives every session it names from when it named them; only a session
+    -- whose end moves can need it longer.
     redis.call('PEXPIRE', KEYS[3], keep)
   end
 end

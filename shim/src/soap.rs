@@ -174,26 +174,12 @@ pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
             }
             Event::Text(t) => {
                 if let Some(top) = stack.last_mut() {
-                    top.push_text(match borrowed_from(text, &t) {
-                        Some(piece) => Cow::Borrowed(piece),
-                        None => Cow::Owned(
-                            t.decode()
-                                .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
-                                .into_owned(),
-                        ),
-                    });
+                    top.push_text(text_piece(text, &t)?);
                 }
             }
             Event::CData(c) => {
                 if let Some(top) = stack.last_mut() {
-                    top.push_text(match borrowed_from(text, &c) {
-                        Some(piece) => Cow::Borrowed(piece),
-                        None => Cow::Owned(
-                            c.decode()
-                                .map_err(|e| EnvelopeError::Malformed(e.to_string()))?
-                                .into_owned(),
-                        ),
-                    });
+                    top.push_text(text_piece(text, &c)?);
                 }
             }
             Event::GeneralRef(r) => {
@@ -291,6 +277,16 @@ fn open_element<'a>(
         text: Cow::Borrowed(""),
         children: Vec::new(),
     })
+}
+
+/// Character data as the piece of the body it is; copied only if it were not part of it.
+fn text_piece<'a>(body: &'a str, raw: &[u8]) -> Result<Cow<'a, str>, EnvelopeError> {
+    match borrowed_from(body, raw) {
+        Some(piece) => Ok(Cow::Borrowed(piece)),
+        None => String::from_utf8(raw.to_vec())
+            .map(Cow::Owned)
+            .map_err(|_| EnvelopeError::NotUtf8),
+    }
 }
 
 /// `part` as the piece of `body` it is, when it lies inside it: the reader's events borrow

@@ -214,13 +214,18 @@ fn key(prefix: &str, kind: &str, replica_set: &[u8], name: &[u8]) -> Vec<u8> {
     key
 }
 
-async fn get(floor: &Floor, body: &[u8]) -> Result<Bytes, FloorError> {
-    let key = key(
+/// The shim's key of the session the request names.
+fn session_key(floor: &Floor, body: &[u8]) -> Result<Vec<u8>, FloorError> {
+    Ok(key(
         &floor.key_prefix,
         "s",
         element(body, "replicaSet")?,
         element(body, "sessionID")?,
-    );
+    ))
+}
+
+async fn get(floor: &Floor, body: &[u8]) -> Result<Bytes, FloorError> {
+    let key = session_key(floor, body)?;
     let record: redis::Value = redis::cmd("HGET")
         .arg(key)
         .arg("d")
@@ -233,12 +238,7 @@ async fn get(floor: &Floor, body: &[u8]) -> Result<Bytes, FloorError> {
 }
 
 async fn change(floor: &Floor, body: &[u8]) -> Result<Bytes, FloorError> {
-    let key = key(
-        &floor.key_prefix,
-        "s",
-        element(body, "replicaSet")?,
-        element(body, "sessionID")?,
-    );
+    let key = session_key(floor, body)?;
     let changed: i64 = floor
         .change
         .key(key)

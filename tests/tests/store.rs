@@ -143,7 +143,7 @@ async fn create_then_get_round_trips(store: Arc<dyn Store>) {
         CreateOutcome::Created { displaced: vec![] }
     );
     let got = store
-        .get_session("default", "S1", Touch::Always, now())
+        .get_session("default", "S1", Touch::ALWAYS, now())
         .await
         .unwrap()
         .unwrap();
@@ -153,13 +153,13 @@ async fn create_then_get_round_trips(store: Arc<dyn Store>) {
     assert_eq!(got.lifetime, s.lifetime);
     assert_eq!(created(&*store, "S1", &s, &NO_LIMIT).await, CreateOutcome::IdInUse);
     assert!(store
-        .get_session("default", "nope", Touch::Always, now())
+        .get_session("default", "nope", Touch::ALWAYS, now())
         .await
         .unwrap()
         .is_none());
     // Replica sets partition sessions.
     assert!(store
-        .get_session("other", "S1", Touch::Always, now())
+        .get_session("other", "S1", Touch::ALWAYS, now())
         .await
         .unwrap()
         .is_none());
@@ -217,7 +217,7 @@ async fn delete_removes_session_and_index_entry(store: Arc<dyn Store>) {
     assert!(!store.delete_session("default", "S1").await.unwrap());
     assert_eq!(users_sessions(&*store, "alice").await, ["S2"]);
     assert!(store
-        .get_session("default", "S1", Touch::Always, now())
+        .get_session("default", "S1", Touch::ALWAYS, now())
         .await
         .unwrap()
         .is_none());
@@ -283,12 +283,12 @@ async fn sessions_expire_at_their_lifetime_end(store: Arc<dyn Store>) {
         .is_some());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(store
-        .get_session("default", "short", Touch::Always, now())
+        .get_session("default", "short", Touch::ALWAYS, now())
         .await
         .unwrap()
         .is_none());
     assert!(store
-        .get_session("default", "long", Touch::Always, now())
+        .get_session("default", "long", Touch::ALWAYS, now())
         .await
         .unwrap()
         .is_some());
@@ -304,13 +304,13 @@ async fn activity_extends_an_idle_timeout(store: Arc<dyn Store>) {
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert!(store
-            .get_session("default", "busy", Touch::Always, now())
+            .get_session("default", "busy", Touch::ALWAYS, now())
             .await
             .unwrap()
             .is_some());
     }
     assert!(store
-        .get_session("default", "idle", Touch::Always, now())
+        .get_session("default", "idle", Touch::ALWAYS, now())
         .await
         .unwrap()
         .is_none());
@@ -323,7 +323,7 @@ async fn activity_extends_an_idle_timeout(store: Arc<dyn Store>) {
 }
 
 /// getSession's touch (`Touch::UnlessWithin`) records activity only once the last recorded
-/// is that old; a plain look (`Touch::No`) never does, and `Touch::Always` always does.
+/// is that old; a plain look (`Touch::No`) never does, and `Touch::ALWAYS` always does.
 async fn a_read_touches_only_past_its_granularity(store: Arc<dyn Store>) {
     let s = session(None, items(), 3600, 600);
     let t0 = s.touched;
@@ -355,7 +355,7 @@ async fn a_read_touches_only_past_its_granularity(store: Arc<dyn Store>) {
     assert_eq!(touched(t0 + 45).await, t0 + 45, "a read past it records activity");
     read(Touch::No, t0 + 50).await;
     assert_eq!(touched(t0 + 50).await, t0 + 45);
-    read(Touch::Always, t0 + 51).await;
+    read(Touch::ALWAYS, t0 + 51).await;
     assert_eq!(touched(t0 + 51).await, t0 + 51);
     // The idle end follows the recorded activity: 600 s after t0 + 51, not after t0.
     assert!(store
@@ -481,7 +481,7 @@ async fn ended_sessions_are_invisible_before_any_sweep(store: Arc<dyn Store>) {
     assert_eq!(seen, 0);
     // Nor is its ID in use; and a read with touch cannot bring it back.
     assert!(store
-        .get_session("default", "S", Touch::Always, later)
+        .get_session("default", "S", Touch::ALWAYS, later)
         .await
         .unwrap()
         .is_none());
@@ -621,7 +621,7 @@ async fn an_idle_end_spares_a_session_touched_in_between(store: Arc<dyn Store>) 
         .unwrap()
         .unwrap();
     store
-        .get_session("default", "S", Touch::Always, now() + 5)
+        .get_session("default", "S", Touch::ALWAYS, now() + 5)
         .await
         .unwrap()
         .unwrap();
@@ -838,7 +838,7 @@ async fn a_bounded_memory_store_ends_the_least_recently_used() {
         created(&store, id, &session(Some("kim"), items(), 3600, 0), &NO_LIMIT).await;
     }
     store
-        .get_session("default", "A", Touch::Always, now())
+        .get_session("default", "A", Touch::ALWAYS, now())
         .await
         .unwrap()
         .unwrap();
@@ -924,7 +924,7 @@ async fn two_redis_stores_share_sessions_keys_and_rotations() {
     let s = session(Some("alice"), items(), 3600, 0);
     a.create_session("default", "S", &s, &NO_LIMIT, now()).await.unwrap();
     assert_eq!(
-        b.get_session("default", "S", Touch::Always, now())
+        b.get_session("default", "S", Touch::ALWAYS, now())
             .await
             .unwrap()
             .unwrap()
@@ -951,7 +951,7 @@ async fn two_redis_stores_share_sessions_keys_and_rotations() {
     // A different key prefix is a different cache on the same Redis.
     let c = redis_store(&server, "other:");
     assert!(c
-        .get_session("default", "S", Touch::Always, now())
+        .get_session("default", "S", Touch::ALWAYS, now())
         .await
         .unwrap()
         .is_none());
@@ -965,7 +965,7 @@ async fn a_redis_that_is_down_is_an_error_not_a_hang() {
     server.stop();
     let started = std::time::Instant::now();
     let err = store
-        .get_session("default", "S", Touch::Always, now())
+        .get_session("default", "S", Touch::ALWAYS, now())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");

@@ -38,8 +38,6 @@ impl Lifetime {
 pub enum Touch {
     /// A look that records nothing (changeSession's read, the idle decision, listings).
     No,
-    /// Records activity at the read's time.
-    Always,
     /// Records activity unless the last recorded is less than this many seconds old. A read
     /// of a session touched that recently stays a plain read (one Redis command, no script);
     /// its inactivity end then lags by less than this, which the clock-skew tolerance covers.
@@ -47,11 +45,13 @@ pub enum Touch {
 }
 
 impl Touch {
+    /// Records activity on every read (in whole seconds: unless already recorded this second).
+    pub const ALWAYS: Touch = Touch::UnlessWithin(1);
+
     /// Whether a read at `now` of a session last touched at `touched` records activity.
     pub fn due(self, touched: i64, now: i64) -> bool {
         match self {
             Touch::No => false,
-            Touch::Always => touched < now,
             Touch::UnlessWithin(secs) => now.saturating_sub(touched) >= secs.max(1),
         }
     }

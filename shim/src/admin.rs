@@ -6,7 +6,7 @@ use std::io::Write;
 
 use crate::client::{ClientError, DscClient, Reply};
 use crate::dsc::ResultCode;
-use crate::session::class;
+use crate::items::class;
 
 /// One command, as `dscadmin` names them.
 #[derive(Debug, Clone, PartialEq, Eq)]

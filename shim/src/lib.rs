@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod dsc;
+pub mod items;
 pub mod metrics;
 pub mod probe;
 pub mod server;

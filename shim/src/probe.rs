@@ -7,7 +7,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::client::{ClientError, DscClient, Reply};
 use crate::dsc::{item_name, DataItem, ResultCode};
-use crate::session::class;
+use crate::items::class;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -11,23 +11,14 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::dsc::{
-    parse_integer, wildcard_match, AdminRequest, AttributeGroup, ChangeSession, CreateSession, DataItem, GetUpdates,
-    JoinReplicaSet, KeyAnswer, Request, Response, ResultCode, SessionRef, TerminateSession,
+    wildcard_match, AdminRequest, AttributeGroup, ChangeSession, CreateSession, DataItem, GetUpdates, JoinReplicaSet,
+    KeyAnswer, Request, Response, ResultCode, SessionRef, TerminateSession,
 };
+use crate::items::{class, item_number, merge, reshapes, user_of};
 use crate::store::{
-    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit,
-    Store, StoreError, Touch,
+    CreateOutcome, ItemUpdate, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Session,
+    SessionLimit, Store, StoreError, Touch, UpdateOutcome,
 };
-
-/// Items whose meaning the cache itself understands.
-pub mod class {
-    pub const EXPIRY: &str = "com.tivoli.am.eb.expiry";
-    pub const INACTIVITY_TIMEOUT: &str = "com.tivoli.am.webseal.inactivity-timeout";
-    pub const LAST_ACCESS: &str = "com.tivoli.am.eb.last-access";
-    pub const USER_NAME: &str = "com.tivoli.am.eb.user-name";
-    pub const SESSION_KEY_CLASS: &str = "com.tivoli.am.sms.concurrent-session-key-class";
-    pub const SESSION_KEY_INSTANCE: &str = "com.tivoli.am.sms.concurrent-session-key-instance";
-}
 
 /// The default replica set for a getUpdates whose replica joined none.
 const DEFAULT_REPLICA_SET: &str = "default";
@@ -566,6 +557,21 @@ impl SessionService {
             version,
             stack_depth: 1,
         };
+        // Most changes (WebSEAL's last-access updates) touch neither the lifetime nor the user:
+        // the store merges them itself, in one step, with no read before.
+        if !reshapes(&r.data) {
+            let update = ItemUpdate {
+                expected_version: r.version,
+                items: &r.data,
+                now,
+            };
+            match self.store.update_items(&r.replica_set, &r.session_id, &update).await? {
+                UpdateOutcome::Updated { version } => return Ok(answer(ResultCode::Success, version)),
+                UpdateOutcome::NotFound => return Ok(answer(ResultCode::SessionNotFound, 0)),
+                UpdateOutcome::VersionMismatch { stored } => return Ok(answer(ResultCode::StaleVersion, stored)),
+                UpdateOutcome::NeedsReplacement => {}
+            }
+        }
         let Some(stored) = self
             .store
             .get_session(&r.replica_set, &r.session_id, Touch::No, now)
@@ -897,89 +903,9 @@ pub fn new_key() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
-fn item_value<'a>(items: &'a [DataItem], data_class: &str) -> Option<&'a str> {
-    items.iter().find(|i| i.data_class == data_class)?.value.as_deref()
-}
-
-fn item_number(items: &[DataItem], data_class: &str) -> Option<i64> {
-    item_value(items, data_class).and_then(parse_integer)
-}
-
-/// The value identifying the user for concurrent-session counting: the item named by the
-/// concurrent-session-key items, by default `com.tivoli.am.eb.user-name`/`sms`.
-pub fn user_of(items: &[DataItem]) -> Option<String> {
-    let key_class = item_value(items, class::SESSION_KEY_CLASS).unwrap_or(class::USER_NAME);
-    let key_instance = item_value(items, class::SESSION_KEY_INSTANCE).unwrap_or("sms");
-    items
-        .iter()
-        .find(|i| i.data_class == key_class && i.instance == key_instance)?
-        .value
-        .clone()
-        .filter(|v| !v.is_empty())
-}
-
-/// Upserts `changes` into `items`: an item with the same class and instance is replaced in
-/// place (keeping its first-stored position), a new one goes to the end.
-pub fn merge(items: &mut Vec<DataItem>, changes: Vec<DataItem>) {
-    for change in changes {
-        match items
-            .iter_mut()
-            .find(|i| i.data_class == change.data_class && i.instance == change.instance)
-        {
-            Some(existing) => existing.value = change.value,
-            None => items.push(change),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn item(c: &str, i: &str, v: &str) -> DataItem {
-        DataItem {
-            data_class: c.to_string().into(),
-            instance: i.to_string().into(),
-            value: Some(v.into()),
-        }
-    }
-
-    #[test]
-    fn merge_keeps_order_and_appends_new_items() {
-        let mut items = vec![item("a", "sms", "1"), item("b", "webseal", "2")];
-        merge(
-            &mut items,
-            vec![
-                DataItem {
-                    data_class: "a".into(),
-                    instance: "sms".into(),
-                    value: None,
-                },
-                item("c", "sms", "3"),
-                item("b", "sms", "other instance"),
-            ],
-        );
-        let names: Vec<_> = items
-            .iter()
-            .map(|i| (i.data_class.as_ref(), i.instance.as_ref()))
-            .collect();
-        assert_eq!(names, [("a", "sms"), ("b", "webseal"), ("c", "sms"), ("b", "sms")]);
-        assert_eq!(items[0].value, None);
-    }
-
-    #[test]
-    fn the_user_follows_the_concurrent_session_key_items() {
-        let plain = vec![item(class::USER_NAME, "sms", "alice")];
-        assert_eq!(user_of(&plain).as_deref(), Some("alice"));
-        let redirected = vec![
-            item(class::USER_NAME, "sms", "alice"),
-            item("custom.uid", "webseal", "u-17"),
-            item(class::SESSION_KEY_CLASS, "sms", "custom.uid"),
-            item(class::SESSION_KEY_INSTANCE, "sms", "webseal"),
-        ];
-        assert_eq!(user_of(&redirected).as_deref(), Some("u-17"));
-        assert_eq!(user_of(&[item(class::USER_NAME, "sms", "")]), None);
-    }
 
     #[test]
     fn long_polls_answer_just_before_response_by() {

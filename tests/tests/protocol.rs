@@ -19,6 +19,7 @@ const RS: &str = "default";
 const USER_NAME: &str = "com.tivoli.am.eb.user-name";
 const EXPIRY: &str = "com.tivoli.am.eb.expiry";
 const INACTIVITY: &str = "com.tivoli.am.webseal.inactivity-timeout";
+const LAST_ACCESS: &str = "com.tivoli.am.eb.last-access";
 
 /// The value of the first attribute `name` of an admin group.
 fn attr<'a>(group: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -1099,12 +1100,31 @@ async fn sessions_expire_without_client_help(shim: &mut Shim) {
         SUCCESS,
         "create long",
     );
+    expect(
+        c.create_session("web-a", RS, "extended", 0, &session_of("carol", &short[1..]))
+            .await,
+        SUCCESS,
+        "create extended",
+    );
     assert!(exists(shim, "short").await, "the session exists until its expiry");
+    // A change of other items leaves the end where it is; a change of the expiry moves it.
+    let activity = [item(LAST_ACCESS, "sms", Some(&format!("{:#x}", now())))];
+    expect(
+        c.change_session("web-a", RS, "short", 0, &activity).await,
+        SUCCESS,
+        "short's activity",
+    );
+    let later = [item(EXPIRY, "sms", Some(&format!("{:#x}", now() + 3600)))];
+    expect(
+        c.change_session("web-a", RS, "extended", 0, &later).await,
+        SUCCESS,
+        "extend",
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Ask the listing first: it must not show the ended session even though no client read
     // it since (no lazy clean-up on read can help).
     let (r, ids) = list(shim, "*", "0x10").await;
-    assert_eq!(ids, set(&["long"]), "{:?}", r.ret);
+    assert_eq!(ids, set(&["long", "extended"]), "{:?}", r.ret);
     let (r, ids) = list(shim, "alice", "0x10").await;
     assert!(
         ids.is_empty(),
@@ -1113,6 +1133,7 @@ async fn sessions_expire_without_client_help(shim: &mut Shim) {
     );
     assert!(!exists(shim, "short").await, "expiry + 0s skew has passed");
     assert!(exists(shim, "long").await);
+    assert!(exists(shim, "extended").await, "the changed expiry counts");
 }
 
 async fn max_lifetime_caps_far_expiry(shim: &mut Shim) {

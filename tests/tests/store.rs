@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redsess_shim::dsc::DataItem;
+use redsess_shim::items::class;
 use redsess_shim::store::memory::MemoryStore;
 use redsess_shim::store::redis::{RedisSettings, RedisStore};
 use redsess_shim::store::sealing::{new_key_line, Mode};
 use redsess_shim::store::{
-    CreateOutcome, JoinOutcome, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit, Store,
-    StoreError, Touch,
+    CreateOutcome, ItemUpdate, JoinOutcome, Lifetime, Member, ReplaceOutcome, Replacement, Session, SessionLimit,
+    Store, StoreError, Touch, UpdateOutcome,
 };
-use redsess_tests::{item, now, RedisServer};
+use redsess_tests::{item, now, redis_cli, RedisServer};
 
 /// A store under test; holds the Redis server (if any) alive for the test's duration.
 struct Subject {
@@ -563,6 +564,89 @@ async fn a_stale_change_cannot_overwrite_a_recreated_session(store: Arc<dyn Stor
     assert_eq!(stored.items, second.items);
 }
 
+async fn updated(store: &dyn Store, id: &str, expected_version: u64, items: &[DataItem]) -> UpdateOutcome {
+    let update = ItemUpdate {
+        expected_version,
+        items,
+        now: now(),
+    };
+    store.update_items("default", id, &update).await.unwrap()
+}
+
+async fn read(store: &dyn Store, id: &str) -> Option<Session> {
+    store.get_session("default", id, Touch::No, now()).await.unwrap()
+}
+
+fn last_access(at: i64) -> DataItem {
+    item(class::LAST_ACCESS, "sms", Some(&format!("{at:#x}")))
+}
+
+/// An item update merges into the session in one step, on the version it was based on, and
+/// leaves its lifetime and user; one naming the user's key item goes the replacing way.
+async fn item_updates_merge_without_a_read(store: Arc<dyn Store>) {
+    let mut first = items();
+    first.insert(1, last_access(1));
+    first.push(item(class::USER_NAME, "sms", Some("alice")));
+    let s = session(Some("alice"), first, 3600, 600);
+    created(&*store, "S", &s, &NO_LIMIT).await;
+    let added = item("added", "webseal", Some("1"));
+    assert_eq!(
+        updated(&*store, "S", 0, &[last_access(2), added.clone()]).await,
+        UpdateOutcome::Updated { version: 1 }
+    );
+    assert_eq!(
+        updated(&*store, "S", 0, &[last_access(9)]).await,
+        UpdateOutcome::VersionMismatch { stored: 1 }
+    );
+    assert_eq!(
+        updated(&*store, "S", 1, &[last_access(3)]).await,
+        UpdateOutcome::Updated { version: 2 }
+    );
+    assert_eq!(
+        updated(&*store, "nope", 0, &[last_access(3)]).await,
+        UpdateOutcome::NotFound
+    );
+    let mut expected = s.items.clone();
+    expected[1] = last_access(3);
+    expected.push(added);
+    let got = read(&*store, "S").await.unwrap();
+    assert_eq!((got.version, &got.items), (2, &expected));
+    assert_eq!((got.lifetime, got.user.as_deref()), (s.lifetime, Some("alice")));
+    assert!(got.touched >= s.touched);
+
+    assert_eq!(
+        updated(&*store, "S", 2, &[item(class::USER_NAME, "sms", Some("bob"))]).await,
+        UpdateOutcome::NeedsReplacement
+    );
+    assert_eq!(read(&*store, "S").await.unwrap().version, 2, "nothing changed");
+    assert_eq!(users_sessions(&*store, "alice").await, ["S"]);
+
+    // A replacement writes the items whole; updates go on from it.
+    let mut next = got.clone();
+    next.version = 3;
+    next.items.push(item("replaced", "sms", None));
+    assert_eq!(
+        store
+            .replace_session("default", "S", &change(2, Some("alice"), &next))
+            .await
+            .unwrap(),
+        ReplaceOutcome::Replaced { displaced: vec![] }
+    );
+    assert_eq!(read(&*store, "S").await.unwrap().items, next.items);
+    assert_eq!(
+        updated(&*store, "S", 3, &[last_access(4)]).await,
+        UpdateOutcome::Updated { version: 4 }
+    );
+    let mut seen = Vec::new();
+    store
+        .scan_sessions("default", now(), &mut |id, s| {
+            seen.push((id.to_string(), s.items[1].clone()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, [("S".to_string(), last_access(4))], "listings see updates too");
+}
+
 /// A change that moves a session to another user counts it against that user's limit, in the
 /// same atomic step.
 async fn a_change_of_user_applies_the_limit(store: Arc<dyn Store>) {
@@ -822,11 +906,90 @@ store_suite!(
     oldest_means_first_created_then_first_arrived,
     a_stale_change_cannot_overwrite_a_recreated_session,
     a_change_of_user_applies_the_limit,
+    item_updates_merge_without_a_read,
     an_idle_end_spares_a_session_touched_in_between,
     membership_rules,
     joins_are_bounded_and_free_stale_places,
     key_material_is_shared_and_rotates_once,
 );
+
+/// The Redis store's change log (see `store::redis`) stays within its bound, is dropped once a
+/// shim that knows no log has replaced the record, and is not used for a record that does
+/// not name its user's key item (an earlier shim's).
+#[tokio::test]
+async fn the_change_log_stays_short_and_gives_way_to_earlier_shims() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "test:");
+    let key = "test:s:{7:default:S}";
+    let cli = |args: &[&str]| redis_cli("127.0.0.1", server.port, None, args);
+    let mut base = items();
+    base.push(last_access(1));
+    created(&*store, "S", &session(None, base.clone(), 3600, 0), &NO_LIMIT).await;
+
+    let mut version = 0;
+    while let UpdateOutcome::Updated { version: next } =
+        updated(&*store, "S", version, &[last_access(100 + version as i64)]).await
+    {
+        version = next;
+        assert!(version < 100, "the log has no bound");
+    }
+    assert!(version >= 8, "only {version} updates were logged");
+    let logged: usize = cli(&["HSTRLEN", key, "x"]).trim().parse().unwrap();
+    assert!((1..=256).contains(&logged), "a log of {logged} bytes");
+    let got = read(&*store, "S").await.unwrap();
+    assert_eq!(got.items.last(), Some(&last_access(100 + version as i64 - 1)));
+
+    // An earlier shim's replacement moves the version and leaves the log: it no longer counts.
+    cli(&["HINCRBY", key, "v", "1"]);
+    let got = read(&*store, "S").await.unwrap();
+    assert_eq!((got.version, &got.items), (version + 1, &base));
+    assert_eq!(
+        updated(&*store, "S", version + 1, &[item("after", "sms", Some("1"))]).await,
+        UpdateOutcome::Updated { version: version + 2 }
+    );
+    let mut expected = base.clone();
+    expected.push(item("after", "sms", Some("1")));
+    assert_eq!(read(&*store, "S").await.unwrap().items, expected, "the log began again");
+
+    cli(&["HDEL", key, "k"]);
+    assert_eq!(
+        updated(&*store, "S", version + 2, &[last_access(7)]).await,
+        UpdateOutcome::NeedsReplacement
+    );
+}
+
+/// Each logged change is sealed like the record, to its own session: copied into another
+/// session's record, it does not open there.
+#[tokio::test]
+async fn logged_changes_are_sealed_to_their_session() {
+    let subject = redis_sealed();
+    let store = subject.store.clone();
+    let port = subject._redis.as_ref().unwrap().port;
+    let cli = |args: &[&str]| redis_cli("127.0.0.1", port, None, args);
+    for id in ["S", "T"] {
+        created(&*store, id, &session(None, items(), 3600, 0), &NO_LIMIT).await;
+    }
+    let secret = item("secret", "webseal", Some("s3cret-value"));
+    assert_eq!(
+        updated(&*store, "S", 0, std::slice::from_ref(&secret)).await,
+        UpdateOutcome::Updated { version: 1 }
+    );
+    let (s, t) = ("test:s:{7:default:S}", "test:s:{7:default:T}");
+    assert_ne!(cli(&["HSTRLEN", s, "x"]).trim(), "0");
+    assert!(!cli(&["HGET", s, "x"]).contains("s3cret"), "the change is sealed");
+    assert_eq!(read(&*store, "S").await.unwrap().items.last(), Some(&secret));
+    cli(&[
+        "EVAL",
+        "for _, f in ipairs({'v', 'xv', 'x'}) do redis.call('HSET', KEYS[2], f, redis.call('HGET', KEYS[1], f)) end",
+        "2",
+        s,
+        t,
+    ]);
+    assert!(
+        read(&*store, "T").await.is_none(),
+        "a change moved to another session opens"
+    );
+}
 
 /// The embedded store past `--max-sessions` ends the least recently used session: a read with
 /// touch or a change counts as a use, and the user index forgets what was ended.

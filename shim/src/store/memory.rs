@@ -20,10 +20,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::broadcast;
 
 use super::{
-    CreateOutcome, JoinOutcome, KeyMaterial, Member, ReplaceOutcome, Replacement, Rotation, Session, SessionLimit,
-    SessionVisitor, Store, StoreError, Touch, UserVisitor,
+    CreateOutcome, ItemUpdate, JoinOutcome, KeyMaterial, Member, ReplaceOutcome, Replacement, Rotation, Session,
+    SessionLimit, SessionVisitor, Store, StoreError, Touch, UpdateOutcome, UserVisitor,
 };
 use crate::dsc::wildcard_match;
+use crate::items::{merge, names_item, user_key_item};
 
 type SessionKey = (String, String);
 
@@ -402,6 +403,32 @@ impl Store for MemoryStore {
         }
         state.insert_session(k, session.clone());
         Ok(ReplaceOutcome::Replaced { displaced })
+    }
+
+    async fn update_items(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        update: &ItemUpdate<'_>,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let mut state = self.lock();
+        let k = key(replica_set, session_id);
+        let Some(stored) = state.live_session(&k, update.now) else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        if stored.version != update.expected_version {
+            return Ok(UpdateOutcome::VersionMismatch { stored: stored.version });
+        }
+        if names_item(update.items, user_key_item(&stored.items)) {
+            return Ok(UpdateOutcome::NeedsReplacement);
+        }
+        let mut session = stored.clone();
+        merge(&mut session.items, update.items.to_vec());
+        session.version += 1;
+        session.touched = update.now;
+        let version = session.version;
+        state.insert_session(k, session);
+        Ok(UpdateOutcome::Updated { version })
     }
 
     async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError> {

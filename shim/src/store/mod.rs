@@ -98,6 +98,31 @@ pub struct Replacement {
     pub now: i64,
 }
 
+/// A changeSession that only updates items (`items::reshapes` is false for them): the store
+/// applies it without the session layer reading the session first, the lifetime and user
+/// staying as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemUpdate<'a> {
+    /// The version the client based the change on; the stored session must still have it.
+    pub expected_version: u64,
+    pub items: &'a [DataItem],
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Updated {
+        version: u64,
+    },
+    NotFound,
+    VersionMismatch {
+        stored: u64,
+    },
+    /// The update names the item that identifies the session's user, or the store would rather
+    /// write the record whole (see `redis`): read the session and replace it instead.
+    NeedsReplacement,
+}
+
 /// The concurrent-session rule for one new session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionLimit {
@@ -234,6 +259,17 @@ pub trait Store: Send + Sync + 'static {
         session_id: &str,
         change: &Replacement,
     ) -> Result<ReplaceOutcome, StoreError>;
+
+    /// Merges `update.items` into a live session still at `update.expected_version`, in one
+    /// atomic step: the version incremented, activity recorded at `update.now` and the expiry
+    /// extended with it. Never changes the lifetime or the user: an update naming the user's
+    /// key item is `NeedsReplacement`.
+    async fn update_items(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        update: &ItemUpdate<'_>,
+    ) -> Result<UpdateOutcome, StoreError>;
 
     /// Deletes a session and its index entry; false when it did not exist.
     async fn delete_session(&self, replica_set: &str, session_id: &str) -> Result<bool, StoreError>;

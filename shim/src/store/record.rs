@@ -141,6 +141,23 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
     Ok(items)
 }
 
+/// One change as it goes into a record's change log (see `redis`): its stored bytes behind
+/// their length, so that a script appends entries without reading them.
+pub fn log_entry(stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len() + 2);
+    put_bytes(&mut out, stored);
+    out
+}
+
+/// The stored bytes of each change in a change log, oldest first.
+pub fn log_entries(mut log: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
+    let mut entries = Vec::new();
+    while !log.is_empty() {
+        entries.push(take_bytes(&mut log)?);
+    }
+    Ok(entries)
+}
+
 fn take_class(rest: &mut &[u8]) -> Result<ItemName, RecordError> {
     let tag = take_varint(rest)?;
     match tag {
@@ -281,6 +298,16 @@ mod tests {
             decode_items(&old).unwrap(),
             vec![item("c", "sms", Some("v")), item("d", "webseal", None)]
         );
+    }
+
+    #[test]
+    fn a_change_log_gives_back_its_entries_in_order() {
+        let first = encode_items(&[item("a", "sms", Some("1"))]);
+        let second = vec![7u8; 300];
+        let log = [log_entry(&first), log_entry(&second), log_entry(&[])].concat();
+        assert_eq!(log_entries(&log).unwrap(), vec![&first[..], &second[..], &[][..]]);
+        assert_eq!(log_entries(&log[..log.len() - 2]), Err(RecordError::Truncated));
+        assert_eq!(log_entries(&[]).unwrap(), Vec::<&[u8]>::new());
     }
 
     #[test]

@@ -39,12 +39,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use tokio::sync::{broadcast, Mutex, RwLock};
 
-use super::record::{decode_items, encode_items};
+use super::record::{decode_items, encode_items, log_entries, log_entry};
 use super::sealing::{KeyRing, Mode, Sealing};
 use super::{
-    CreateOutcome, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation, ServerHealth,
-    Session, SessionLimit, SessionVisitor, Store, StoreError, Touch, UserVisitor,
+    CreateOutcome, ItemUpdate, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation,
+    ServerHealth, Session, SessionLimit, SessionVisitor, Store, StoreError, Touch, UpdateOutcome, UserVisitor,
 };
+use crate::dsc::DataItem;
+use crate::items::{merge, user_key_item};
 
 /// How to reach Redis.
 #[derive(Clone)]
@@ -224,6 +226,7 @@ struct Scripts {
     create: Script,
     touch: Script,
     replace: Script,
+    update: Script,
     delete: Script,
     end_if_unchanged: Script,
     members: Script,
@@ -287,6 +290,7 @@ impl RedisStore {
                 create: Script::new(CREATE),
                 touch: Script::new(TOUCH),
                 replace: Script::new(REPLACE),
+                update: Script::new(UPDATE),
                 delete: Script::new(DELETE),
                 end_if_unchanged: Script::new(END_IF_UNCHANGED),
                 members: Script::new(MEMBERS),
@@ -571,7 +575,11 @@ impl RedisStore {
         session_id: &str,
         fields: Vec<Option<Vec<u8>>>,
     ) -> Result<Option<Session>, StoreError> {
-        decode_session(fields, |stored| self.sealing.open(replica_set, session_id, stored))
+        decode_session(
+            fields,
+            |stored| self.sealing.open(replica_set, session_id, stored),
+            |stored| self.sealing.open_change(replica_set, session_id, stored),
+        )
     }
 
     /// The stored form of a session's items: encoded, and sealed where the mode says so.
@@ -581,7 +589,22 @@ impl RedisStore {
 }
 
 /// The fields of a session hash, in the order `decode_session` reads them.
-const SESSION_FIELDS: [&str; 9] = ["v", "d", "e", "i", "t", "c", "u", "n", "r"];
+const SESSION_FIELDS: [&str; 11] = ["v", "d", "e", "i", "t", "c", "u", "n", "r", "xv", "x"];
+
+/// A change log longer than this is merged into the record instead (a replacement): every
+/// read replays the log, so it stays a few entries (about 16 last-access updates, 5 sealed).
+const MAX_CHANGE_LOG: usize = 256;
+
+/// How a script names an item: class and instance, apart by a NUL (XML text has none).
+fn item_field(class: &str, instance: &str) -> Vec<u8> {
+    [class.as_bytes(), b"\0", instance.as_bytes()].concat()
+}
+
+/// The `k` field: which item identifies the session's user.
+fn user_key_field(items: &[DataItem]) -> Vec<u8> {
+    let (class, instance) = user_key_item(items);
+    item_field(class, instance)
+}
 
 /// A session's `e`, `i`, `t` and `u`: enough to tell whether it is live and whose.
 type LivenessFields = (Option<i64>, Option<i64>, Option<i64>, Option<String>);
@@ -618,26 +641,28 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 fn decode_session(
     fields: Vec<Option<Vec<u8>>>,
     open: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
+    open_change: impl Fn(Vec<u8>) -> Option<Vec<u8>>,
 ) -> Result<Option<Session>, StoreError> {
     let mut f = fields.into_iter();
     let mut next = || f.next().flatten();
-    let Some(version) = next() else { return Ok(None) };
-    let number = |b: Option<Vec<u8>>, name: &str| -> Result<i64, StoreError> {
+    let Some(version_field) = next() else { return Ok(None) };
+    let number = |b: Option<&[u8]>, name: &str| -> Result<i64, StoreError> {
         let b = b.ok_or_else(|| StoreError::Corrupt(format!("session field {name} is missing")))?;
-        std::str::from_utf8(&b)
+        std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| StoreError::Corrupt(format!("session field {name} is not a number")))
     };
-    let version = number(Some(version), "v")? as u64;
+    let version = number(Some(&version_field), "v")? as u64;
     let Some(items) = open(next().unwrap_or_default()) else {
         return Ok(None);
     };
-    let items = decode_items(&items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let ends_at = number(next(), "e")?;
-    let idle_secs = number(next(), "i")?;
-    let touched = number(next(), "t")?;
-    let created = number(next(), "c")?;
+    let corrupt = |e: super::record::RecordError| StoreError::Corrupt(e.to_string());
+    let mut items = decode_items(&items).map_err(corrupt)?;
+    let ends_at = number(next().as_deref(), "e")?;
+    let idle_secs = number(next().as_deref(), "i")?;
+    let touched = number(next().as_deref(), "t")?;
+    let created = number(next().as_deref(), "c")?;
     let user = next().and_then(|u| String::from_utf8(u).ok()).filter(|u| !u.is_empty());
     // Records written before incarnations and creators were kept have neither.
     let incarnation = match next() {
@@ -648,6 +673,17 @@ fn decode_session(
         None => 0,
     };
     let creator = next().and_then(|r| String::from_utf8(r).ok()).unwrap_or_default();
+    // The change log counts only while it brought the record to its version: a replacement
+    // by a shim that knows no log leaves one behind, older than the items it wrote.
+    let logged_to = next();
+    if let (Some(log), true) = (next(), logged_to.as_ref() == Some(&version_field)) {
+        for entry in log_entries(&log).map_err(corrupt)? {
+            let Some(change) = open_change(entry.to_vec()) else {
+                return Ok(None);
+            };
+            merge(&mut items, decode_items(&change).map_err(corrupt)?);
+        }
+    }
     Ok(Some(Session {
         version,
         items,
@@ -720,7 +756,8 @@ impl Store for RedisStore {
             .arg(index_keep_ms(&session.lifetime, now))
             .arg(session.incarnation.to_string())
             .arg(&session.creator)
-            .arg(self.user_key_prefix(replica_set));
+            .arg(self.user_key_prefix(replica_set))
+            .arg(user_key_field(&session.items));
         let answer: Vec<Value> = self.write(&call).await?;
         match status_of(&answer) {
             0 => Ok(CreateOutcome::IdInUse),
@@ -802,7 +839,8 @@ impl Store for RedisStore {
             .arg(if change.limit.displace { 1 } else { 0 })
             .arg(self.session_key_prefix(replica_set))
             .arg(self.user_key_prefix(replica_set))
-            .arg(if moved { 1 } else { 0 });
+            .arg(if moved { 1 } else { 0 })
+            .arg(user_key_field(&session.items));
         let answer: Vec<Value> = self.write(&call).await?;
         match (status_of(&answer), answer.get(1)) {
             (0, _) => Ok(ReplaceOutcome::NotFound),
@@ -814,6 +852,37 @@ impl Store for RedisStore {
             }),
             (3, _) => Ok(ReplaceOutcome::LimitReached),
             _ => Err(StoreError::Corrupt("unexpected answer from the replace script".into())),
+        }
+    }
+
+    async fn update_items(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        update: &ItemUpdate<'_>,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let entry = self
+            .sealing
+            .seal_change(replica_set, session_id, encode_items(update.items));
+        let next_version = update.expected_version + 1;
+        let mut call = self.scripts.update.key(self.session_key(replica_set, session_id));
+        call.arg(update.expected_version)
+            .arg(next_version)
+            .arg(update.now)
+            .arg(log_entry(&entry))
+            .arg(MAX_CHANGE_LOG);
+        for item in update.items {
+            call.arg(item_field(&item.data_class, &item.instance));
+        }
+        let answer: Vec<Value> = self.write(&call).await?;
+        match (status_of(&answer), answer.get(1)) {
+            (0, _) => Ok(UpdateOutcome::NotFound),
+            (1, Some(stored)) => Ok(UpdateOutcome::VersionMismatch {
+                stored: redis::from_redis_value(stored).unwrap_or(0),
+            }),
+            (2, _) => Ok(UpdateOutcome::Updated { version: next_version }),
+            (3, _) => Ok(UpdateOutcome::NeedsReplacement),
+            _ => Err(StoreError::Corrupt("unexpected answer from the update script".into())),
         }
     }
 
@@ -1152,7 +1221,7 @@ end
 
 /// KEYS: session, [user index]. ARGV: items, ends_at, idle, touched, created, user,
 /// expires_ms, limit, displace, id, session key prefix, now, index keep_ms, incarnation,
-/// creator, user index prefix.
+/// creator, user index prefix, user key item.
 /// Answers {0} ID in use, {1} limit reached, {2, displaced...} created. A session key whose
 /// session ended by the shim's clock (Redis has not dropped it yet) is not in use.
 const CREATE: &str = concat!(
@@ -1170,7 +1239,7 @@ if #KEYS > 1 then
   index(KEYS[2], tonumber(ARGV[5]), ARGV[10], tonumber(ARGV[13]))
 end
 redis.call('HSET', KEYS[1], 'v', 0, 'd', ARGV[1], 'e', ARGV[2], 'i', ARGV[3], 't', ARGV[4], 'c', ARGV[5],
-  'u', ARGV[6], 'n', ARGV[14], 'r', ARGV[15])
+  'u', ARGV[6], 'n', ARGV[14], 'r', ARGV[15], 'k', ARGV[17])
 redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 local answer = {2}
 for _, id in ipairs(displaced) do answer[#answer + 1] = id end
@@ -1200,7 +1269,8 @@ return 1
 /// session key again (the old one is named only when the user changes).
 /// ARGV: expected version, new version, items, ends_at, idle, touched, user, expires_ms, id,
 /// index keep_ms, now, incarnation, limit, displace, session key prefix, user index prefix,
-/// moved (1 when the user changes).
+/// moved (1 when the user changes), user key item. The items written are whole, so the change
+/// log goes.
 /// Answers {0} not found, {1, stored} version or incarnation mismatch, {2, displaced...}
 /// replaced, {3} the new user is at the limit.
 const REPLACE: &str = concat!(
@@ -1216,7 +1286,9 @@ if moved and KEYS[3] ~= KEYS[1] then
   displaced = admit(KEYS[3], ARGV[7], tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16], ARGV[9], now)
   if not displaced then return {3} end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'e', ARGV[4], 'i', ARGV[5], 't', ARGV[6], 'u', ARGV[7])
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'e', ARGV[4], 'i', ARGV[5], 't', ARGV[6], 'u', ARGV[7],
+  'k', ARGV[18])
+redis.call('HDEL', KEYS[1], 'x', 'xv')
 redis.call('PEXPIREAT', KEYS[1], ARGV[8])
 if moved and KEYS[2] ~= KEYS[1] then redis.call('ZREM', KEYS[2], ARGV[9]) end
 if KEYS[3] ~= KEYS[1] then
@@ -1232,6 +1304,32 @@ end
 local answer = {2}
 for _, id in ipairs(displaced) do answer[#answer + 1] = id end
 return answer
+"#
+);
+
+/// KEYS: session. ARGV: expected version, new version, now, log entry, log bound, then the
+/// names of the updated items (`item_field`). Appends the entry to the change log (a log
+/// left by an older version starts again), moves the version and the activity, extends the
+/// TTL; e and i, and with them the lifetime, stay. Answers {0} not found, {1, stored} version
+/// mismatch, {2} updated, {3} replace instead: the update names the user's key item, the
+/// log would pass its bound, or the record does not say its key item (an earlier shim's).
+const UPDATE: &str = concat!(
+    session_rules!(),
+    r#"
+local now = tonumber(ARGV[3])
+local f = redis.call('HMGET', KEYS[1], 'v', 'e', 'i', 't', 'k', 'xv', 'x')
+if not f[1] or ends_of(f[2], f[3], f[4]) <= now then return {0} end
+if f[1] ~= ARGV[1] then return {1, tonumber(f[1])} end
+if not f[5] then return {3} end
+for n = 6, #ARGV do
+  if ARGV[n] == f[5] then return {3} end
+end
+local log = ''
+if f[6] == f[1] and f[7] then log = f[7] end
+if #log + #ARGV[4] > tonumber(ARGV[5]) then return {3} end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'xv', ARGV[2], 'x', log .. ARGV[4], 't', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ends_of(f[2], f[3], now) * 1000)
+return {2}
 "#
 );
 

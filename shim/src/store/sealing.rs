@@ -33,8 +33,10 @@ use crate::metrics::Cause;
 const FORMAT_SEALED: u8 = 3;
 const KEY_BYTES: usize = 32;
 const MAX_KEY_ID: usize = 64;
-/// Binds the associated data to this use, should the keys ever serve another.
-const CONTEXT: &[u8] = b"redsess session record v1\0";
+/// Binds the associated data to this use, should the keys ever serve another: a record's
+/// items, or one change in its change log (see `redis`), so neither opens as the other.
+const RECORD: &[u8] = b"redsess session record v1\0";
+const CHANGE: &[u8] = b"redsess session change v1\0";
 
 /// What the store writes, and which records it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -236,9 +238,9 @@ pub fn new_key_line(id: Option<&str>) -> String {
     format!("{id} {}", STANDARD.encode(key))
 }
 
-fn associated_data(replica_set: &str, session_id: &str, header: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(CONTEXT.len() + replica_set.len() + session_id.len() + header.len() + 8);
-    aad.extend_from_slice(CONTEXT);
+fn associated_data(context: &[u8], replica_set: &str, session_id: &str, header: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(context.len() + replica_set.len() + session_id.len() + header.len() + 8);
+    aad.extend_from_slice(context);
     for part in [replica_set.as_bytes(), session_id.as_bytes()] {
         aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
         aad.extend_from_slice(part);
@@ -302,6 +304,15 @@ impl Sealing {
 
     /// The bytes to store for a record's (plain) items.
     pub fn seal(&self, replica_set: &str, session_id: &str, plain: Vec<u8>) -> Vec<u8> {
+        self.seal_as(RECORD, replica_set, session_id, plain)
+    }
+
+    /// The bytes to store for one change of a record's items.
+    pub fn seal_change(&self, replica_set: &str, session_id: &str, plain: Vec<u8>) -> Vec<u8> {
+        self.seal_as(CHANGE, replica_set, session_id, plain)
+    }
+
+    fn seal_as(&self, context: &[u8], replica_set: &str, session_id: &str, plain: Vec<u8>) -> Vec<u8> {
         if !self.mode.seals() {
             return plain;
         }
@@ -315,7 +326,7 @@ impl Sealing {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).expect("the system's random source");
         out.extend_from_slice(&nonce);
-        let aad = associated_data(replica_set, session_id, &out[..header_len]);
+        let aad = associated_data(context, replica_set, session_id, &out[..header_len]);
         let mut sealed = plain;
         key.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut sealed)
@@ -327,7 +338,16 @@ impl Sealing {
     /// The plain items of a stored record, or `None` (counted and logged) when it does not
     /// open: the caller treats the record as absent.
     pub fn open(&self, replica_set: &str, session_id: &str, stored: Vec<u8>) -> Option<Vec<u8>> {
-        match self.try_open(replica_set, session_id, stored) {
+        self.open_as(RECORD, replica_set, session_id, stored)
+    }
+
+    /// The plain items of one logged change, or `None` as for `open`.
+    pub fn open_change(&self, replica_set: &str, session_id: &str, stored: Vec<u8>) -> Option<Vec<u8>> {
+        self.open_as(CHANGE, replica_set, session_id, stored)
+    }
+
+    fn open_as(&self, context: &[u8], replica_set: &str, session_id: &str, stored: Vec<u8>) -> Option<Vec<u8>> {
+        match self.try_open(context, replica_set, session_id, stored) {
             Ok(plain) => Some(plain),
             Err(why) => {
                 count(why);
@@ -336,7 +356,13 @@ impl Sealing {
         }
     }
 
-    fn try_open(&self, replica_set: &str, session_id: &str, mut stored: Vec<u8>) -> Result<Vec<u8>, Unopened> {
+    fn try_open(
+        &self,
+        context: &[u8],
+        replica_set: &str,
+        session_id: &str,
+        mut stored: Vec<u8>,
+    ) -> Result<Vec<u8>, Unopened> {
         if stored.first() != Some(&FORMAT_SEALED) {
             return if self.mode.reads_plain() {
                 Ok(stored)
@@ -358,7 +384,7 @@ impl Sealing {
             .ok_or(Unopened::UnknownKey)?;
         let nonce = Nonce::try_assume_unique_for_key(&stored[header_len..header_len + NONCE_LEN])
             .map_err(|_| Unopened::Truncated)?;
-        let aad = associated_data(replica_set, session_id, &stored[..header_len]);
+        let aad = associated_data(context, replica_set, session_id, &stored[..header_len]);
         let body = header_len + NONCE_LEN;
         let plain_len = key
             .key
@@ -416,6 +442,14 @@ mod tests {
 
         let before = unopened("truncated");
         assert_eq!(s.open("web", "S1", sealed[..10].to_vec()), None);
+        let change = s.seal_change("web", "S1", record.clone());
+        assert_eq!(s.open_change("web", "S1", change.clone()), Some(record.clone()));
+        assert_eq!(s.open("web", "S1", change), None, "a change is not a record");
+        assert_eq!(
+            s.open_change("web", "S1", sealed.clone()),
+            None,
+            "nor a record a change"
+        );
         assert!(unopened("truncated") > before);
     }
 

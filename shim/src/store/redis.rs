@@ -9,7 +9,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P s:{<n>:<rs>:<id>}` | hash | one session: `v` version, `d` items (see `record`), `e` lifetime end, `i` idle seconds, `t` last activity, `c` creation, `u` user, `n` incarnation, `r` creating replica |
+//! | `P s:{<n>:<rs>:<id>}` | hash | one session: `v` version, `d` items (see `record`), `e` lifetime end, `i` idle seconds, `t` last activity, `c` creation, `u` user, `n` incarnation, `r` creating replica, `k` the item naming the user (class NUL instance), `x` change log (item updates since `d` was written, each sealed like `d`), `xv` the version the log brought it to (the log counts only while `xv` = `v`) |
 //! | `P u:{<n>:<rs>:<user>}` | sorted set | the user's session IDs, oldest first: scored by creation second plus arrival within it (`ARRIVALS_PER_SECOND`), ties by ID; every create drops entries of ended sessions among the oldest; the set itself expires with its longest-lived session |
 //! | `P rs:{<rs>}` | hash | the set's capability mask `caps` and key material `cur`, `cur_id`, `old`, `old_id`, `created` |
 //! | `P m:{<rs>}` | hash | members: replica → `instance \t joined \t last_seen` |
@@ -21,9 +21,10 @@
 //! Every session key carries a TTL at the earlier of its lifetime end and its last activity
 //! plus its inactivity timeout, so ended sessions vanish without any scan; every read also
 //! checks those times against the shim's clock, so a session past its end is invisible even
-//! before Redis drops it. getSession is one script call (read and extend the TTL): one round
-//! trip. createSession (with the limit and displacement), changeSession's compare-and-set on
-//! version and incarnation (with the limit when the user changes), the idle decision's
+//! before Redis drops it. getSession is one HMGET (and the touch script when activity is due);
+//! a changeSession of items only is one script that appends to the change log. createSession
+//! (with the limit and displacement), changeSession's compare-and-set on version and
+//! incarnation when it reshapes the session (with the limit when the user changes), the idle decision's
 //! delete-if-unchanged and terminateSession (with the index) are one script each, so they are
 //! atomic.
 

@@ -24,9 +24,9 @@
 //! before Redis drops it. getSession is one HMGET (and the touch script when activity is due);
 //! a changeSession of items only is one script that appends to the change log. createSession
 //! (with the limit and displacement), changeSession's compare-and-set on version and
-//! incarnation when it reshapes the session (with the limit when the user changes), the idle decision's
-//! delete-if-unchanged and terminateSession (with the index) are one script each, so they are
-//! atomic.
+//! incarnation when it reshapes the session (with the limit when the user changes), the idle
+//! decision's delete-if-unchanged and terminateSession (with the index) are one script each,
+//! so they are atomic.
 
 use std::sync::Arc;
 use std::time::Duration;

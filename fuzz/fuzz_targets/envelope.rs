@@ -6,7 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redsess_shim::dsc::{self, DataItem, Endpoint, Request, Response, ResultCode};
+use redsess_shim::dsc::{self, AnswerItems, DataItem, Endpoint, Request, Response, ResultCode};
+use redsess_shim::store::record::{self, StoredItems};
 use redsess_shim::soap::{self, FaultCode};
 
 fuzz_target!(|data: &[u8]| {
@@ -52,12 +53,22 @@ fn answer_reads_back(operation: &'static str, endpoint: Endpoint) {
 
 /// Session items, as getSession would answer them, read back unchanged.
 fn items_read_back(items: &[DataItem]) {
-    let xml = Response::GetSession {
+    let written = Response::GetSession {
         result: ResultCode::Success,
         version: 1,
-        data: items.to_vec(),
+        data: AnswerItems::Items(items.to_vec()),
     }
     .to_xml();
+    // The Redis store's answer, written from the record, says the same.
+    let stored = StoredItems::new(record::encode_items(items), Vec::new()).expect("an encoded record reads back");
+    let from_record = Response::GetSession {
+        result: ResultCode::Success,
+        version: 1,
+        data: AnswerItems::Stored(stored),
+    }
+    .to_xml();
+    assert_eq!(from_record, written);
+    let xml = written;
     let answer = soap::read_operation(xml.as_bytes()).expect("a written getSession answer reads back");
     let ret = answer.child("getSessionReturn").expect("getSessionReturn");
     let read: Vec<DataItem> = ret

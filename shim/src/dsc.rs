@@ -1,7 +1,8 @@
 //! The DSC operations as Rust types: one request type per operation, the answers, the result
 //! codes, and their conversion from and to the SOAP element tree. Pure.
 
-use crate::soap::{Element, MessageWriter};
+use crate::soap::{Element, ItemValue, MessageWriter, NameParts};
+use crate::store::record::StoredItems;
 
 pub const CLIENT_NS: &str = "http://sms.am.tivoli.com";
 pub const ADMIN_NS: &str = "http://admin.sms.am.tivoli.com";
@@ -613,13 +614,47 @@ pub enum Response {
     GetSession {
         result: ResultCode,
         version: u64,
-        data: Vec<DataItem>,
+        data: AnswerItems,
     },
     Execute {
         result: ResultCode,
         groups: Vec<AttributeGroup>,
     },
 }
+
+/// The items of a getSession answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerItems {
+    /// Decoded items (the embedded store, refusals).
+    Items(Vec<DataItem>),
+    /// As the Redis store keeps them: written into the answer from the record itself.
+    Stored(StoredItems),
+}
+
+impl AnswerItems {
+    /// The items, decoded.
+    pub fn into_items(self) -> Vec<DataItem> {
+        match self {
+            AnswerItems::Items(items) => items,
+            AnswerItems::Stored(stored) => stored.to_data_items(),
+        }
+    }
+
+    /// About the bytes the items take in an answer, markup included, so that the answer is
+    /// not copied each time it outgrows its buffer.
+    fn answer_bytes(&self) -> usize {
+        match self {
+            AnswerItems::Items(items) => items
+                .iter()
+                .map(|i| ITEM_MARKUP + i.data_class.len() + i.instance.len() + i.value.as_ref().map_or(0, String::len))
+                .sum(),
+            AnswerItems::Stored(stored) => stored.answer_bytes(ITEM_MARKUP),
+        }
+    }
+}
+
+/// Markup around one item in an answer (about 110 bytes with `ns1:` prefixes).
+const ITEM_MARKUP: usize = 128;
 
 impl Response {
     /// The answer of `operation` carrying only a result code, for refusals.
@@ -644,7 +679,7 @@ impl Response {
             "getSession" => Response::GetSession {
                 result,
                 version: 0,
-                data: Vec::new(),
+                data: AnswerItems::Items(Vec::new()),
             },
             "execute" => Response::Execute {
                 result,
@@ -722,16 +757,22 @@ impl Response {
             }
             Response::GetSession { result, version, data } => {
                 let mut w = open("getSession", CLIENT_NS);
-                // Each item's text plus its markup (about 110 bytes with `ns1:` prefixes).
-                w.reserve(
-                    data.iter()
-                        .map(|i| 128 + i.data_class.len() + i.instance.len() + i.value.as_ref().map_or(0, String::len))
-                        .sum(),
-                );
+                w.reserve(data.answer_bytes());
                 w.number("result", result.code());
                 w.number("version", version);
-                for item in data {
-                    w.data_item(item.value.as_deref(), &item.data_class, &item.instance);
+                match data {
+                    AnswerItems::Items(items) => {
+                        for item in items {
+                            w.data_item(
+                                ItemValue::of(item.value.as_deref()),
+                                NameParts::text(&item.data_class),
+                                NameParts::text(&item.instance),
+                            );
+                        }
+                    }
+                    AnswerItems::Stored(stored) => {
+                        stored.for_each(|item| w.data_item(item.value, item.data_class, item.instance))
+                    }
                 }
                 w.number("stackDepth", 1);
                 close(w, "getSession")
@@ -885,7 +926,7 @@ mod tests {
         let xml = Response::GetSession {
             result: ResultCode::Success,
             version: 3,
-            data: vec![
+            data: AnswerItems::Items(vec![
                 DataItem {
                     data_class: "a".into(),
                     instance: "sms".into(),
@@ -896,7 +937,7 @@ mod tests {
                     instance: "webseal".into(),
                     value: Some(String::new()),
                 },
-            ],
+            ]),
         }
         .to_xml();
         assert!(xml.contains(r#"<ns1:getSessionResponse xmlns:ns1="http://sms.am.tivoli.com"><ns1:getSessionReturn><ns1:result>952467756</ns1:result><ns1:version>3</ns1:version><ns1:data><ns1:value xsi:nil="true"/><ns1:dataClass>a</ns1:dataClass><ns1:instance>sms</ns1:instance></ns1:data><ns1:data><ns1:value></ns1:value>"#), "{xml}");
@@ -907,5 +948,51 @@ mod tests {
         }
         .to_xml();
         assert!(ping.contains("<ns1:pingReturn>952467756</ns1:pingReturn>"), "{ping}");
+    }
+
+    /// The Redis store's answers are written from the record; they must say exactly what the
+    /// decoded items, with the logged changes merged, would.
+    #[test]
+    fn answers_from_a_record_match_answers_from_its_items() {
+        use crate::store::record::{encode_items, StoredItems};
+        let item = |c: &str, i: &str, v: Option<&str>| DataItem {
+            data_class: c.to_string().into(),
+            instance: i.to_string().into(),
+            value: v.map(String::from),
+        };
+        let credential = "QUJD".repeat(512);
+        let record = vec![
+            item("com.tivoli.am.eb.credential", "sms", Some(&credential)),
+            item("com.tivoli.am.eb.last-access", "sms", Some("0x1")),
+            item("com.tivoli.am.webseal.not-known", "webseal", Some("a<b>&\"c\"\r")),
+            item("com.tivoli.am.sms.x&y", "odd<instance>", None),
+            item("plain&class", "sms", Some("")),
+            item("dup", "sms", Some("first")),
+            item("dup", "sms", Some("second")),
+        ];
+        let changes = vec![
+            item("com.tivoli.am.eb.last-access", "sms", Some("0x2")),
+            item("dup", "sms", Some("changed")),
+            item("new", "webseal", Some("<added>")),
+            item("com.tivoli.am.eb.credential", "other", None),
+        ];
+        let mut merged = record.clone();
+        crate::items::merge(&mut merged, changes.clone());
+        let answer = |data| {
+            Response::GetSession {
+                result: ResultCode::Success,
+                version: 9,
+                data,
+            }
+            .to_xml()
+        };
+        let stored = StoredItems::new(encode_items(&record), changes).unwrap();
+        assert_eq!(stored.to_data_items(), merged);
+        assert_eq!(answer(AnswerItems::Stored(stored)), answer(AnswerItems::Items(merged)));
+        let unchanged = StoredItems::new(encode_items(&record), Vec::new()).unwrap();
+        assert_eq!(
+            answer(AnswerItems::Stored(unchanged)),
+            answer(AnswerItems::Items(record))
+        );
     }
 }

@@ -535,13 +535,13 @@ impl SessionService {
         Ok(
             match self
                 .store
-                .get_session(&r.replica_set, &r.session_id, self.settings.read_touch(), self.now())
+                .session_answer(&r.replica_set, &r.session_id, self.settings.read_touch(), self.now())
                 .await?
             {
-                Some(s) => Response::GetSession {
+                Some((version, data)) => Response::GetSession {
                     result: ResultCode::Success,
-                    version: s.version,
-                    data: s.items,
+                    version,
+                    data,
                 },
                 None => Response::refusal("getSession", ResultCode::SessionNotFound),
             },

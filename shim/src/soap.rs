@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use base64::Engine;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
@@ -339,12 +340,29 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
+/// The bytes `escape_into` replaces.
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut n = 0;
+    while n < 5 {
+        table[[b'&', b'<', b'>', b'"', b'\r'][n] as usize] = true;
+        n += 1;
+    }
+    table
+};
+
 /// Escapes text for element content and attribute values.
 pub fn escape_into(out: &mut String, text: &str) {
-    // Nearly every value (credentials in base64, names, numbers) needs no escaping: two
-    // vectorised searches find that out far faster than a look at each byte.
+    // Nearly every value (credentials in base64, names, numbers) needs no escaping. A short
+    // one is looked at byte by byte; for a long one, two vectorised searches find that out far
+    // faster, but their setup costs more than the look at a short value's few bytes.
     let bytes = text.as_bytes();
-    if memchr::memchr3(b'&', b'<', b'>', bytes).is_none() && memchr::memchr2(b'"', b'\r', bytes).is_none() {
+    let clean = if bytes.len() < 64 {
+        !bytes.iter().any(|b| ESCAPED[usize::from(*b)])
+    } else {
+        memchr::memchr3(b'&', b'<', b'>', bytes).is_none() && memchr::memchr2(b'"', b'\r', bytes).is_none()
+    };
+    if clean {
         out.push_str(text);
         return;
     }
@@ -432,21 +450,32 @@ impl MessageWriter {
     /// One session item, `<ns1:data>` with its value (nil kept apart from empty), data class
     /// and instance, escaped. The markup goes in whole pieces: a login's 27 items are written
     /// on every getSession.
-    pub fn data_item(&mut self, value: Option<&str>, class: &str, instance: &str) {
+    pub fn data_item(&mut self, value: ItemValue<'_>, class: NameParts<'_>, instance: NameParts<'_>) {
         match value {
-            Some(v) => {
+            ItemValue::Text(v) => {
                 self.out.push_str("<ns1:data><ns1:value>");
                 escape_into(&mut self.out, v);
                 self.out.push_str("</ns1:value><ns1:dataClass>");
             }
-            None => self
+            ItemValue::Base64(bytes) => {
+                // The base64 alphabet needs no escaping.
+                self.out.push_str("<ns1:data><ns1:value>");
+                base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut self.out);
+                self.out.push_str("</ns1:value><ns1:dataClass>");
+            }
+            ItemValue::Nil => self
                 .out
                 .push_str("<ns1:data><ns1:value xsi:nil=\"true\"/><ns1:dataClass>"),
         }
-        escape_into(&mut self.out, class);
+        self.name(class);
         self.out.push_str("</ns1:dataClass><ns1:instance>");
-        escape_into(&mut self.out, instance);
+        self.name(instance);
         self.out.push_str("</ns1:instance></ns1:data>");
+    }
+
+    fn name(&mut self, name: NameParts<'_>) {
+        self.out.push_str(name.known);
+        escape_into(&mut self.out, name.rest);
     }
 
     pub fn number(&mut self, name: &str, n: impl std::fmt::Display) {
@@ -460,6 +489,56 @@ impl MessageWriter {
         self.close(response_element);
         self.out.push_str(ENVELOPE_CLOSE);
         self.out
+    }
+}
+
+/// The value of a data item as an answer writes it: nil, text, or bytes that go out in base64
+/// (a credential the Redis store keeps decoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemValue<'a> {
+    Nil,
+    Text(&'a str),
+    Base64(&'a [u8]),
+}
+
+impl<'a> ItemValue<'a> {
+    pub fn of(value: Option<&'a str>) -> Self {
+        value.map_or(ItemValue::Nil, ItemValue::Text)
+    }
+}
+
+/// A data class or instance as an answer writes it: a name of the cache's own (a class or
+/// instance WebSEAL sends every time, or the start of one), which needs no escaping, then the
+/// rest, text from a request or a record, which is escaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameParts<'a> {
+    pub known: &'static str,
+    pub rest: &'a str,
+}
+
+impl<'a> NameParts<'a> {
+    /// One of the cache's own names (`dsc::KNOWN_CLASSES`, `KNOWN_INSTANCES`): never escaped.
+    pub const fn known(name: &'static str) -> Self {
+        Self { known: name, rest: "" }
+    }
+
+    /// A name from a request or a record, escaped when written.
+    pub const fn text(name: &'a str) -> Self {
+        Self { known: "", rest: name }
+    }
+
+    /// Whether it spells `name`.
+    pub fn is(&self, name: &str) -> bool {
+        name.len() == self.known.len() + self.rest.len() && name.starts_with(self.known) && name.ends_with(self.rest)
+    }
+
+    /// The name as an item keeps it: shared when it is one of the cache's own.
+    pub fn to_item_name(self) -> crate::dsc::ItemName {
+        match (self.known, self.rest) {
+            (known, "") => crate::dsc::ItemName::Borrowed(known),
+            ("", rest) => crate::dsc::item_name(rest.to_string()),
+            (known, rest) => crate::dsc::ItemName::Owned([known, rest].concat()),
+        }
     }
 }
 
@@ -675,6 +754,21 @@ mod tests {
             let mut out = String::new();
             escape_into(&mut out, text);
             assert_eq!(out, escaped);
+        }
+        // Short and long text are looked at in different ways: both escape.
+        for len in [1, 63, 64, 200] {
+            for (special, escaped) in [
+                ("&", "&amp;"),
+                ("<", "&lt;"),
+                (">", "&gt;"),
+                ("\"", "&quot;"),
+                ("\r", "&#13;"),
+            ] {
+                let before = "a".repeat(len - 1);
+                let mut out = String::new();
+                escape_into(&mut out, &format!("{before}{special}"));
+                assert_eq!(out, format!("{before}{escaped}"), "{len} bytes");
+            }
         }
     }
 }

@@ -573,8 +573,17 @@ async fn updated(store: &dyn Store, id: &str, expected_version: u64, items: &[Da
     store.update_items("default", id, &update).await.unwrap()
 }
 
+/// The session as `get_session` reads it, checked against getSession's own read, which the
+/// Redis store answers from the record without decoding it.
 async fn read(store: &dyn Store, id: &str) -> Option<Session> {
-    store.get_session("default", id, Touch::No, now()).await.unwrap()
+    let session = store.get_session("default", id, Touch::No, now()).await.unwrap();
+    let answer = store.session_answer("default", id, Touch::No, now()).await.unwrap();
+    assert_eq!(
+        answer.map(|(version, items)| (version, items.into_items())),
+        session.as_ref().map(|s| (s.version, s.items.clone())),
+        "getSession's read disagrees with get_session"
+    );
+    session
 }
 
 fn last_access(at: i64) -> DataItem {

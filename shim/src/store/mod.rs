@@ -11,7 +11,7 @@ pub mod sealing;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use crate::dsc::DataItem;
+use crate::dsc::{AnswerItems, DataItem};
 
 /// When a stored session must disappear, as the session rules computed it (skew included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +249,22 @@ pub trait Store: Send + Sync + 'static {
         touch: Touch,
         now: i64,
     ) -> Result<Option<Session>, StoreError>;
+
+    /// getSession's read: the session's version and its items as the answer writes them,
+    /// activity recorded as `touch` says (as `get_session` would). A store may read less for
+    /// it, and leave the items undecoded.
+    async fn session_answer(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        touch: Touch,
+        now: i64,
+    ) -> Result<Option<(u64, AnswerItems)>, StoreError> {
+        Ok(self
+            .get_session(replica_set, session_id, touch, now)
+            .await?
+            .map(|s| (s.version, AnswerItems::Items(s.items))))
+    }
 
     /// Replaces a session that is still the one the change was based on (its incarnation and
     /// `expected_version`). A change of user moves the index entry and applies the limit to

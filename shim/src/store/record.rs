@@ -16,7 +16,8 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::dsc::{item_name, known_class, DataItem, ItemName, KNOWN_CLASSES, KNOWN_INSTANCES};
+use crate::dsc::{known_class, DataItem, KNOWN_CLASSES, KNOWN_INSTANCES};
+use crate::soap::{ItemValue, NameParts};
 
 const FORMAT_PLAIN: u8 = 1;
 const FORMAT_COMPACT: u8 = 2;
@@ -95,50 +96,194 @@ fn exact_base64(text: &str) -> Option<Vec<u8>> {
 }
 
 pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
-    let (&format, mut rest) = bytes.split_first().ok_or(RecordError::Truncated)?;
     // A WebSEAL login carries about 27 items.
     let mut items = Vec::with_capacity(32);
-    match format {
-        FORMAT_PLAIN => {
-            while !rest.is_empty() {
-                let data_class = item_name(take_string(&mut rest)?);
-                let instance = item_name(take_string(&mut rest)?);
-                let value = match take_byte(&mut rest)? {
-                    0 => None,
-                    1 => Some(take_string(&mut rest)?),
-                    tag => return Err(RecordError::UnknownTag(tag.into())),
-                };
-                items.push(DataItem {
-                    data_class,
-                    instance,
-                    value,
-                });
-            }
-        }
-        FORMAT_COMPACT => {
-            while !rest.is_empty() {
-                let data_class = take_class(&mut rest)?;
-                let instance = match take_byte(&mut rest)? {
-                    0 => ItemName::Owned(take_string(&mut rest)?),
-                    i @ 1..=2 => ItemName::Borrowed(KNOWN_INSTANCES[i as usize - 1]),
-                    tag => return Err(RecordError::UnknownTag(tag.into())),
-                };
-                let value = match take_byte(&mut rest)? {
-                    0 => None,
-                    1 => Some(take_string(&mut rest)?),
-                    2 => Some(STANDARD.encode(take_bytes(&mut rest)?)),
-                    tag => return Err(RecordError::UnknownTag(tag.into())),
-                };
-                items.push(DataItem {
-                    data_class,
-                    instance,
-                    value,
-                });
-            }
-        }
-        other => return Err(RecordError::UnknownFormat(other)),
+    for item in stored_items(bytes)? {
+        items.push(item?.to_data_item());
     }
     Ok(items)
+}
+
+/// One item as a record holds it, borrowed from the record: what an answer writes without
+/// building a `DataItem` (see `StoredItems`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredItem<'a> {
+    pub data_class: NameParts<'a>,
+    pub instance: NameParts<'a>,
+    pub value: ItemValue<'a>,
+}
+
+impl StoredItem<'_> {
+    pub fn to_data_item(self) -> DataItem {
+        DataItem {
+            data_class: self.data_class.to_item_name(),
+            instance: self.instance.to_item_name(),
+            value: match self.value {
+                ItemValue::Nil => None,
+                ItemValue::Text(t) => Some(t.to_string()),
+                ItemValue::Base64(b) => Some(STANDARD.encode(b)),
+            },
+        }
+    }
+}
+
+/// The items of a record in order, each read as it is asked for.
+pub fn stored_items(bytes: &[u8]) -> Result<StoredItemIter<'_>, RecordError> {
+    let (&format, rest) = bytes.split_first().ok_or(RecordError::Truncated)?;
+    match format {
+        FORMAT_PLAIN | FORMAT_COMPACT => Ok(StoredItemIter {
+            rest,
+            compact: format == FORMAT_COMPACT,
+        }),
+        other => Err(RecordError::UnknownFormat(other)),
+    }
+}
+
+pub struct StoredItemIter<'a> {
+    rest: &'a [u8],
+    compact: bool,
+}
+
+impl<'a> Iterator for StoredItemIter<'a> {
+    type Item = Result<StoredItem<'a>, RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let item = if self.compact {
+            take_compact_item(&mut self.rest)
+        } else {
+            take_plain_item(&mut self.rest)
+        };
+        if item.is_err() {
+            // Nothing after a damaged item can be trusted to start where it seems to.
+            self.rest = &[];
+        }
+        Some(item)
+    }
+}
+
+fn take_plain_item<'a>(rest: &mut &'a [u8]) -> Result<StoredItem<'a>, RecordError> {
+    let data_class = NameParts::text(take_str(rest)?);
+    let instance = NameParts::text(take_str(rest)?);
+    let value = match take_byte(rest)? {
+        0 => ItemValue::Nil,
+        1 => ItemValue::Text(take_str(rest)?),
+        tag => return Err(RecordError::UnknownTag(tag.into())),
+    };
+    Ok(StoredItem {
+        data_class,
+        instance,
+        value,
+    })
+}
+
+fn take_compact_item<'a>(rest: &mut &'a [u8]) -> Result<StoredItem<'a>, RecordError> {
+    let data_class = take_class(rest)?;
+    let instance = match take_byte(rest)? {
+        0 => NameParts::text(take_str(rest)?),
+        i @ 1..=2 => NameParts::known(KNOWN_INSTANCES[i as usize - 1]),
+        tag => return Err(RecordError::UnknownTag(tag.into())),
+    };
+    let value = match take_byte(rest)? {
+        0 => ItemValue::Nil,
+        1 => ItemValue::Text(take_str(rest)?),
+        2 => ItemValue::Base64(take_bytes(rest)?),
+        tag => return Err(RecordError::UnknownTag(tag.into())),
+    };
+    Ok(StoredItem {
+        data_class,
+        instance,
+        value,
+    })
+}
+
+/// A session's items for a getSession answer, as the Redis store read them: the record and
+/// the changes logged since, written into the answer straight from the record's bytes, with
+/// no `DataItem` built for the record's items and the credential encoded once, into the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredItems {
+    record: Vec<u8>,
+    /// The logged changes merged in order (`items::merge`): each replaces the first record
+    /// item of its class and instance, or follows the record's items.
+    changes: Vec<DataItem>,
+    /// How many items the record holds, and the bytes of their names and values as written.
+    items: usize,
+    text_bytes: usize,
+}
+
+impl StoredItems {
+    /// Checks the whole record first, so that writing it cannot meet a damaged item halfway.
+    pub fn new(record: Vec<u8>, changes: Vec<DataItem>) -> Result<Self, RecordError> {
+        let (mut items, mut text_bytes) = (0, 0);
+        for item in stored_items(&record)? {
+            let item = item?;
+            items += 1;
+            text_bytes += item.data_class.known.len()
+                + item.data_class.rest.len()
+                + item.instance.known.len()
+                + item.instance.rest.len()
+                + match item.value {
+                    ItemValue::Nil => 0,
+                    ItemValue::Text(t) => t.len(),
+                    ItemValue::Base64(b) => b.len().div_ceil(3) * 4,
+                };
+        }
+        Ok(Self {
+            record,
+            changes,
+            items,
+            text_bytes,
+        })
+    }
+
+    /// About the bytes the items take in an answer, with `markup` bytes around each.
+    pub fn answer_bytes(&self, markup: usize) -> usize {
+        let changes: usize = self
+            .changes
+            .iter()
+            .map(|c| markup + c.data_class.len() + c.instance.len() + c.value.as_ref().map_or(0, String::len))
+            .sum();
+        self.text_bytes + self.items * markup + changes
+    }
+
+    /// The items in answer order, as `items::merge` of the changes into the decoded record
+    /// would give them.
+    pub fn for_each(&self, mut write: impl FnMut(StoredItem<'_>)) {
+        let mut applied = vec![false; self.changes.len()];
+        // `new` checked every item: none of these is an error.
+        for item in stored_items(&self.record).into_iter().flatten().flatten() {
+            let change =
+                self.changes.iter().enumerate().position(|(n, c)| {
+                    !applied[n] && item.data_class.is(&c.data_class) && item.instance.is(&c.instance)
+                });
+            match change {
+                Some(n) => {
+                    applied[n] = true;
+                    write(StoredItem {
+                        value: ItemValue::of(self.changes[n].value.as_deref()),
+                        ..item
+                    });
+                }
+                None => write(item),
+            }
+        }
+        for (change, _) in self.changes.iter().zip(&applied).filter(|(_, applied)| !**applied) {
+            write(StoredItem {
+                data_class: NameParts::text(&change.data_class),
+                instance: NameParts::text(&change.instance),
+                value: ItemValue::of(change.value.as_deref()),
+            });
+        }
+    }
+
+    /// The items decoded, as `decode_items` and `items::merge` give them.
+    pub fn to_data_items(&self) -> Vec<DataItem> {
+        let mut items = Vec::with_capacity(32);
+        self.for_each(|item| items.push(item.to_data_item()));
+        items
+    }
 }
 
 /// One change as it goes into a record's change log (see `redis`): its stored bytes behind
@@ -158,19 +303,18 @@ pub fn log_entries(mut log: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
     Ok(entries)
 }
 
-fn take_class(rest: &mut &[u8]) -> Result<ItemName, RecordError> {
+fn take_class<'a>(rest: &mut &'a [u8]) -> Result<NameParts<'a>, RecordError> {
     let tag = take_varint(rest)?;
     match tag {
-        0 => take_string(rest).map(ItemName::Owned),
-        1..=3 => Ok(ItemName::Owned(format!(
-            "{}{}",
-            CLASS_PREFIXES[tag as usize - 1],
-            take_string(rest)?
-        ))),
+        0 => Ok(NameParts::text(take_str(rest)?)),
+        1..=3 => Ok(NameParts {
+            known: CLASS_PREFIXES[tag as usize - 1],
+            rest: take_str(rest)?,
+        }),
         t => KNOWN_CLASSES
             .get((t as usize).wrapping_sub(WELL_KNOWN_BASE))
             .filter(|_| t as usize >= WELL_KNOWN_BASE)
-            .map(|c| ItemName::Borrowed(*c))
+            .map(|c| NameParts::known(c))
             .ok_or(RecordError::UnknownTag(t)),
     }
 }
@@ -220,8 +364,8 @@ fn take_bytes<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], RecordError> {
     Ok(bytes)
 }
 
-fn take_string(rest: &mut &[u8]) -> Result<String, RecordError> {
-    String::from_utf8(take_bytes(rest)?.to_vec()).map_err(|_| RecordError::NotUtf8)
+fn take_str<'a>(rest: &mut &'a [u8]) -> Result<&'a str, RecordError> {
+    std::str::from_utf8(take_bytes(rest)?).map_err(|_| RecordError::NotUtf8)
 }
 
 #[cfg(test)]

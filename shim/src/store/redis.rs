@@ -40,13 +40,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use tokio::sync::{broadcast, Mutex, RwLock};
 
-use super::record::{decode_items, encode_items, log_entries, log_entry};
+use super::record::{decode_items, encode_items, log_entries, log_entry, StoredItems};
 use super::sealing::{KeyRing, Mode, Sealing};
 use super::{
     CreateOutcome, ItemUpdate, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation,
     ServerHealth, Session, SessionLimit, SessionVisitor, Store, StoreError, Touch, UpdateOutcome, UserVisitor,
 };
-use crate::dsc::DataItem;
+use crate::dsc::{AnswerItems, DataItem};
 use crate::items::{merge, user_key_item};
 
 /// How to reach Redis.
@@ -514,6 +514,32 @@ impl RedisStore {
         self.decode_session(replica_set, session_id, fields)
     }
 
+    /// After a read found the session live: records the activity when `touch` says it is due.
+    /// Answers whether the session is still live: an idle decision through another shim may
+    /// have ended it between the read and the touch, and the touch then leaves it ended.
+    async fn touch_if_due(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        touch: Touch,
+        touched: i64,
+        now: i64,
+        conn: &mut ConnectionManager,
+    ) -> Result<bool, StoreError> {
+        if !touch.due(touched, now) {
+            return Ok(true);
+        }
+        let live: i64 = self
+            .scripts
+            .touch
+            .key(self.session_key(replica_set, session_id))
+            .arg(now)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(live != 0)
+    }
+
     /// Which of `ids` name live sessions of `user` at `now`, in their order. An index entry
     /// may outlive its session, or name an ID re-created for someone else.
     async fn live_of_user(
@@ -592,6 +618,10 @@ impl RedisStore {
 /// The fields of a session hash, in the order `decode_session` reads them.
 const SESSION_FIELDS: [&str; 11] = ["v", "d", "e", "i", "t", "c", "u", "n", "r", "xv", "x"];
 
+/// The fields getSession's answer reads, in the order `decode_answer` takes them: each more
+/// field costs the Redis client's reply parser about as much as a small command's whole reply.
+const ANSWER_FIELDS: [&str; 7] = ["v", "d", "e", "i", "t", "xv", "x"];
+
 /// A change log longer than this is merged into the record instead (a replacement): every
 /// read replays the log, so it stays a few entries (about 16 last-access updates, 5 sealed).
 const MAX_CHANGE_LOG: usize = 256;
@@ -639,6 +669,45 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A stored number field, or an error naming it.
+fn number_field(b: Option<&[u8]>, name: &str) -> Result<i64, StoreError> {
+    let b = b.ok_or_else(|| StoreError::Corrupt(format!("session field {name} is missing")))?;
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("session field {name} is not a number")))
+}
+
+/// A session's items from its `d`, `xv` and `x` fields: the record, opened, and the change log
+/// while it counts. `None` when the record or a logged change does not open.
+fn stored_items(
+    version_field: &[u8],
+    record: Option<Vec<u8>>,
+    logged_to: Option<Vec<u8>>,
+    log: Option<Vec<u8>>,
+    open: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
+    open_change: impl Fn(Vec<u8>) -> Option<Vec<u8>>,
+) -> Result<Option<StoredItems>, StoreError> {
+    let corrupt = |e: super::record::RecordError| StoreError::Corrupt(e.to_string());
+    let Some(record) = open(record.unwrap_or_default()) else {
+        return Ok(None);
+    };
+    // The change log counts only while it brought the record to its version: a replacement
+    // by a shim that knows no log leaves one behind, older than the items it wrote.
+    let mut changes = Vec::new();
+    if let (Some(log), true) = (log, logged_to.as_deref() == Some(version_field)) {
+        for entry in log_entries(&log).map_err(corrupt)? {
+            let Some(change) = open_change(entry.to_vec()) else {
+                return Ok(None);
+            };
+            merge(&mut changes, decode_items(&change).map_err(corrupt)?);
+        }
+    }
+    StoredItems::new(record, changes).map(Some).map_err(corrupt)
+}
+
+/// A session from its hash fields (`SESSION_FIELDS`); `None` when absent, or when its items do
+/// not open.
 fn decode_session(
     fields: Vec<Option<Vec<u8>>>,
     open: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
@@ -647,23 +716,12 @@ fn decode_session(
     let mut f = fields.into_iter();
     let mut next = || f.next().flatten();
     let Some(version_field) = next() else { return Ok(None) };
-    let number = |b: Option<&[u8]>, name: &str| -> Result<i64, StoreError> {
-        let b = b.ok_or_else(|| StoreError::Corrupt(format!("session field {name} is missing")))?;
-        std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("session field {name} is not a number")))
-    };
-    let version = number(Some(&version_field), "v")? as u64;
-    let Some(items) = open(next().unwrap_or_default()) else {
-        return Ok(None);
-    };
-    let corrupt = |e: super::record::RecordError| StoreError::Corrupt(e.to_string());
-    let mut items = decode_items(&items).map_err(corrupt)?;
-    let ends_at = number(next().as_deref(), "e")?;
-    let idle_secs = number(next().as_deref(), "i")?;
-    let touched = number(next().as_deref(), "t")?;
-    let created = number(next().as_deref(), "c")?;
+    let version = number_field(Some(&version_field), "v")? as u64;
+    let record = next();
+    let ends_at = number_field(next().as_deref(), "e")?;
+    let idle_secs = number_field(next().as_deref(), "i")?;
+    let touched = number_field(next().as_deref(), "t")?;
+    let created = number_field(next().as_deref(), "c")?;
     let user = next().and_then(|u| String::from_utf8(u).ok()).filter(|u| !u.is_empty());
     // Records written before incarnations and creators were kept have neither.
     let incarnation = match next() {
@@ -674,26 +732,50 @@ fn decode_session(
         None => 0,
     };
     let creator = next().and_then(|r| String::from_utf8(r).ok()).unwrap_or_default();
-    // The change log counts only while it brought the record to its version: a replacement
-    // by a shim that knows no log leaves one behind, older than the items it wrote.
-    let logged_to = next();
-    if let (Some(log), true) = (next(), logged_to.as_ref() == Some(&version_field)) {
-        for entry in log_entries(&log).map_err(corrupt)? {
-            let Some(change) = open_change(entry.to_vec()) else {
-                return Ok(None);
-            };
-            merge(&mut items, decode_items(&change).map_err(corrupt)?);
-        }
-    }
+    let Some(items) = stored_items(&version_field, record, next(), next(), open, open_change)? else {
+        return Ok(None);
+    };
     Ok(Some(Session {
         version,
-        items,
+        items: items.to_data_items(),
         lifetime: Lifetime { ends_at, idle_secs },
         touched,
         created,
         user,
         incarnation,
         creator,
+    }))
+}
+
+/// What getSession's answer needs of a session (`ANSWER_FIELDS`).
+struct AnswerFields {
+    version: u64,
+    items: StoredItems,
+    lifetime: Lifetime,
+    touched: i64,
+}
+
+fn decode_answer(
+    fields: Vec<Option<Vec<u8>>>,
+    open: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
+    open_change: impl Fn(Vec<u8>) -> Option<Vec<u8>>,
+) -> Result<Option<AnswerFields>, StoreError> {
+    let mut f = fields.into_iter();
+    let mut next = || f.next().flatten();
+    let Some(version_field) = next() else { return Ok(None) };
+    let version = number_field(Some(&version_field), "v")? as u64;
+    let record = next();
+    let ends_at = number_field(next().as_deref(), "e")?;
+    let idle_secs = number_field(next().as_deref(), "i")?;
+    let touched = number_field(next().as_deref(), "t")?;
+    let Some(items) = stored_items(&version_field, record, next(), next(), open, open_change)? else {
+        return Ok(None);
+    };
+    Ok(Some(AnswerFields {
+        version,
+        items,
+        lifetime: Lifetime { ends_at, idle_secs },
+        touched,
     }))
 }
 
@@ -787,22 +869,39 @@ impl Store for RedisStore {
         else {
             return Ok(None);
         };
-        if touch.due(session.touched, now) {
-            // Ended between the read and the touch (an idle decision through another shim):
-            // not found, as the touch left it ended.
-            let live: i64 = self
-                .scripts
-                .touch
-                .key(self.session_key(replica_set, session_id))
-                .arg(now)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-            if live == 0 {
-                return Ok(None);
-            }
-        }
-        Ok(Some(session))
+        let live = self
+            .touch_if_due(replica_set, session_id, touch, session.touched, now, &mut conn)
+            .await?;
+        Ok(live.then_some(session))
+    }
+
+    async fn session_answer(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        touch: Touch,
+        now: i64,
+    ) -> Result<Option<(u64, AnswerItems)>, StoreError> {
+        // As get_session, reading only what the answer needs and leaving the record encoded.
+        let mut conn = self.conn().await?;
+        let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.session_key(replica_set, session_id))
+            .arg(&ANSWER_FIELDS)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let Some(answer) = decode_answer(
+            fields,
+            |stored| self.sealing.open(replica_set, session_id, stored),
+            |stored| self.sealing.open_change(replica_set, session_id, stored),
+        )?
+        .filter(|a| a.lifetime.expires_at(a.touched) > now) else {
+            return Ok(None);
+        };
+        let live = self
+            .touch_if_due(replica_set, session_id, touch, answer.touched, now, &mut conn)
+            .await?;
+        Ok(live.then_some((answer.version, AnswerItems::Stored(answer.items))))
     }
 
     async fn replace_session(

@@ -1,17 +1,16 @@
 //! SOAP 1.1 envelopes: reading a request into a small element tree, writing answers in the
 //! shape WebSEAL accepts, and faults. Pure: no I/O, so it can be fuzzed on its own.
 //!
-//! Reading resolves names by namespace URI, never by prefix, and refuses DOCTYPE declarations
-//! outright: no entity other than XML's five predefined ones and character references is ever
+//! Reading resolves names by namespace URI, never by prefix (with its own scope of declarations
+//! on quick-xml's plain reader: one pass over an element's attributes instead of three), and
+//! refuses DOCTYPE declarations outright: no entity other than XML's five predefined ones and character references is ever
 //! expanded, and nothing is ever fetched.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use base64::Engine;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 pub const ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 pub const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
@@ -29,12 +28,11 @@ const MAX_NAMESPACE_DECLARATIONS: usize = 256;
 
 /// One element of the operation inside `Body`: its namespace and local name, whether it
 /// carried `xsi:nil="true"`, its text (character data of this element only) and children.
-/// Names and text borrow from the request body; text is copied only where a character or
-/// entity reference had to be resolved.
+/// Names, text and namespaces borrow from the request body; they are copied only where a
+/// character or entity reference had to be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element<'a> {
-    /// Shared between elements: a message names one or two namespaces, not one per element.
-    pub namespace: Option<Arc<str>>,
+    pub namespace: Option<Cow<'a, str>>,
     pub name: Cow<'a, str>,
     pub nil: bool,
     pub text: Cow<'a, str>,
@@ -55,7 +53,7 @@ impl<'a> Element<'a> {
     /// The same tree, owning its names and text (for a tree kept past its body).
     pub fn into_owned(self) -> Element<'static> {
         Element {
-            namespace: self.namespace,
+            namespace: self.namespace.map(|n| Cow::Owned(n.into_owned())),
             name: Cow::Owned(self.name.into_owned()),
             nil: self.nil,
             text: Cow::Owned(self.text.into_owned()),
@@ -98,10 +96,104 @@ pub enum EnvelopeError {
     UnknownEntity(String),
 }
 
+/// The namespace every `xml:` name is in, bound without a declaration.
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// The namespace declarations in scope, innermost last, each with the depth of the element
+/// that made it. A DSC message makes a handful, so a look back from the end beats a map; and
+/// the declared URIs borrow from the body, so resolving a name copies nothing.
+#[derive(Default)]
+struct Scope<'a> {
+    bindings: Vec<(usize, &'a str, Cow<'a, str>)>,
+}
+
+impl<'a> Scope<'a> {
+    /// The namespace of `prefix` ("" for the default namespace): `Ok(None)` for none.
+    fn resolve(&self, prefix: &str) -> Result<Option<Cow<'a, str>>, EnvelopeError> {
+        match self.bindings.iter().rev().find(|(_, p, _)| *p == prefix) {
+            Some((_, _, uri)) if uri.is_empty() => Ok(None),
+            Some((_, _, uri)) => Ok(Some(uri.clone())),
+            None => match prefix {
+                "" => Ok(None),
+                "xml" => Ok(Some(Cow::Borrowed(XML_NS))),
+                other => Err(EnvelopeError::Malformed(format!(
+                    "the prefix {} is not declared",
+                    truncate(other, 40)
+                ))),
+            },
+        }
+    }
+
+    /// Forgets the declarations made at `depth` or deeper: their element has closed.
+    fn leave(&mut self, depth: usize) {
+        while self.bindings.last().is_some_and(|(d, _, _)| *d >= depth) {
+            self.bindings.pop();
+        }
+    }
+}
+
+/// What an element's attributes say that matters here: the namespaces it declares (into the
+/// scope) and its `xsi:nil`, if it has one, as (prefix, value).
+fn read_attributes<'a>(
+    body: &'a str,
+    start: &BytesStart,
+    depth: usize,
+    scope: &mut Scope<'a>,
+    declarations: &mut usize,
+) -> Result<Option<(&'a str, Cow<'a, str>)>, EnvelopeError> {
+    // Most elements of a DSC message carry none: this spares them any pass over nothing.
+    if start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    // Counted before the full check, which compares every attribute with every other.
+    if start.attributes().with_checks(false).take(MAX_ATTRIBUTES + 1).count() > MAX_ATTRIBUTES {
+        return Err(EnvelopeError::TooManyAttributes);
+    }
+    let mut nil = None;
+    for attr in start.attributes() {
+        let attr = attr.map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let key = borrowed_from(body, attr.key.as_ref())
+            .ok_or_else(|| EnvelopeError::Malformed("an attribute name is not part of the body".into()))?;
+        let value = || -> Result<Cow<'a, str>, EnvelopeError> {
+            match borrowed_from(body, &attr.value) {
+                Some(raw) if !raw.contains('&') => Ok(Cow::Borrowed(raw)),
+                _ => attr
+                    .unescape_value()
+                    .map(|v| Cow::Owned(v.into_owned()))
+                    .map_err(|e| EnvelopeError::Malformed(e.to_string())),
+            }
+        };
+        let declared = match key.split_once(':') {
+            None if key == "xmlns" => Some(""),
+            Some(("xmlns", prefix)) => Some(prefix),
+            Some((prefix, "nil")) => {
+                nil = Some((prefix, value()?));
+                None
+            }
+            _ => None,
+        };
+        if let Some(prefix) = declared {
+            let uri = value()?;
+            if prefix == "xmlns" || (!prefix.is_empty() && uri.is_empty()) {
+                return Err(EnvelopeError::Malformed(format!(
+                    "the namespace declaration {} is not allowed",
+                    truncate(key, 40)
+                )));
+            }
+            *declarations += 1;
+            if *declarations > MAX_NAMESPACE_DECLARATIONS {
+                return Err(EnvelopeError::TooManyNamespaces);
+            }
+            scope.bindings.push((depth, prefix, uri));
+        }
+    }
+    Ok(nil)
+}
+
 /// Reads a SOAP 1.1 envelope and returns the first element inside its `Body`.
 pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
     let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
-    let mut reader = NsReader::from_str(text);
+    let mut reader = Reader::from_str(text);
     reader.config_mut().expand_empty_elements = false;
     reader.config_mut().check_end_names = true;
 
@@ -114,18 +206,12 @@ pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
     // Open elements of the whole document, also past the operation (`stack` stops there).
     let mut depth = 0usize;
     let mut namespace_declarations = 0usize;
-    // The namespace of the element before: nearly every element shares it.
-    let mut last_namespace: Option<Arc<str>> = None;
+    let mut scope = Scope::default();
 
     loop {
-        let (ns, event) = reader
-            .read_resolved_event()
+        let event = reader
+            .read_event()
             .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        // Owned now, so that `reader` can resolve attribute names below.
-        let namespace = match event {
-            Event::Start(_) | Event::Empty(_) => shared_namespace(&ns, &mut last_namespace)?,
-            _ => None,
-        };
         match event {
             Event::DocType(_) => return Err(EnvelopeError::Doctype),
             Event::Start(ref start) | Event::Empty(ref start) => {
@@ -142,17 +228,37 @@ pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
                 if depth >= MAX_DEPTH {
                     return Err(EnvelopeError::TooDeep);
                 }
-                namespace_declarations += count_attributes(start)?;
-                if namespace_declarations > MAX_NAMESPACE_DECLARATIONS {
-                    return Err(EnvelopeError::TooManyNamespaces);
+                let nil = read_attributes(text, start, depth, &mut scope, &mut namespace_declarations)?;
+                let qualified = borrowed_from(text, start.name().as_ref())
+                    .ok_or_else(|| EnvelopeError::Malformed("an element name is not part of the body".into()))?;
+                let (prefix, name) = qualified.split_once(':').unwrap_or(("", qualified));
+                if prefix == "xmlns" {
+                    return Err(EnvelopeError::Malformed(
+                        "an element is named with the prefix xmlns".into(),
+                    ));
                 }
-                if !is_empty {
+                let namespace = scope.resolve(prefix)?;
+                // Resolved before an empty element's own declarations go out of scope.
+                let nil = nil.is_some_and(|(nil_prefix, value)| {
+                    scope.resolve(nil_prefix).ok().flatten().as_deref() == Some(XSI_NS)
+                        && matches!(value.trim(), "true" | "1")
+                });
+                let element_depth = depth;
+                if is_empty {
+                    scope.leave(element_depth);
+                } else {
                     depth += 1;
                 }
                 if operation.is_some() {
                     continue;
                 }
-                let element = open_element(&reader, text, namespace, start)?;
+                let element = Element {
+                    namespace,
+                    name: Cow::Borrowed(name),
+                    nil,
+                    text: Cow::Borrowed(""),
+                    children: Vec::new(),
+                };
                 let in_envelope = element.namespace.as_deref() == Some(ENVELOPE_NS);
                 if !seen_root {
                     seen_root = true;
@@ -169,6 +275,7 @@ pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
             }
             Event::End(_) => {
                 depth = depth.saturating_sub(1);
+                scope.leave(depth);
                 if operation.is_none() {
                     close_element(&mut stack, body_depth, &mut operation);
                 }
@@ -216,70 +323,6 @@ pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
     operation.ok_or(EnvelopeError::NoOperation)
 }
 
-/// The element's namespace, the one of the element before when it is the same.
-fn shared_namespace(ns: &ResolveResult, last: &mut Option<Arc<str>>) -> Result<Option<Arc<str>>, EnvelopeError> {
-    match ns {
-        ResolveResult::Bound(n) => {
-            let uri = n.as_ref();
-            match last {
-                Some(known) if known.as_bytes() == uri => {}
-                _ => *last = Some(Arc::from(String::from_utf8_lossy(uri))),
-            }
-            Ok(last.clone())
-        }
-        ResolveResult::Unbound => Ok(None),
-        ResolveResult::Unknown(p) => Err(EnvelopeError::Malformed(format!(
-            "the prefix {} is not declared",
-            truncate(&String::from_utf8_lossy(p), 40)
-        ))),
-    }
-}
-
-/// Refuses an element with too many attributes before anything looks at them one by one;
-/// answers how many namespaces it declares.
-fn count_attributes(start: &BytesStart) -> Result<usize, EnvelopeError> {
-    if !has_attributes(start) {
-        return Ok(0);
-    }
-    let mut attributes = 0;
-    let mut declarations = 0;
-    for attr in start.attributes().with_checks(false) {
-        // A malformed attribute is reported by the full check in `open_element`.
-        let Ok(attr) = attr else { break };
-        attributes += 1;
-        if attributes > MAX_ATTRIBUTES {
-            return Err(EnvelopeError::TooManyAttributes);
-        }
-        if attr.key.as_namespace_binding().is_some() {
-            declarations += 1;
-        }
-    }
-    Ok(declarations)
-}
-
-/// Most elements of a DSC message carry none: this spares them two passes over nothing.
-fn has_attributes(start: &BytesStart) -> bool {
-    !start.attributes_raw().iter().all(u8::is_ascii_whitespace)
-}
-
-fn open_element<'a>(
-    reader: &NsReader<&[u8]>,
-    body: &'a str,
-    namespace: Option<Arc<str>>,
-    start: &BytesStart,
-) -> Result<Element<'a>, EnvelopeError> {
-    let local = start.local_name();
-    let name = borrowed_from(body, local.as_ref())
-        .ok_or_else(|| EnvelopeError::Malformed("an element name is not part of the body".into()))?;
-    Ok(Element {
-        namespace,
-        name: Cow::Borrowed(name),
-        nil: has_attributes(start) && is_nil(reader, start)?,
-        text: Cow::Borrowed(""),
-        children: Vec::new(),
-    })
-}
-
 /// Character data as the piece of the body it is; copied only if it were not part of it.
 fn text_piece<'a>(body: &'a str, raw: &[u8]) -> Result<Cow<'a, str>, EnvelopeError> {
     match borrowed_from(body, raw) {
@@ -295,26 +338,6 @@ fn text_piece<'a>(body: &'a str, raw: &[u8]) -> Result<Cow<'a, str>, EnvelopeErr
 fn borrowed_from<'a>(body: &'a str, part: &[u8]) -> Option<&'a str> {
     let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     body.get(start..start.checked_add(part.len())?)
-}
-
-/// Whether the element carries `xsi:nil="true"` (or `"1"`).
-fn is_nil(reader: &NsReader<&[u8]>, start: &BytesStart) -> Result<bool, EnvelopeError> {
-    let mut nil = false;
-    for attr in start.attributes() {
-        let attr = attr.map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        let (attr_ns, local) = reader.resolve_attribute(attr.key);
-        if local.as_ref() == b"nil" {
-            if let ResolveResult::Bound(n) = attr_ns {
-                if n.as_ref() == XSI_NS.as_bytes() {
-                    let value = attr
-                        .unescape_value()
-                        .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-                    nil = matches!(value.trim(), "true" | "1");
-                }
-            }
-        }
-    }
-    Ok(nil)
 }
 
 /// Pops the innermost open element into its parent; the first element closed directly inside
@@ -611,6 +634,48 @@ mod tests {
         assert_eq!(op.namespace.as_deref(), Some(OP_NS));
         assert!(op.child("ssoSource").unwrap().nil);
         assert!(!op.child("replica").unwrap().nil);
+    }
+
+    #[test]
+    fn declarations_hold_where_they_are_made() {
+        // A default namespace, undeclared again inside; a nil whose prefix the element itself
+        // declares; the implicit xml prefix.
+        let body = envelope(&format!(
+            r#"<op xmlns="{OP_NS}"><v i:nil="1" xmlns:i="{XSI_NS}"/><w xml:lang="en">x</w><u xmlns=""/></op>"#
+        ));
+        let op = read_operation(body.as_bytes()).unwrap();
+        assert_eq!(op.namespace.as_deref(), Some(OP_NS));
+        assert!(op.child("v").unwrap().nil);
+        assert_eq!(op.child("w").unwrap().namespace.as_deref(), Some(OP_NS));
+        assert_eq!(op.child("u").unwrap().namespace, None);
+        // A prefix declared on one element is gone after it closes, empty or not.
+        for sibling in [r#"<a:x xmlns:b="urn:b"/>"#, r#"<a:x xmlns:b="urn:b"></a:x>"#] {
+            let body = envelope(&format!(r#"<a:op xmlns:a="{OP_NS}">{sibling}<b:y/></a:op>"#));
+            assert!(
+                matches!(read_operation(body.as_bytes()), Err(EnvelopeError::Malformed(m)) if m.contains("prefix b")),
+                "{sibling}"
+            );
+        }
+        // A nil in another namespace is no nil; a URI may carry references.
+        let body = envelope(&format!(
+            r#"<a:op xmlns:a="{OP_NS}" xmlns:n="urn:other"><a:v n:nil="true"/><a:w xmlns:c="http://sms.am.tivoli&#46;com"/></a:op>"#
+        ));
+        let op = read_operation(body.as_bytes()).unwrap();
+        assert!(!op.child("v").unwrap().nil);
+        for refused in [
+            r#"<a:op xmlns:a="urn:a" xmlns:e=""/>"#,
+            r#"<a:op xmlns:a="urn:a" xmlns:xmlns="urn:x"/>"#,
+            r#"<a:op xmlns:a="urn:a" b="1" b="2"/>"#,
+            r#"<xmlns:op/>"#,
+        ] {
+            assert!(
+                matches!(
+                    read_operation(envelope(refused).as_bytes()),
+                    Err(EnvelopeError::Malformed(_))
+                ),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use redsess_shim::dsc::{self, AnswerItems, DataItem, Endpoint, Request, Response, ResultCode};
-use redsess_shim::store::record::{self, StoredItems};
+use redsess_shim::store::record::{self, ItemsMarkup};
 use redsess_shim::soap::{self, FaultCode};
 
 fuzz_target!(|data: &[u8]| {
@@ -60,11 +60,11 @@ fn items_read_back(items: &[DataItem]) {
     }
     .to_xml();
     // The Redis store's answer, written from the record, says the same.
-    let stored = StoredItems::new(record::encode_items(items), Vec::new()).expect("an encoded record reads back");
+    let stored = ItemsMarkup::write(&record::encode_items(items), &[]).expect("an encoded record reads back");
     let from_record = Response::GetSession {
         result: ResultCode::Success,
         version: 1,
-        data: AnswerItems::Stored(stored),
+        data: AnswerItems::Written(stored),
     }
     .to_xml();
     assert_eq!(from_record, written);

@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use redsess_shim::client::Reply;
 use redsess_shim::dsc::{self, AnswerItems, DataItem, Endpoint, Request, ResultCode};
 use redsess_shim::soap;
-use redsess_shim::store::record::{self, StoredItems};
+use redsess_shim::store::record::{self, ItemsMarkup};
 use redsess_shim::store::sealing::{new_key_line, KeyRing, Mode, Sealing};
 use std::hint::black_box;
 
@@ -184,7 +184,7 @@ fn benches(c: &mut Criterion) {
     let from_record = |plain: &[u8]| dsc::Response::GetSession {
         result: ResultCode::Success,
         version: 7,
-        data: AnswerItems::Stored(StoredItems::new(plain.to_vec(), Vec::new()).unwrap()),
+        data: AnswerItems::Written(ItemsMarkup::write(plain, &[]).unwrap()),
     };
     assert_eq!(from_record(&plain).to_xml(), answer_xml);
     write_group.bench_function(

@@ -2,7 +2,7 @@
 //! codes, and their conversion from and to the SOAP element tree. Pure.
 
 use crate::soap::{Element, ItemValue, MessageWriter, NameParts};
-use crate::store::record::StoredItems;
+use crate::store::record::ItemsMarkup;
 
 pub const CLIENT_NS: &str = "http://sms.am.tivoli.com";
 pub const ADMIN_NS: &str = "http://admin.sms.am.tivoli.com";
@@ -627,19 +627,11 @@ pub enum Response {
 pub enum AnswerItems {
     /// Decoded items (the embedded store, refusals).
     Items(Vec<DataItem>),
-    /// As the Redis store keeps them: written into the answer from the record itself.
-    Stored(StoredItems),
+    /// Written already, from the Redis store's record.
+    Written(ItemsMarkup),
 }
 
 impl AnswerItems {
-    /// The items, decoded.
-    pub fn into_items(self) -> Vec<DataItem> {
-        match self {
-            AnswerItems::Items(items) => items,
-            AnswerItems::Stored(stored) => stored.to_data_items(),
-        }
-    }
-
     /// About the bytes the items take in an answer, markup included, so that the answer is
     /// not copied each time it outgrows its buffer.
     fn answer_bytes(&self) -> usize {
@@ -648,7 +640,7 @@ impl AnswerItems {
                 .iter()
                 .map(|i| ITEM_MARKUP + i.data_class.len() + i.instance.len() + i.value.as_ref().map_or(0, String::len))
                 .sum(),
-            AnswerItems::Stored(stored) => stored.answer_bytes(ITEM_MARKUP),
+            AnswerItems::Written(markup) => markup.as_str().len(),
         }
     }
 }
@@ -770,9 +762,7 @@ impl Response {
                             );
                         }
                     }
-                    AnswerItems::Stored(stored) => {
-                        stored.for_each(|item| w.data_item(item.value, item.data_class, item.instance))
-                    }
+                    AnswerItems::Written(markup) => w.items(markup.as_str()),
                 }
                 w.number("stackDepth", 1);
                 close(w, "getSession")
@@ -954,7 +944,7 @@ mod tests {
     /// decoded items, with the logged changes merged, would.
     #[test]
     fn answers_from_a_record_match_answers_from_its_items() {
-        use crate::store::record::{encode_items, StoredItems};
+        use crate::store::record::{encode_items, ItemsMarkup};
         let item = |c: &str, i: &str, v: Option<&str>| DataItem {
             data_class: c.to_string().into(),
             instance: i.to_string().into(),
@@ -986,12 +976,14 @@ mod tests {
             }
             .to_xml()
         };
-        let stored = StoredItems::new(encode_items(&record), changes).unwrap();
-        assert_eq!(stored.to_data_items(), merged);
-        assert_eq!(answer(AnswerItems::Stored(stored)), answer(AnswerItems::Items(merged)));
-        let unchanged = StoredItems::new(encode_items(&record), Vec::new()).unwrap();
+        let written = ItemsMarkup::write(&encode_items(&record), &changes).unwrap();
         assert_eq!(
-            answer(AnswerItems::Stored(unchanged)),
+            answer(AnswerItems::Written(written)),
+            answer(AnswerItems::Items(merged))
+        );
+        let unchanged = ItemsMarkup::write(&encode_items(&record), &[]).unwrap();
+        assert_eq!(
+            answer(AnswerItems::Written(unchanged)),
             answer(AnswerItems::Items(record))
         );
     }

@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 
-use base64::Engine;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
@@ -471,34 +470,15 @@ impl MessageWriter {
     }
 
     /// One session item, `<ns1:data>` with its value (nil kept apart from empty), data class
-    /// and instance, escaped. The markup goes in whole pieces: a login's 27 items are written
-    /// on every getSession.
+    /// and instance, escaped.
     pub fn data_item(&mut self, value: ItemValue<'_>, class: NameParts<'_>, instance: NameParts<'_>) {
-        match value {
-            ItemValue::Text(v) => {
-                self.out.push_str("<ns1:data><ns1:value>");
-                escape_into(&mut self.out, v);
-                self.out.push_str("</ns1:value><ns1:dataClass>");
-            }
-            ItemValue::Base64(bytes) => {
-                // The base64 alphabet needs no escaping.
-                self.out.push_str("<ns1:data><ns1:value>");
-                base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut self.out);
-                self.out.push_str("</ns1:value><ns1:dataClass>");
-            }
-            ItemValue::Nil => self
-                .out
-                .push_str("<ns1:data><ns1:value xsi:nil=\"true\"/><ns1:dataClass>"),
-        }
-        self.name(class);
-        self.out.push_str("</ns1:dataClass><ns1:instance>");
-        self.name(instance);
-        self.out.push_str("</ns1:instance></ns1:data>");
+        write_item_value(&mut self.out, value);
+        write_item_names(&mut self.out, class, instance);
     }
 
-    fn name(&mut self, name: NameParts<'_>) {
-        self.out.push_str(name.known);
-        escape_into(&mut self.out, name.rest);
+    /// Items written by `write_item_value` and `write_item_names` beforehand.
+    pub fn items(&mut self, markup: &str) {
+        self.out.push_str(markup);
     }
 
     pub fn number(&mut self, name: &str, n: impl std::fmt::Display) {
@@ -513,6 +493,36 @@ impl MessageWriter {
         self.out.push_str(ENVELOPE_CLOSE);
         self.out
     }
+}
+
+/// The start of one session item: `<ns1:data>` and its value (nil kept apart from empty). The
+/// markup goes in whole pieces: a login's 27 items are written on every getSession.
+pub fn write_item_value(out: &mut String, value: ItemValue<'_>) {
+    match value {
+        ItemValue::Text(v) => {
+            out.push_str("<ns1:data><ns1:value>");
+            escape_into(out, v);
+            out.push_str("</ns1:value>");
+        }
+        ItemValue::Base64(bytes) => {
+            // The base64 alphabet needs no escaping.
+            out.push_str("<ns1:data><ns1:value>");
+            base64_simd::STANDARD.encode_append(bytes, out);
+            out.push_str("</ns1:value>");
+        }
+        ItemValue::Nil => out.push_str("<ns1:data><ns1:value xsi:nil=\"true\"/>"),
+    }
+}
+
+/// The rest of one session item: its data class and instance, escaped, and the item's end.
+pub fn write_item_names(out: &mut String, class: NameParts<'_>, instance: NameParts<'_>) {
+    out.push_str("<ns1:dataClass>");
+    out.push_str(class.known);
+    escape_into(out, class.rest);
+    out.push_str("</ns1:dataClass><ns1:instance>");
+    out.push_str(instance.known);
+    escape_into(out, instance.rest);
+    out.push_str("</ns1:instance></ns1:data>");
 }
 
 /// The value of a data item as an answer writes it: nil, text, or bytes that go out in base64

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redsess_shim::dsc::DataItem;
+use redsess_shim::dsc::{AnswerItems, DataItem, Response, ResultCode};
 use redsess_shim::items::class;
 use redsess_shim::store::memory::MemoryStore;
 use redsess_shim::store::redis::{RedisSettings, RedisStore};
@@ -574,13 +574,23 @@ async fn updated(store: &dyn Store, id: &str, expected_version: u64, items: &[Da
 }
 
 /// The session as `get_session` reads it, checked against getSession's own read, which the
-/// Redis store answers from the record without decoding it.
+/// Redis store writes into the answer from the record without decoding it.
 async fn read(store: &dyn Store, id: &str) -> Option<Session> {
     let session = store.get_session("default", id, Touch::No, now()).await.unwrap();
-    let answer = store.session_answer("default", id, Touch::No, now()).await.unwrap();
+    let answer = |version, data| {
+        Response::GetSession {
+            result: ResultCode::Success,
+            version,
+            data,
+        }
+        .to_xml()
+    };
+    let read_for_answer = store.session_answer("default", id, Touch::No, now()).await.unwrap();
     assert_eq!(
-        answer.map(|(version, items)| (version, items.into_items())),
-        session.as_ref().map(|s| (s.version, s.items.clone())),
+        read_for_answer.map(|(version, data)| answer(version, data)),
+        session
+            .as_ref()
+            .map(|s| answer(s.version, AnswerItems::Items(s.items.clone()))),
         "getSession's read disagrees with get_session"
     );
     session

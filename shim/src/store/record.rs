@@ -13,11 +13,10 @@
 //! Lengths are LEB128 varints. Format 1 (plain names and values) is still read, so records
 //! written by an earlier shim stay readable during a rolling upgrade.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-
 use crate::dsc::{known_class, DataItem, KNOWN_CLASSES, KNOWN_INSTANCES};
-use crate::soap::{ItemValue, NameParts};
+use std::sync::OnceLock;
+
+use crate::soap::{write_item_names, write_item_value, ItemValue, NameParts};
 
 const FORMAT_PLAIN: u8 = 1;
 const FORMAT_COMPACT: u8 = 2;
@@ -92,7 +91,7 @@ fn exact_base64(text: &str) -> Option<Vec<u8>> {
     }
     // STANDARD decodes only canonical text (padding required, trailing bits zero), so the
     // bytes encode back to exactly `text`; the round-trip test holds it to that.
-    STANDARD.decode(text).ok()
+    base64_simd::STANDARD.decode_to_vec(text).ok()
 }
 
 pub fn decode_items(bytes: &[u8]) -> Result<Vec<DataItem>, RecordError> {
@@ -111,6 +110,9 @@ pub struct StoredItem<'a> {
     pub data_class: NameParts<'a>,
     pub instance: NameParts<'a>,
     pub value: ItemValue<'a>,
+    /// The markup of the class and instance (`soap::write_item_names`), made once, when both
+    /// are names the cache knows: so are nearly all of a WebSEAL login's.
+    pub names_markup: Option<&'static str>,
 }
 
 impl StoredItem<'_> {
@@ -121,7 +123,7 @@ impl StoredItem<'_> {
             value: match self.value {
                 ItemValue::Nil => None,
                 ItemValue::Text(t) => Some(t.to_string()),
-                ItemValue::Base64(b) => Some(STANDARD.encode(b)),
+                ItemValue::Base64(b) => Some(base64_simd::STANDARD.encode_to_string(b)),
             },
         }
     }
@@ -176,14 +178,15 @@ fn take_plain_item<'a>(rest: &mut &'a [u8]) -> Result<StoredItem<'a>, RecordErro
         data_class,
         instance,
         value,
+        names_markup: None,
     })
 }
 
 fn take_compact_item<'a>(rest: &mut &'a [u8]) -> Result<StoredItem<'a>, RecordError> {
-    let data_class = take_class(rest)?;
-    let instance = match take_byte(rest)? {
-        0 => NameParts::text(take_str(rest)?),
-        i @ 1..=2 => NameParts::known(KNOWN_INSTANCES[i as usize - 1]),
+    let (data_class, known_class) = take_class(rest)?;
+    let (instance, known_instance) = match take_byte(rest)? {
+        0 => (NameParts::text(take_str(rest)?), None),
+        i @ 1..=2 => (NameParts::known(KNOWN_INSTANCES[i as usize - 1]), Some(i as usize - 1)),
         tag => return Err(RecordError::UnknownTag(tag.into())),
     };
     let value = match take_byte(rest)? {
@@ -196,93 +199,78 @@ fn take_compact_item<'a>(rest: &mut &'a [u8]) -> Result<StoredItem<'a>, RecordEr
         data_class,
         instance,
         value,
+        names_markup: known_class.zip(known_instance).map(|(c, i)| known_names_markup(c, i)),
     })
 }
 
-/// A session's items for a getSession answer, as the Redis store read them: the record and
-/// the changes logged since, written into the answer straight from the record's bytes, with
-/// no `DataItem` built for the record's items and the credential encoded once, into the answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredItems {
-    record: Vec<u8>,
-    /// The logged changes merged in order (`items::merge`): each replaces the first record
-    /// item of its class and instance, or follows the record's items.
-    changes: Vec<DataItem>,
-    /// How many items the record holds, and the bytes of their names and values as written.
-    items: usize,
-    text_bytes: usize,
+/// `soap::write_item_names` of known class `class` and known instance `instance`, made once.
+fn known_names_markup(class: usize, instance: usize) -> &'static str {
+    static MARKUP: OnceLock<Vec<String>> = OnceLock::new();
+    let table = MARKUP.get_or_init(|| {
+        KNOWN_CLASSES
+            .iter()
+            .flat_map(|c| {
+                KNOWN_INSTANCES.iter().map(|i| {
+                    let mut out = String::new();
+                    write_item_names(&mut out, NameParts::known(c), NameParts::known(i));
+                    out
+                })
+            })
+            .collect()
+    });
+    &table[class * KNOWN_INSTANCES.len() + instance]
 }
 
-impl StoredItems {
-    /// Checks the whole record first, so that writing it cannot meet a damaged item halfway.
-    pub fn new(record: Vec<u8>, changes: Vec<DataItem>) -> Result<Self, RecordError> {
-        let (mut items, mut text_bytes) = (0, 0);
-        for item in stored_items(&record)? {
+/// A session's items written as a getSession answer carries them (`<ns1:data>` elements),
+/// straight from a stored record in one pass: no `DataItem` is built for the record's items,
+/// the credential is base64-encoded once, into the answer, and the markup of known names is
+/// copied whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemsMarkup(String);
+
+/// Markup around one item's value and names (about 110 bytes with `ns1:` prefixes).
+const ITEM_MARKUP: usize = 128;
+
+impl ItemsMarkup {
+    /// The record's items with the logged `changes` (merged in order, as `items::merge` gives
+    /// them) applied as `items::merge` would apply them to the decoded record: each replaces
+    /// the first item of its class and instance, or follows the record's items.
+    pub fn write(record: &[u8], changes: &[DataItem]) -> Result<Self, RecordError> {
+        // The credential grows by a third in base64; the rest is mostly markup.
+        let mut out = String::with_capacity(record.len() * 2 + 32 * ITEM_MARKUP);
+        let mut applied = vec![false; changes.len()];
+        for item in stored_items(record)? {
             let item = item?;
-            items += 1;
-            text_bytes += item.data_class.known.len()
-                + item.data_class.rest.len()
-                + item.instance.known.len()
-                + item.instance.rest.len()
-                + match item.value {
-                    ItemValue::Nil => 0,
-                    ItemValue::Text(t) => t.len(),
-                    ItemValue::Base64(b) => b.len().div_ceil(3) * 4,
-                };
-        }
-        Ok(Self {
-            record,
-            changes,
-            items,
-            text_bytes,
-        })
-    }
-
-    /// About the bytes the items take in an answer, with `markup` bytes around each.
-    pub fn answer_bytes(&self, markup: usize) -> usize {
-        let changes: usize = self
-            .changes
-            .iter()
-            .map(|c| markup + c.data_class.len() + c.instance.len() + c.value.as_ref().map_or(0, String::len))
-            .sum();
-        self.text_bytes + self.items * markup + changes
-    }
-
-    /// The items in answer order, as `items::merge` of the changes into the decoded record
-    /// would give them.
-    pub fn for_each(&self, mut write: impl FnMut(StoredItem<'_>)) {
-        let mut applied = vec![false; self.changes.len()];
-        // `new` checked every item: none of these is an error.
-        for item in stored_items(&self.record).into_iter().flatten().flatten() {
-            let change =
-                self.changes.iter().enumerate().position(|(n, c)| {
-                    !applied[n] && item.data_class.is(&c.data_class) && item.instance.is(&c.instance)
-                });
-            match change {
+            let change = changes
+                .iter()
+                .enumerate()
+                .position(|(n, c)| !applied[n] && item.data_class.is(&c.data_class) && item.instance.is(&c.instance));
+            let value = match change {
                 Some(n) => {
                     applied[n] = true;
-                    write(StoredItem {
-                        value: ItemValue::of(self.changes[n].value.as_deref()),
-                        ..item
-                    });
+                    ItemValue::of(changes[n].value.as_deref())
                 }
-                None => write(item),
+                None => item.value,
+            };
+            write_item_value(&mut out, value);
+            match item.names_markup {
+                Some(names) => out.push_str(names),
+                None => write_item_names(&mut out, item.data_class, item.instance),
             }
         }
-        for (change, _) in self.changes.iter().zip(&applied).filter(|(_, applied)| !**applied) {
-            write(StoredItem {
-                data_class: NameParts::text(&change.data_class),
-                instance: NameParts::text(&change.instance),
-                value: ItemValue::of(change.value.as_deref()),
-            });
+        for (change, _) in changes.iter().zip(&applied).filter(|(_, applied)| !**applied) {
+            write_item_value(&mut out, ItemValue::of(change.value.as_deref()));
+            write_item_names(
+                &mut out,
+                NameParts::text(&change.data_class),
+                NameParts::text(&change.instance),
+            );
         }
+        Ok(Self(out))
     }
 
-    /// The items decoded, as `decode_items` and `items::merge` give them.
-    pub fn to_data_items(&self) -> Vec<DataItem> {
-        let mut items = Vec::with_capacity(32);
-        self.for_each(|item| items.push(item.to_data_item()));
-        items
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -303,19 +291,25 @@ pub fn log_entries(mut log: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
     Ok(entries)
 }
 
-fn take_class<'a>(rest: &mut &'a [u8]) -> Result<NameParts<'a>, RecordError> {
+/// The class, and its place in `KNOWN_CLASSES` when it is one.
+fn take_class<'a>(rest: &mut &'a [u8]) -> Result<(NameParts<'a>, Option<usize>), RecordError> {
     let tag = take_varint(rest)?;
     match tag {
-        0 => Ok(NameParts::text(take_str(rest)?)),
-        1..=3 => Ok(NameParts {
-            known: CLASS_PREFIXES[tag as usize - 1],
-            rest: take_str(rest)?,
-        }),
-        t => KNOWN_CLASSES
-            .get((t as usize).wrapping_sub(WELL_KNOWN_BASE))
-            .filter(|_| t as usize >= WELL_KNOWN_BASE)
-            .map(|c| NameParts::known(c))
-            .ok_or(RecordError::UnknownTag(t)),
+        0 => Ok((NameParts::text(take_str(rest)?), None)),
+        1..=3 => Ok((
+            NameParts {
+                known: CLASS_PREFIXES[tag as usize - 1],
+                rest: take_str(rest)?,
+            },
+            None,
+        )),
+        t => {
+            let known = (t as usize)
+                .checked_sub(WELL_KNOWN_BASE)
+                .filter(|i| *i < KNOWN_CLASSES.len())
+                .ok_or(RecordError::UnknownTag(t))?;
+            Ok((NameParts::known(KNOWN_CLASSES[known]), Some(known)))
+        }
     }
 }
 
@@ -380,9 +374,29 @@ mod tests {
         }
     }
 
+    /// Base64 from another implementation than the record's.
     fn credential() -> String {
+        use base64::Engine;
         let bytes: Vec<u8> = (0..1100u32).map(|i| (i * 7 + 3) as u8).collect();
-        STANDARD.encode(bytes)
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn only_canonical_base64_is_stored_decoded() {
+        let cred = credential();
+        assert_eq!(exact_base64(&cred).map(|b| b.len()), Some(1100));
+        let long = "A".repeat(60);
+        for text in [
+            format!("{long}AAB="),
+            format!("{long}AB=="),
+            format!("{long}AAA"),
+            format!("{long}AA=A"),
+            format!("{long}AA A"),
+            format!("{long}AA-_"),
+            cred.replace('A', "\n"),
+        ] {
+            assert_eq!(exact_base64(&text), None, "{text:?}");
+        }
     }
 
     #[test]
@@ -442,6 +456,12 @@ mod tests {
             decode_items(&old).unwrap(),
             vec![item("c", "sms", Some("v")), item("d", "webseal", None)]
         );
+        // An answer is written from it as from a record of this format.
+        let from_items = encode_items(&decode_items(&old).unwrap());
+        assert_eq!(
+            ItemsMarkup::write(&old, &[]).unwrap(),
+            ItemsMarkup::write(&from_items, &[]).unwrap()
+        );
     }
 
     #[test]
@@ -463,5 +483,12 @@ mod tests {
         assert_eq!(decode_items(&[9]), Err(RecordError::UnknownFormat(9)));
         assert_eq!(decode_items(&[2, 99, 1, 0]), Err(RecordError::UnknownTag(99)));
         assert_eq!(decode_items(&[2, 4, 1, 0]), Err(RecordError::UnknownTag(4)));
+        for cut in (0..bytes.len()).filter(|&c| c != 1) {
+            assert!(ItemsMarkup::write(&bytes[..cut], &[]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(
+            ItemsMarkup::write(&[2, 99, 1, 0], &[]),
+            Err(RecordError::UnknownTag(99))
+        );
     }
 }

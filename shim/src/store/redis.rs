@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use tokio::sync::{broadcast, Mutex, RwLock};
 
-use super::record::{decode_items, encode_items, log_entries, log_entry, StoredItems};
+use super::record::{decode_items, encode_items, log_entries, log_entry, ItemsMarkup};
 use super::sealing::{KeyRing, Mode, Sealing};
 use super::{
     CreateOutcome, ItemUpdate, JoinOutcome, KeyMaterial, Lifetime, Member, ReplaceOutcome, Replacement, Rotation,
@@ -678,6 +678,13 @@ fn number_field(b: Option<&[u8]>, name: &str) -> Result<i64, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("session field {name} is not a number")))
 }
 
+/// A session's items as stored: the record, opened, and the changes logged since, merged in
+/// order (`items::merge`).
+struct StoredItems {
+    record: Vec<u8>,
+    changes: Vec<DataItem>,
+}
+
 /// A session's items from its `d`, `xv` and `x` fields: the record, opened, and the change log
 /// while it counts. `None` when the record or a logged change does not open.
 fn stored_items(
@@ -703,7 +710,7 @@ fn stored_items(
             merge(&mut changes, decode_items(&change).map_err(corrupt)?);
         }
     }
-    StoredItems::new(record, changes).map(Some).map_err(corrupt)
+    Ok(Some(StoredItems { record, changes }))
 }
 
 /// A session from its hash fields (`SESSION_FIELDS`); `None` when absent, or when its items do
@@ -735,9 +742,12 @@ fn decode_session(
     let Some(items) = stored_items(&version_field, record, next(), next(), open, open_change)? else {
         return Ok(None);
     };
+    let corrupt = |e: super::record::RecordError| StoreError::Corrupt(e.to_string());
+    let mut decoded = decode_items(&items.record).map_err(corrupt)?;
+    merge(&mut decoded, items.changes);
     Ok(Some(Session {
         version,
-        items: items.to_data_items(),
+        items: decoded,
         lifetime: Lifetime { ends_at, idle_secs },
         touched,
         created,
@@ -747,10 +757,10 @@ fn decode_session(
     }))
 }
 
-/// What getSession's answer needs of a session (`ANSWER_FIELDS`).
+/// What getSession's answer needs of a session (`ANSWER_FIELDS`), its items written already.
 struct AnswerFields {
     version: u64,
-    items: StoredItems,
+    items: ItemsMarkup,
     lifetime: Lifetime,
     touched: i64,
 }
@@ -771,6 +781,7 @@ fn decode_answer(
     let Some(items) = stored_items(&version_field, record, next(), next(), open, open_change)? else {
         return Ok(None);
     };
+    let items = ItemsMarkup::write(&items.record, &items.changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(Some(AnswerFields {
         version,
         items,
@@ -901,7 +912,7 @@ impl Store for RedisStore {
         let live = self
             .touch_if_due(replica_set, session_id, touch, answer.touched, now, &mut conn)
             .await?;
-        Ok(live.then_some((answer.version, AnswerItems::Stored(answer.items))))
+        Ok(live.then_some((answer.version, AnswerItems::Written(answer.items))))
     }
 
     async fn replace_session(

@@ -92,13 +92,54 @@ impl Default for Settings {
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// The newest activity heard from each replica of each replica set since the last flush, for
+/// at most `MAX_PENDING_HEARTBEATS` pairs. By set, then replica: recording a pair already
+/// pending, as nearly every request does, allocates nothing.
+#[derive(Default)]
+struct PendingActivity {
+    by_set: HashMap<String, HashMap<String, i64>>,
+    pairs: usize,
+}
+
+impl PendingActivity {
+    fn record(&mut self, replica_set: &str, replica: &str, at: i64) {
+        if let Some(seen) = self.by_set.get_mut(replica_set).and_then(|r| r.get_mut(replica)) {
+            *seen = at;
+        } else if self.pairs < MAX_PENDING_HEARTBEATS {
+            self.by_set
+                .entry(replica_set.to_string())
+                .or_default()
+                .insert(replica.to_string(), at);
+            self.pairs += 1;
+        }
+    }
+
+    /// Everything pending, as (replica set, replica, newest activity); none is left.
+    fn drain(&mut self) -> Vec<(String, String, i64)> {
+        self.pairs = 0;
+        self.by_set
+            .drain()
+            .flat_map(|(set, replicas)| replicas.into_iter().map(move |(r, at)| (set.clone(), r, at)))
+            .collect()
+    }
+
+    fn forget_replica(&mut self, replica: &str) {
+        for replicas in self.by_set.values_mut() {
+            if replicas.remove(replica).is_some() {
+                self.pairs -= 1;
+            }
+        }
+        self.by_set.retain(|_, replicas| !replicas.is_empty());
+    }
+}
+
 pub struct SessionService {
     store: Arc<dyn Store>,
     settings: Settings,
     clock: Clock,
-    /// (replica set, replica) → newest activity seen here, written to the store in batches so
-    /// that session operations stay one store call.
-    heard_from: Mutex<HashMap<(String, String), i64>>,
+    /// Activity seen here, written to the store in batches so that session operations stay
+    /// one store call.
+    heard_from: Mutex<PendingActivity>,
     /// (replica set, replica) → when the store last confirmed the membership (strict mode).
     members_seen: Mutex<HashMap<(String, String), Instant>>,
     /// Replica sets the store is known to have (at most `max_replica_sets`).
@@ -112,7 +153,7 @@ impl SessionService {
             store,
             settings,
             clock,
-            heard_from: Mutex::new(HashMap::new()),
+            heard_from: Mutex::new(PendingActivity::default()),
             members_seen: Mutex::new(HashMap::new()),
             known_sets: Mutex::new(HashSet::new()),
             shutdown,
@@ -255,20 +296,17 @@ impl SessionService {
     }
 
     fn heard(&self, replica_set: &str, replica: &str) {
-        let mut heard = self.heard_from.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (replica_set.to_string(), replica.to_string());
-        if heard.len() < MAX_PENDING_HEARTBEATS || heard.contains_key(&key) {
-            heard.insert(key, self.now());
-        }
+        let now = self.now();
+        self.heard_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(replica_set, replica, now);
     }
 
     /// Writes the activity heard since the last flush to the store.
     pub async fn flush_heartbeats(&self) -> Result<(), StoreError> {
-        let batch: Vec<((String, String), i64)> = {
-            let mut heard = self.heard_from.lock().unwrap_or_else(|e| e.into_inner());
-            heard.drain().collect()
-        };
-        for ((set, replica), at) in batch {
+        let batch = self.heard_from.lock().unwrap_or_else(|e| e.into_inner()).drain();
+        for (set, replica, at) in batch {
             self.store.heartbeat(&set, &replica, at).await?;
         }
         Ok(())
@@ -363,7 +401,7 @@ impl SessionService {
         self.heard_from
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(_, r), _| r != replica);
+            .forget_replica(replica);
         self.members_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1113,10 +1151,10 @@ mod tests {
                 f.service.heard("default", &format!("r-{n}"));
                 f.service.remember_member("default", &format!("r-{n}"));
             }
-            assert_eq!(f.service.heard_from.lock().unwrap().len(), MAX_PENDING_HEARTBEATS);
+            assert_eq!(f.service.heard_from.lock().unwrap().pairs, MAX_PENDING_HEARTBEATS);
             assert!(f.service.members_seen.lock().unwrap().len() <= MAX_MEMBERSHIPS_SEEN);
             f.service.flush_heartbeats().await.unwrap();
-            assert!(f.service.heard_from.lock().unwrap().is_empty());
+            assert_eq!(f.service.heard_from.lock().unwrap().pairs, 0);
         }
 
         /// The rules read no clock but the injected one: at a time long past (or far ahead),
@@ -1230,6 +1268,20 @@ mod tests {
             assert_eq!(new_key_id, keys.current_key_id + 1);
             assert_ne!(new_key, keys.current_key);
         }
+    }
+
+    #[test]
+    fn pending_activity_keeps_the_newest_per_pair_and_forgets_a_replica() {
+        let mut pending = PendingActivity::default();
+        pending.record("a", "r1", 1);
+        pending.record("a", "r1", 5);
+        pending.record("a", "r2", 2);
+        pending.record("b", "r1", 3);
+        assert_eq!(pending.pairs, 3);
+        pending.forget_replica("r1");
+        assert_eq!(pending.pairs, 1);
+        assert_eq!(pending.drain(), vec![("a".to_string(), "r2".to_string(), 2)]);
+        assert_eq!((pending.pairs, pending.drain()), (0, vec![]));
     }
 
     #[test]

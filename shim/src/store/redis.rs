@@ -448,20 +448,41 @@ impl RedisStore {
     }
 
     fn session_key(&self, replica_set: &str, id: &str) -> String {
-        format!("{}{}}}", self.session_key_prefix(replica_set), id)
+        self.named_key("s", replica_set, id)
     }
 
     /// Everything of a session key before the session ID (the scripts build keys from IDs).
     fn session_key_prefix(&self, replica_set: &str) -> String {
-        format!("{}s:{{{}:{}:", self.settings.key_prefix, replica_set.len(), replica_set)
+        self.key_prefix("s", replica_set, 0)
     }
 
     fn user_key_prefix(&self, replica_set: &str) -> String {
-        format!("{}u:{{{}:{}:", self.settings.key_prefix, replica_set.len(), replica_set)
+        self.key_prefix("u", replica_set, 0)
     }
 
     fn user_key(&self, replica_set: &str, user: &str) -> String {
-        format!("{}{}}}", self.user_key_prefix(replica_set), user)
+        self.named_key("u", replica_set, user)
+    }
+
+    /// `P<kind>:{<n>:<rs>:<name>}`, built in one allocation: every session operation makes one.
+    fn named_key(&self, kind: &str, replica_set: &str, name: &str) -> String {
+        let mut key = self.key_prefix(kind, replica_set, name.len() + 1);
+        key.push_str(name);
+        key.push('}');
+        key
+    }
+
+    /// `P<kind>:{<n>:<rs>:`, with room for `more` bytes after it.
+    fn key_prefix(&self, kind: &str, replica_set: &str, more: usize) -> String {
+        use std::fmt::Write;
+        let prefix = &self.settings.key_prefix;
+        let mut key = String::with_capacity(prefix.len() + kind.len() + replica_set.len() + 24 + more);
+        key.push_str(prefix);
+        key.push_str(kind);
+        let _ = write!(key, ":{{{}:", replica_set.len());
+        key.push_str(replica_set);
+        key.push(':');
+        key
     }
 
     fn set_key(&self, replica_set: &str) -> String {

@@ -118,11 +118,7 @@ pub static UNOPENED: LazyLock<Family<Cause, Counter>> = LazyLock::new(Family::de
 static LOGGED: [AtomicBool; 5] = [const { AtomicBool::new(false) }; 5];
 
 fn count(why: Unopened) {
-    UNOPENED
-        .get_or_create(&Cause {
-            cause: why.cause().into(),
-        })
-        .inc();
+    UNOPENED.get_or_create(&Cause { cause: why.cause() }).inc();
     let index = Unopened::ALL.iter().position(|u| *u == why).unwrap_or(0);
     if !LOGGED[index].swap(true, Ordering::Relaxed) {
         tracing::warn!(
@@ -404,8 +400,8 @@ mod tests {
         KeyRing::parse("keys", &lines.join("\n")).unwrap()
     }
 
-    fn unopened(cause: &str) -> u64 {
-        UNOPENED.get_or_create(&Cause { cause: cause.into() }).get()
+    fn unopened(cause: &'static str) -> u64 {
+        UNOPENED.get_or_create(&Cause { cause }).get()
     }
 
     #[test]

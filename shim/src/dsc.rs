@@ -787,14 +787,11 @@ impl Response {
 }
 
 fn open(operation: &str, namespace: &str) -> MessageWriter {
-    let mut w = MessageWriter::new(&format!("{operation}Response"), namespace);
-    w.open(&format!("{operation}Return"));
-    w
+    MessageWriter::answer(operation, namespace)
 }
 
-fn close(mut w: MessageWriter, operation: &str) -> String {
-    w.close(&format!("{operation}Return"));
-    w.finish(&format!("{operation}Response"))
+fn close(w: MessageWriter, operation: &str) -> String {
+    w.finish_answer(operation)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::authorization::{Authorization, Identity};
 use crate::config::{BasicAuth, Config, StoreConfig, TlsConfig};
 use crate::dsc::{self, Endpoint, Request, ResultCode};
+use crate::in_flight::InFlightLimit;
 use crate::metrics::Metrics;
 use crate::session::{poll_hold, replica_set_of, SessionService};
 use crate::soap::{self, FaultCode};
@@ -97,10 +98,7 @@ pub fn router(
 ) -> Router {
     let counters = Arc::new(Metrics::new());
     watch_redis_health(service.store().clone(), &counters);
-    let in_flight = InFlight {
-        permits: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
-        metrics: counters.clone(),
-    };
+    let in_flight = InFlightLimit::new(limits.max_in_flight, counters.clone(), overloaded);
     let app = App {
         service,
         basic_token: basic_auth.map(|a| {
@@ -119,7 +117,7 @@ pub fn router(
     let soap = Router::new()
         .route(CLIENT_PATH, post(soap_endpoint(Endpoint::Client)))
         .route(ADMIN_PATH, post(soap_endpoint(Endpoint::Admin)))
-        .layer(axum::middleware::from_fn_with_state(in_flight, limit_in_flight));
+        .layer(in_flight);
     Router::new()
         .merge(soap)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -128,29 +126,13 @@ pub fn router(
         .with_state(Arc::new(app))
 }
 
-/// The bound on SOAP requests handled at once. The probes and /metrics stay outside it, so an
-/// overloaded shim is still seen as alive.
-#[derive(Clone)]
-struct InFlight {
-    permits: Arc<tokio::sync::Semaphore>,
-    metrics: Arc<Metrics>,
-}
-
-/// Past the bound: 503 at once, rather than a queue that holds every client's connection.
-async fn limit_in_flight(
-    State(limit): State<InFlight>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let Ok(_permit) = limit.permits.clone().try_acquire_owned() else {
-        limit.metrics.fault("overloaded");
-        return fault(
-            StatusCode::SERVICE_UNAVAILABLE,
-            FaultCode::Server,
-            "the shim is handling as many requests as it may (--max-in-flight); try again",
-        );
-    };
-    next.run(request).await
+/// Past `--max-in-flight`: 503 at once (see `in_flight`).
+fn overloaded() -> Response {
+    fault(
+        StatusCode::SERVICE_UNAVAILABLE,
+        FaultCode::Server,
+        "the shim is handling as many requests as it may (--max-in-flight); try again",
+    )
 }
 
 /// Runs the shim until `shutdown` completes; `on_listening` hears the bound address.

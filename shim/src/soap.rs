@@ -432,6 +432,40 @@ impl MessageWriter {
         Self { out }
     }
 
+    /// The answer to `operation` in the shape DSC answers have: `<ns1:{operation}Response>`
+    /// around `<ns1:{operation}Return>`, whose content the caller writes.
+    pub fn answer(operation: &str, namespace: &str) -> Self {
+        let mut out = String::with_capacity(1024);
+        for piece in [
+            ENVELOPE_OPEN,
+            "<ns1:",
+            operation,
+            "Response xmlns:ns1=\"",
+            namespace,
+            "\"><ns1:",
+            operation,
+            "Return>",
+        ] {
+            out.push_str(piece);
+        }
+        Self { out }
+    }
+
+    /// Closes what `answer` opened.
+    pub fn finish_answer(mut self, operation: &str) -> String {
+        for piece in [
+            "</ns1:",
+            operation,
+            "Return></ns1:",
+            operation,
+            "Response>",
+            ENVELOPE_CLOSE,
+        ] {
+            self.out.push_str(piece);
+        }
+        self.out
+    }
+
     /// Makes room for `additional` more bytes at once, so that a large answer is not copied
     /// again each time it outgrows its buffer.
     pub fn reserve(&mut self, additional: usize) {

@@ -1282,10 +1282,12 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-/// The Lua helpers every session script begins with (a macro, so `concat!` can join them).
-/// `live` is `Session::is_live`, `admit` the memory store's `State::admit`, and `index` keeps
-/// the order `memory::IndexEntry` does: 1048576 is `memory::ARRIVALS_PER_SECOND`.
-macro_rules! session_rules {
+// The Lua helpers the session scripts share, one macro each (so `concat!` can join them): a
+// script begins with the ones it calls, since Redis makes each helper's closure anew on every
+// call. `live` is `Session::is_live`, `admit` the memory store's `State::admit`, and `index`
+// keeps the order `memory::IndexEntry` does: 1048576 is `memory::ARRIVALS_PER_SECOND`.
+/// `ends_of(e, i, t)`: when a session last active at `t` ends (`Lifetime::expires_at`).
+macro_rules! lua_ends_of {
     () => {
         r#"
 local function ends_of(e, i, t)
@@ -1293,6 +1295,14 @@ local function ends_of(e, i, t)
   if idle > 0 and tonumber(t) + idle < ends then ends = tonumber(t) + idle end
   return ends
 end
+"#
+    };
+}
+
+/// `live(key, now, user)`; needs `lua_ends_of`.
+macro_rules! lua_live {
+    () => {
+        r#"
 -- Whether the session is live at `now` and, when `user` is given, still that user's.
 local function live(key, now, user)
   local f = redis.call('HMGET', key, 'e', 'i', 't', 'u')
@@ -1300,6 +1310,14 @@ local function live(key, now, user)
   if user and f[4] ~= user then return false end
   return ends_of(f[1], f[2], f[3]) > now
 end
+"#
+    };
+}
+
+/// `drop(key, user_prefix, id)`.
+macro_rules! lua_drop {
+    () => {
+        r#"
 -- Deletes a session and its user index entry.
 local function drop(key, user_prefix, id)
   local u = redis.call('HGET', key, 'u')
@@ -1307,6 +1325,14 @@ local function drop(key, user_prefix, id)
   if u and u ~= '' then redis.call('ZREM', user_prefix .. u .. '}', id) end
   return n
 end
+"#
+    };
+}
+
+/// `admit(...)`; needs `lua_live` and `lua_drop`.
+macro_rules! lua_admit {
+    () => {
+        r#"
 -- The concurrent-session rule for one more session of `user` (other than `except`): the IDs
 -- it displaced, or nil when the limit refuses. Entries of ended sessions go: all of them
 -- under a limit, else among the eight oldest (the likeliest to have ended), which keeps a
@@ -1331,6 +1357,14 @@ local function admit(index, user, limit, displace, session_prefix, user_prefix, 
   end
   return displaced
 end
+"#
+    };
+}
+
+/// `index(key, created, id, keep_ms)`.
+macro_rules! lua_index {
+    () => {
+        r#"
 -- Adds `id` to a user index: scored by its creation second, plus its arrival within that
 -- second when the newest entry was made in the same second.
 local function index(key, created, id, keep_ms)
@@ -1357,7 +1391,11 @@ end
 /// Answers {0} ID in use, {1} limit reached, {2, displaced...} created. A session key whose
 /// session ended by the shim's clock (Redis has not dropped it yet) is not in use.
 const CREATE: &str = concat!(
-    session_rules!(),
+    lua_ends_of!(),
+    lua_live!(),
+    lua_drop!(),
+    lua_admit!(),
+    lua_index!(),
     r#"
 local now = tonumber(ARGV[12])
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -1383,15 +1421,16 @@ return answer
 /// activity at `now` or later is recorded already; answers 1 while the session is live, 0
 /// when it is gone or ended (a touch never revives one).
 const TOUCH: &str = concat!(
-    session_rules!(),
+    lua_ends_of!(),
     r#"
 local f = redis.call('HMGET', KEYS[1], 'e', 'i', 't')
 if not f[1] then return 0 end
 local now = tonumber(ARGV[1])
-if ends_of(f[1], f[2], f[3]) <= now then return 0 end
-if tonumber(f[3]) < now then
+local e, i, t = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
+if ends_of(e, i, t) <= now then return 0 end
+if t < now then
   redis.call('HSET', KEYS[1], 't', now)
-  redis.call('PEXPIREAT', KEYS[1], ends_of(f[1], f[2], now) * 1000)
+  redis.call('PEXPIREAT', KEYS[1], ends_of(e, i, now) * 1000)
 end
 return 1
 "#
@@ -1406,7 +1445,11 @@ return 1
 /// Answers {0} not found, {1, stored} version or incarnation mismatch, {2, displaced...}
 /// replaced, {3} the new user is at the limit.
 const REPLACE: &str = concat!(
-    session_rules!(),
+    lua_ends_of!(),
+    lua_live!(),
+    lua_drop!(),
+    lua_admit!(),
+    lua_index!(),
     r#"
 local now = tonumber(ARGV[11])
 local f = redis.call('HMGET', KEYS[1], 'v', 'n', 'c', 'e', 'i', 't')
@@ -1446,11 +1489,14 @@ return answer
 /// mismatch, {2} updated, {3} replace instead: the update names the user's key item, the
 /// log would pass its bound, or the record does not say its key item (an earlier shim's).
 const UPDATE: &str = concat!(
-    session_rules!(),
+    lua_ends_of!(),
     r#"
 local now = tonumber(ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'v', 'e', 'i', 't', 'k', 'xv', 'x')
-if not f[1] or ends_of(f[2], f[3], f[4]) <= now then return {0} end
+if not f[1] then return {0} end
+-- Numbers once: Lua reads each string with strtod.
+local e, i = tonumber(f[2]), tonumber(f[3])
+if ends_of(e, i, f[4]) <= now then return {0} end
 if f[1] ~= ARGV[1] then return {1, tonumber(f[1])} end
 if not f[5] then return {3} end
 for n = 6, #ARGV do
@@ -1460,18 +1506,18 @@ local log = ''
 if f[6] == f[1] and f[7] then log = f[7] end
 if #log + #ARGV[4] > tonumber(ARGV[5]) then return {3} end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'xv', ARGV[2], 'x', log .. ARGV[4], 't', ARGV[3])
-redis.call('PEXPIREAT', KEYS[1], ends_of(f[2], f[3], now) * 1000)
+redis.call('PEXPIREAT', KEYS[1], ends_of(e, i, now) * 1000)
 return {2}
 "#
 );
 
 /// KEYS: session. ARGV: user index prefix, id. Deletes the session and its index entry.
-const DELETE: &str = concat!(session_rules!(), "\nreturn drop(KEYS[1], ARGV[1], ARGV[2])\n");
+const DELETE: &str = concat!(lua_drop!(), "\nreturn drop(KEYS[1], ARGV[1], ARGV[2])\n");
 
 /// KEYS: session. ARGV: version, touched, incarnation, user index prefix, id. Deletes the
 /// session only if it is still the one read: the idle decision's second half.
 const END_IF_UNCHANGED: &str = concat!(
-    session_rules!(),
+    lua_drop!(),
     r#"
 local f = redis.call('HMGET', KEYS[1], 'v', 't', 'n')
 if not f[1] or f[1] ~= ARGV[1] or f[2] ~= ARGV[2] or (f[3] or '0') ~= ARGV[3] then return 0 end

@@ -62,8 +62,8 @@ impl Reply {
         self.ret
             .children_named("data")
             .map(|d| DataItem {
-                data_class: item_name(d.child("dataClass").map(|e| e.text.to_string()).unwrap_or_default()),
-                instance: item_name(d.child("instance").map(|e| e.text.to_string()).unwrap_or_default()),
+                data_class: item_name(d.child("dataClass").map_or("", |e| &e.text)),
+                instance: item_name(d.child("instance").map_or("", |e| &e.text)),
                 value: d.child("value").filter(|v| !v.nil).map(|v| v.text.to_string()),
             })
             .collect()

@@ -124,13 +124,13 @@ pub fn known_class(class: &str) -> Option<usize> {
 }
 
 /// `name` as an item name: shared when it is a known class or instance.
-pub fn item_name(name: String) -> ItemName {
-    if let Some(i) = known_class(&name) {
+pub fn item_name(name: &str) -> ItemName {
+    if let Some(i) = known_class(name) {
         return ItemName::Borrowed(KNOWN_CLASSES[i]);
     }
     match KNOWN_INSTANCES.iter().find(|i| **i == name) {
         Some(known) => ItemName::Borrowed(known),
-        None => ItemName::Owned(name),
+        None => ItemName::Owned(name.to_string()),
     }
 }
 
@@ -310,6 +310,11 @@ impl<'a> Fields<'a> {
     }
 
     fn name(&self, field: &str) -> Result<String, RequestError> {
+        self.name_text(field).map(str::to_string)
+    }
+
+    /// The field's text, checked as `name` checks it, borrowed from the request.
+    fn name_text(&self, field: &str) -> Result<&'a str, RequestError> {
         let el = self
             .op
             .child(field)
@@ -321,7 +326,7 @@ impl<'a> Fields<'a> {
         if text.len() > MAX_NAME {
             return Err(self.invalid(format!("the field {field} is longer than {MAX_NAME} bytes")));
         }
-        Ok(text.to_string())
+        Ok(text)
     }
 
     fn optional_name(&self, field: &str) -> Result<Option<String>, RequestError> {
@@ -377,11 +382,11 @@ impl<'a> Fields<'a> {
                     .ok_or_else(|| self.invalid(format!("data item {} has no value element", i + 1)))?;
                 Ok(DataItem {
                     data_class: item_name(
-                        item.name("dataClass")
+                        item.name_text("dataClass")
                             .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
                     ),
                     instance: item_name(
-                        item.name("instance")
+                        item.name_text("instance")
                             .map_err(|e| self.invalid(format!("data item {}: {e}", i + 1)))?,
                     ),
                     value: if value.nil { None } else { Some(value.text.to_string()) },

@@ -65,8 +65,8 @@ impl Steps<'_> {
 
 fn item(data_class: &str, instance: &str, value: Option<&str>) -> DataItem {
     DataItem {
-        data_class: item_name(data_class.to_string()),
-        instance: item_name(instance.to_string()),
+        data_class: item_name(data_class),
+        instance: item_name(instance),
         value: value.map(Into::into),
     }
 }

@@ -162,7 +162,7 @@ fn read_attributes<'a>(
                     .map_err(|e| EnvelopeError::Malformed(e.to_string())),
             }
         };
-        let declared = match key.split_once(':') {
+        let declared = match split_name(key) {
             None if key == "xmlns" => Some(""),
             Some(("xmlns", prefix)) => Some(prefix),
             Some((prefix, "nil")) => {
@@ -230,7 +230,7 @@ pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
                 let nil = read_attributes(text, start, depth, &mut scope, &mut namespace_declarations)?;
                 let qualified = borrowed_from(text, start.name().as_ref())
                     .ok_or_else(|| EnvelopeError::Malformed("an element name is not part of the body".into()))?;
-                let (prefix, name) = qualified.split_once(':').unwrap_or(("", qualified));
+                let (prefix, name) = split_name(qualified).unwrap_or(("", qualified));
                 if prefix == "xmlns" {
                     return Err(EnvelopeError::Malformed(
                         "an element is named with the prefix xmlns".into(),
@@ -339,6 +339,13 @@ fn borrowed_from<'a>(body: &'a str, part: &[u8]) -> Option<&'a str> {
     body.get(start..start.checked_add(part.len())?)
 }
 
+/// `prefix:local` apart. A look at each byte: names are short, and `str::split_once` costs
+/// more to set up than that.
+fn split_name(name: &str) -> Option<(&str, &str)> {
+    let colon = name.bytes().position(|b| b == b':')?;
+    Some((&name[..colon], &name[colon + 1..]))
+}
+
 /// Pops the innermost open element into its parent; the first element closed directly inside
 /// `Body` is the operation.
 fn close_element<'a>(stack: &mut Vec<Element<'a>>, body_depth: Option<usize>, operation: &mut Option<Element<'a>>) {
@@ -352,6 +359,10 @@ fn close_element<'a>(stack: &mut Vec<Element<'a>>, body_depth: Option<usize>, op
             // Only the subtree below Body is kept; Header and Envelope children are dropped.
             let inside_operation = body_depth.is_some_and(|d| stack.len() > d + 1);
             if let (true, Some(parent)) = (inside_operation, stack.last_mut()) {
+                if parent.children.is_empty() {
+                    // A DSC item has four children; the operation a few more.
+                    parent.children.reserve(4);
+                }
                 parent.children.push(done);
             }
         }
@@ -603,7 +614,7 @@ impl<'a> NameParts<'a> {
     pub fn to_item_name(self) -> crate::dsc::ItemName {
         match (self.known, self.rest) {
             (known, "") => crate::dsc::ItemName::Borrowed(known),
-            ("", rest) => crate::dsc::item_name(rest.to_string()),
+            ("", rest) => crate::dsc::item_name(rest),
             (known, rest) => crate::dsc::ItemName::Owned([known, rest].concat()),
         }
     }

@@ -734,6 +734,39 @@ fn stored_items(
     Ok(Some(StoredItems { record, changes }))
 }
 
+/// The fields both reads begin with, `v d e i t`.
+struct SessionHead {
+    version_field: Vec<u8>,
+    version: u64,
+    record: Option<Vec<u8>>,
+    lifetime: Lifetime,
+    touched: i64,
+}
+
+impl SessionHead {
+    /// `None` when the session is absent.
+    fn read(next: &mut impl FnMut() -> Option<Vec<u8>>) -> Result<Option<Self>, StoreError> {
+        let Some(version_field) = next() else { return Ok(None) };
+        let version = number_field(Some(&version_field), "v")? as u64;
+        let record = next();
+        let ends_at = number_field(next().as_deref(), "e")?;
+        let idle_secs = number_field(next().as_deref(), "i")?;
+        let touched = number_field(next().as_deref(), "t")?;
+        Ok(Some(Self {
+            version_field,
+            version,
+            record,
+            lifetime: Lifetime { ends_at, idle_secs },
+            touched,
+        }))
+    }
+
+    /// `Session::is_live`.
+    fn is_live(&self, now: i64) -> bool {
+        self.lifetime.expires_at(self.touched) > now
+    }
+}
+
 /// A session from its hash fields (`SESSION_FIELDS`); `None` when absent, or when its items do
 /// not open.
 fn decode_session(
@@ -743,12 +776,9 @@ fn decode_session(
 ) -> Result<Option<Session>, StoreError> {
     let mut f = fields.into_iter();
     let mut next = || f.next().flatten();
-    let Some(version_field) = next() else { return Ok(None) };
-    let version = number_field(Some(&version_field), "v")? as u64;
-    let record = next();
-    let ends_at = number_field(next().as_deref(), "e")?;
-    let idle_secs = number_field(next().as_deref(), "i")?;
-    let touched = number_field(next().as_deref(), "t")?;
+    let Some(head) = SessionHead::read(&mut next)? else {
+        return Ok(None);
+    };
     let created = number_field(next().as_deref(), "c")?;
     let user = next().and_then(|u| String::from_utf8(u).ok()).filter(|u| !u.is_empty());
     // Records written before incarnations and creators were kept have neither.
@@ -760,17 +790,17 @@ fn decode_session(
         None => 0,
     };
     let creator = next().and_then(|r| String::from_utf8(r).ok()).unwrap_or_default();
-    let Some(items) = stored_items(&version_field, record, next(), next(), open, open_change)? else {
+    let Some(items) = stored_items(&head.version_field, head.record, next(), next(), open, open_change)? else {
         return Ok(None);
     };
     let corrupt = |e: super::record::RecordError| StoreError::Corrupt(e.to_string());
     let mut decoded = decode_items(&items.record).map_err(corrupt)?;
     merge(&mut decoded, items.changes);
     Ok(Some(Session {
-        version,
+        version: head.version,
         items: decoded,
-        lifetime: Lifetime { ends_at, idle_secs },
-        touched,
+        lifetime: head.lifetime,
+        touched: head.touched,
         created,
         user,
         incarnation,
@@ -778,37 +808,24 @@ fn decode_session(
     }))
 }
 
-/// What getSession's answer needs of a session (`ANSWER_FIELDS`), its items written already.
-struct AnswerFields {
-    version: u64,
-    items: ItemsMarkup,
-    lifetime: Lifetime,
-    touched: i64,
-}
-
+/// getSession's read of a session (`ANSWER_FIELDS`): what the rules need, and the items
+/// written into answer markup already; `None` when absent, or when its items do not open.
 fn decode_answer(
     fields: Vec<Option<Vec<u8>>>,
     open: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
     open_change: impl Fn(Vec<u8>) -> Option<Vec<u8>>,
-) -> Result<Option<AnswerFields>, StoreError> {
+) -> Result<Option<(SessionHead, ItemsMarkup)>, StoreError> {
     let mut f = fields.into_iter();
     let mut next = || f.next().flatten();
-    let Some(version_field) = next() else { return Ok(None) };
-    let version = number_field(Some(&version_field), "v")? as u64;
-    let record = next();
-    let ends_at = number_field(next().as_deref(), "e")?;
-    let idle_secs = number_field(next().as_deref(), "i")?;
-    let touched = number_field(next().as_deref(), "t")?;
-    let Some(items) = stored_items(&version_field, record, next(), next(), open, open_change)? else {
+    let Some(mut head) = SessionHead::read(&mut next)? else {
         return Ok(None);
     };
-    let items = ItemsMarkup::write(&items.record, &items.changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(Some(AnswerFields {
-        version,
-        items,
-        lifetime: Lifetime { ends_at, idle_secs },
-        touched,
-    }))
+    let record = head.record.take();
+    let Some(items) = stored_items(&head.version_field, record, next(), next(), open, open_change)? else {
+        return Ok(None);
+    };
+    let markup = ItemsMarkup::write(&items.record, &items.changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Some((head, markup)))
 }
 
 fn keys_from(values: Vec<String>) -> Result<KeyMaterial, StoreError> {
@@ -922,18 +939,18 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
-        let Some(answer) = decode_answer(
+        let Some((head, markup)) = decode_answer(
             fields,
             |stored| self.sealing.open(replica_set, session_id, stored),
             |stored| self.sealing.open_change(replica_set, session_id, stored),
         )?
-        .filter(|a| a.lifetime.expires_at(a.touched) > now) else {
+        .filter(|(head, _)| head.is_live(now)) else {
             return Ok(None);
         };
         let live = self
-            .touch_if_due(replica_set, session_id, touch, answer.touched, now, &mut conn)
+            .touch_if_due(replica_set, session_id, touch, head.touched, now, &mut conn)
             .await?;
-        Ok(live.then_some((answer.version, AnswerItems::Written(answer.items))))
+        Ok(live.then_some((head.version, AnswerItems::Written(markup))))
     }
 
     async fn replace_session(

@@ -1,10 +1,10 @@
 //! SOAP 1.1 envelopes: reading a request into a small element tree, writing answers in the
 //! shape WebSEAL accepts, and faults. Pure: no I/O, so it can be fuzzed on its own.
 //!
-//! Reading resolves names by namespace URI, never by prefix (with its own scope of declarations
-//! on quick-xml's plain reader: one pass over an element's attributes instead of three), and
-//! refuses DOCTYPE declarations outright: no entity other than XML's five predefined ones and character references is ever
-//! expanded, and nothing is ever fetched.
+//! Reading resolves names by namespace URI, never by prefix (with a scope of declarations of
+//! its own on quick-xml's plain reader: one pass over an element's attributes instead of three),
+//! and refuses DOCTYPE declarations outright: no entity other than XML's five predefined ones
+//! and character references is ever expanded, and nothing is ever fetched.
 
 use std::borrow::Cow;
 

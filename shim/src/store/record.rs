@@ -12,6 +12,9 @@
 //!
 //! Lengths are LEB128 varints. Format 1 (plain names and values) is still read, so records
 //! written by an earlier shim stay readable during a rolling upgrade.
+//!
+//! A record is read item by item without copying (`stored_items`): into `DataItem`s for the
+//! session rules, or straight into a getSession answer's markup (`ItemsMarkup`).
 
 use crate::dsc::{known_class, DataItem, KNOWN_CLASSES, KNOWN_INSTANCES};
 use std::sync::OnceLock;

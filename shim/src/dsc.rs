@@ -1,7 +1,7 @@
 //! The DSC operations as Rust types: one request type per operation, the answers, the result
 //! codes, and their conversion from and to the SOAP element tree. Pure.
 
-use crate::soap::{Element, ItemValue, MessageWriter, NameParts};
+use crate::soap::{Element, ItemValue, MessageWriter, NameParts, ITEM_MARKUP};
 use crate::store::record::ItemsMarkup;
 
 pub const CLIENT_NS: &str = "http://sms.am.tivoli.com";
@@ -649,9 +649,6 @@ impl AnswerItems {
         }
     }
 }
-
-/// Markup around one item in an answer (about 110 bytes with `ns1:` prefixes).
-const ITEM_MARKUP: usize = 128;
 
 impl Response {
     /// The answer of `operation` carrying only a result code, for refusals.

@@ -373,17 +373,6 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-/// The bytes `escape_into` replaces.
-const ESCAPED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut n = 0;
-    while n < 5 {
-        table[[b'&', b'<', b'>', b'"', b'\r'][n] as usize] = true;
-        n += 1;
-    }
-    table
-};
-
 /// Escapes text for element content and attribute values.
 pub fn escape_into(out: &mut String, text: &str) {
     // Nearly every value (credentials in base64, names, numbers) needs no escaping. A short
@@ -391,7 +380,7 @@ pub fn escape_into(out: &mut String, text: &str) {
     // faster, but their setup costs more than the look at a short value's few bytes.
     let bytes = text.as_bytes();
     let clean = if bytes.len() < 64 {
-        !bytes.iter().any(|b| ESCAPED[usize::from(*b)])
+        !bytes.iter().any(|b| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\r'))
     } else {
         memchr::memchr3(b'&', b'<', b'>', bytes).is_none() && memchr::memchr2(b'"', b'\r', bytes).is_none()
     };
@@ -539,6 +528,10 @@ impl MessageWriter {
         self.out
     }
 }
+
+/// About the bytes of markup around one item's value and names in an answer (110 with the
+/// `ns1:` prefixes), for sizing an answer's buffer.
+pub const ITEM_MARKUP: usize = 128;
 
 /// The start of one session item: `<ns1:data>` and its value (nil kept apart from empty). The
 /// markup goes in whole pieces: a login's 27 items are written on every getSession.

@@ -19,7 +19,7 @@
 use crate::dsc::{known_class, DataItem, KNOWN_CLASSES, KNOWN_INSTANCES};
 use std::sync::OnceLock;
 
-use crate::soap::{write_item_names, write_item_value, ItemValue, NameParts};
+use crate::soap::{write_item_names, write_item_value, ItemValue, NameParts, ITEM_MARKUP};
 
 const FORMAT_PLAIN: u8 = 1;
 const FORMAT_COMPACT: u8 = 2;
@@ -230,9 +230,6 @@ fn known_names_markup(class: usize, instance: usize) -> &'static str {
 /// copied whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemsMarkup(String);
-
-/// Markup around one item's value and names (about 110 bytes with `ns1:` prefixes).
-const ITEM_MARKUP: usize = 128;
 
 impl ItemsMarkup {
     /// The record's items with the logged `changes` (merged in order, as `items::merge` gives

@@ -526,13 +526,26 @@ impl RedisStore {
         session_id: &str,
         conn: &mut ConnectionManager,
     ) -> Result<Option<Session>, StoreError> {
-        let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+        let fields = self
+            .session_fields(replica_set, session_id, &SESSION_FIELDS, conn)
+            .await?;
+        self.decode_session(replica_set, session_id, fields)
+    }
+
+    /// One HMGET of a session's hash.
+    async fn session_fields(
+        &self,
+        replica_set: &str,
+        session_id: &str,
+        fields: &[&str],
+        conn: &mut ConnectionManager,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        redis::cmd("HMGET")
             .arg(self.session_key(replica_set, session_id))
-            .arg(&SESSION_FIELDS)
+            .arg(fields)
             .query_async(conn)
             .await
-            .map_err(|e| self.failed(e))?;
-        self.decode_session(replica_set, session_id, fields)
+            .map_err(|e| self.failed(e))
     }
 
     /// After a read found the session live: records the activity when `touch` says it is due.
@@ -933,12 +946,9 @@ impl Store for RedisStore {
     ) -> Result<Option<(u64, AnswerItems)>, StoreError> {
         // As get_session, reading only what the answer needs and leaving the record encoded.
         let mut conn = self.conn().await?;
-        let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(self.session_key(replica_set, session_id))
-            .arg(&ANSWER_FIELDS)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let fields = self
+            .session_fields(replica_set, session_id, &ANSWER_FIELDS, &mut conn)
+            .await?;
         let Some((head, markup)) = decode_answer(
             fields,
             |stored| self.sealing.open(replica_set, session_id, stored),

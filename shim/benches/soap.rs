@@ -2,7 +2,7 @@
 //! login's full item set, and the getSession answer that hands it back (written by the shim,
 //! read back by a client); and the record the Redis store keeps for that login, plain and
 //! sealed (AES-256-GCM), so the cost of sealing reads as a ratio to the plain record in the
-//! same run. Run with `cargo bench -p redsess-shim --bench soap`; each figure is per message.
+//! same run; and the plain envelope reader beside quick-xml. Run with `cargo bench -p redsess-shim --bench soap`; each figure is per message.
 
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -172,6 +172,26 @@ fn benches(c: &mut Criterion) {
         |b, body| b.iter(|| read_answer(black_box(body))),
     );
     parse_group.finish();
+
+    // The two envelope readers side by side: the plain one, and quick-xml as its baseline.
+    let mut reader_group = c.benchmark_group("envelope");
+    for (name, body) in [("createSession request", &create), ("getSession request", &get)] {
+        assert_eq!(
+            soap::read_plain(body.as_bytes()).map(Ok),
+            Some(soap::read_by_parser(body.as_bytes()))
+        );
+        reader_group.bench_with_input(
+            BenchmarkId::new(format!("{name}, plain"), body.len()),
+            body.as_bytes(),
+            |b, body| b.iter(|| soap::read_plain(black_box(body))),
+        );
+        reader_group.bench_with_input(
+            BenchmarkId::new(format!("{name}, quick-xml"), body.len()),
+            body.as_bytes(),
+            |b, body| b.iter(|| soap::read_by_parser(black_box(body))),
+        );
+    }
+    reader_group.finish();
 
     let mut write_group = c.benchmark_group("write");
     write_group.throughput(Throughput::Bytes(answer_xml.len() as u64));

@@ -2,14 +2,17 @@
 //! shape WebSEAL accepts, and faults. Pure: no I/O, so it can be fuzzed on its own.
 //!
 //! Reading resolves names by namespace URI, never by prefix (with a scope of declarations of
-//! its own on quick-xml's plain reader: one pass over an element's attributes instead of three),
-//! and refuses DOCTYPE declarations outright: no entity other than XML's five predefined ones
-//! and character references is ever expanded, and nothing is ever fetched.
+//! its own), and refuses DOCTYPE declarations outright: no entity other than XML's five
+//! predefined ones and character references is ever expanded, and nothing is ever fetched.
+//! The plain form WebSEAL writes is read by a scan of its own (`plain`); anything else by
+//! quick-xml's plain reader (one pass over an element's attributes instead of three).
 
 use std::borrow::Cow;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
+
+mod plain;
 
 pub const ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 pub const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
@@ -131,15 +134,232 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// What an element's attributes say that matters here: the namespaces it declares (into the
-/// scope) and its `xsi:nil`, if it has one, as (prefix, value).
-fn read_attributes<'a>(
-    body: &'a str,
-    start: &BytesStart,
+/// The tree of one envelope as it is read, whichever reader drives it: the path of open
+/// elements, the operation once it has closed, the namespace scope and the limits. Both
+/// readers build through it, so the rules of names, namespaces and limits are written once.
+#[derive(Default)]
+struct Tree<'a> {
+    /// The path of open elements from the document element down; `stack[i]` is being built.
+    stack: Vec<Element<'a>>,
+    operation: Option<Element<'a>>,
+    seen_root: bool,
+    body_depth: Option<usize>,
+    count: usize,
+    /// Open elements of the whole document, also past the operation (`stack` stops there).
     depth: usize,
-    scope: &mut Scope<'a>,
-    declarations: &mut usize,
-) -> Result<Option<(&'a str, Cow<'a, str>)>, EnvelopeError> {
+    declarations: usize,
+    scope: Scope<'a>,
+}
+
+/// An `xsi:nil`-like attribute as read: its prefix and value (resolved when its element opens).
+type Nil<'a> = Option<(&'a str, Cow<'a, str>)>;
+
+impl<'a> Tree<'a> {
+    fn new() -> Self {
+        Tree {
+            // Envelope, Body, the operation, an item and its value: a DSC message's depth.
+            stack: Vec::with_capacity(6),
+            ..Tree::default()
+        }
+    }
+
+    /// Before an element's attributes are read: the limits of the document.
+    fn begin(&mut self) -> Result<(), EnvelopeError> {
+        if self.seen_root && self.depth == 0 {
+            return Err(EnvelopeError::Malformed(
+                "an element follows the document element".into(),
+            ));
+        }
+        self.count += 1;
+        if self.count > MAX_ELEMENTS {
+            return Err(EnvelopeError::TooManyElements);
+        }
+        if self.depth >= MAX_DEPTH {
+            return Err(EnvelopeError::TooDeep);
+        }
+        Ok(())
+    }
+
+    /// One attribute of the element being opened: a namespace declaration goes into scope, a
+    /// `nil` is kept in `nil` until the element's name is resolved; others do not matter here.
+    fn attribute(
+        &mut self,
+        key: &'a str,
+        value: impl Fn() -> Result<Cow<'a, str>, EnvelopeError>,
+        nil: &mut Nil<'a>,
+    ) -> Result<(), EnvelopeError> {
+        let declared = match split_name(key) {
+            None if key == "xmlns" => Some(""),
+            Some(("xmlns", prefix)) => Some(prefix),
+            Some((prefix, "nil")) => {
+                *nil = Some((prefix, value()?));
+                None
+            }
+            _ => None,
+        };
+        if let Some(prefix) = declared {
+            let uri = value()?;
+            if prefix == "xmlns" || (!prefix.is_empty() && uri.is_empty()) {
+                return Err(EnvelopeError::Malformed(format!(
+                    "the namespace declaration {} is not allowed",
+                    truncate(key, 40)
+                )));
+            }
+            self.declarations += 1;
+            if self.declarations > MAX_NAMESPACE_DECLARATIONS {
+                return Err(EnvelopeError::TooManyNamespaces);
+            }
+            self.scope.bindings.push((self.depth, prefix, uri));
+        }
+        Ok(())
+    }
+
+    /// Opens the element named `qualified`, its attributes read; an empty one closes at once.
+    fn open(&mut self, qualified: &'a str, nil: Nil<'a>, is_empty: bool) -> Result<(), EnvelopeError> {
+        let (prefix, name) = split_name(qualified).unwrap_or(("", qualified));
+        if prefix == "xmlns" {
+            return Err(EnvelopeError::Malformed(
+                "an element is named with the prefix xmlns".into(),
+            ));
+        }
+        let namespace = self.scope.resolve(prefix)?;
+        // Resolved before an empty element's own declarations go out of scope.
+        let nil = nil.is_some_and(|(nil_prefix, value)| {
+            self.scope.resolve(nil_prefix).ok().flatten().as_deref() == Some(XSI_NS)
+                && matches!(value.trim(), "true" | "1")
+        });
+        let element_depth = self.depth;
+        if is_empty {
+            self.scope.leave(element_depth);
+        } else {
+            self.depth += 1;
+        }
+        if self.operation.is_some() {
+            return Ok(());
+        }
+        let element = Element {
+            namespace,
+            name: Cow::Borrowed(name),
+            nil,
+            text: Cow::Borrowed(""),
+            children: Vec::new(),
+        };
+        let in_envelope = element.namespace.as_deref() == Some(ENVELOPE_NS);
+        if !self.seen_root {
+            self.seen_root = true;
+            if element.name != "Envelope" || !in_envelope {
+                return Err(EnvelopeError::NotAnEnvelope);
+            }
+        } else if self.stack.len() == 1 && self.body_depth.is_none() && element.name == "Body" && in_envelope {
+            self.body_depth = Some(1);
+        }
+        self.stack.push(element);
+        if is_empty {
+            close_element(&mut self.stack, self.body_depth, &mut self.operation);
+        }
+        Ok(())
+    }
+
+    /// The innermost open element ends.
+    fn close(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+        self.scope.leave(self.depth);
+        if self.operation.is_none() {
+            close_element(&mut self.stack, self.body_depth, &mut self.operation);
+        }
+    }
+
+    /// Character data of the innermost open element.
+    fn text(&mut self, piece: Cow<'a, str>) {
+        if let Some(top) = self.stack.last_mut() {
+            top.push_text(piece);
+        }
+    }
+
+    /// The operation, once the document has ended.
+    fn finish(self) -> Result<Element<'a>, EnvelopeError> {
+        if !self.seen_root {
+            return Err(EnvelopeError::Malformed("the body holds no XML element".into()));
+        }
+        if self.depth > 0 {
+            return Err(EnvelopeError::Malformed(
+                "the document ends before all its elements are closed".into(),
+            ));
+        }
+        if self.body_depth.is_none() {
+            return Err(EnvelopeError::NoBody);
+        }
+        self.operation.ok_or(EnvelopeError::NoOperation)
+    }
+}
+
+/// Reads a SOAP 1.1 envelope and returns the first element inside its `Body`.
+///
+/// Two readers share the work: the plain one (`plain`), a scan for the plain form every
+/// WebSEAL request takes, and quick-xml for everything else. The plain reader steps aside at
+/// anything beyond that form, so every error is quick-xml's.
+pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
+    let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
+    match plain::read(text) {
+        Some(operation) => Ok(operation),
+        None => read_parsed(text),
+    }
+}
+
+/// `read_operation` by the plain reader alone: `None` where it steps aside. Public so that
+/// the fuzz target can hold the two readers to one answer.
+pub fn read_plain(body: &[u8]) -> Option<Element<'_>> {
+    plain::read(std::str::from_utf8(body).ok()?)
+}
+
+/// `read_operation` by quick-xml alone (see `read_plain`).
+pub fn read_by_parser(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
+    read_parsed(std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?)
+}
+
+fn read_parsed(text: &str) -> Result<Element<'_>, EnvelopeError> {
+    let mut reader = Reader::from_str(text);
+    reader.config_mut().expand_empty_elements = false;
+    reader.config_mut().check_end_names = true;
+    let mut tree = Tree::new();
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        match event {
+            Event::DocType(_) => return Err(EnvelopeError::Doctype),
+            Event::Start(ref start) | Event::Empty(ref start) => {
+                tree.begin()?;
+                let nil = read_attributes(text, start, &mut tree)?;
+                let qualified = borrowed_from(text, start.name().as_ref())
+                    .ok_or_else(|| EnvelopeError::Malformed("an element name is not part of the body".into()))?;
+                tree.open(qualified, nil, matches!(event, Event::Empty(_)))?;
+            }
+            Event::End(_) => tree.close(),
+            Event::Text(t) => tree.text(text_piece(text, &t)?),
+            Event::CData(c) => tree.text(text_piece(text, &c)?),
+            Event::GeneralRef(r) => {
+                let resolved = match r.resolve_char_ref() {
+                    Ok(Some(ch)) => ch.to_string(),
+                    Ok(None) => {
+                        let name = r.decode().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+                        quick_xml::escape::resolve_predefined_entity(&name)
+                            .ok_or_else(|| EnvelopeError::UnknownEntity(truncate(&name, 40)))?
+                            .to_string()
+                    }
+                    Err(e) => return Err(EnvelopeError::Malformed(e.to_string())),
+                };
+                tree.text(Cow::Owned(resolved));
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    tree.finish()
+}
+
+/// The attributes of a start tag into the tree (see `Tree::attribute`); its nil, if any.
+fn read_attributes<'a>(body: &'a str, start: &BytesStart, tree: &mut Tree<'a>) -> Result<Nil<'a>, EnvelopeError> {
     // Most elements of a DSC message carry none: this spares them any pass over nothing.
     if start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -162,164 +382,9 @@ fn read_attributes<'a>(
                     .map_err(|e| EnvelopeError::Malformed(e.to_string())),
             }
         };
-        let declared = match split_name(key) {
-            None if key == "xmlns" => Some(""),
-            Some(("xmlns", prefix)) => Some(prefix),
-            Some((prefix, "nil")) => {
-                nil = Some((prefix, value()?));
-                None
-            }
-            _ => None,
-        };
-        if let Some(prefix) = declared {
-            let uri = value()?;
-            if prefix == "xmlns" || (!prefix.is_empty() && uri.is_empty()) {
-                return Err(EnvelopeError::Malformed(format!(
-                    "the namespace declaration {} is not allowed",
-                    truncate(key, 40)
-                )));
-            }
-            *declarations += 1;
-            if *declarations > MAX_NAMESPACE_DECLARATIONS {
-                return Err(EnvelopeError::TooManyNamespaces);
-            }
-            scope.bindings.push((depth, prefix, uri));
-        }
+        tree.attribute(key, value, &mut nil)?;
     }
     Ok(nil)
-}
-
-/// Reads a SOAP 1.1 envelope and returns the first element inside its `Body`.
-pub fn read_operation(body: &[u8]) -> Result<Element<'_>, EnvelopeError> {
-    let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
-    let mut reader = Reader::from_str(text);
-    reader.config_mut().expand_empty_elements = false;
-    reader.config_mut().check_end_names = true;
-
-    // The path of open elements from the document element down; `stack[i]` is being built.
-    let mut stack: Vec<Element> = Vec::new();
-    let mut operation: Option<Element> = None;
-    let mut seen_root = false;
-    let mut body_depth: Option<usize> = None;
-    let mut count = 0usize;
-    // Open elements of the whole document, also past the operation (`stack` stops there).
-    let mut depth = 0usize;
-    let mut namespace_declarations = 0usize;
-    let mut scope = Scope::default();
-
-    loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        match event {
-            Event::DocType(_) => return Err(EnvelopeError::Doctype),
-            Event::Start(ref start) | Event::Empty(ref start) => {
-                let is_empty = matches!(event, Event::Empty(_));
-                if seen_root && depth == 0 {
-                    return Err(EnvelopeError::Malformed(
-                        "an element follows the document element".into(),
-                    ));
-                }
-                count += 1;
-                if count > MAX_ELEMENTS {
-                    return Err(EnvelopeError::TooManyElements);
-                }
-                if depth >= MAX_DEPTH {
-                    return Err(EnvelopeError::TooDeep);
-                }
-                let nil = read_attributes(text, start, depth, &mut scope, &mut namespace_declarations)?;
-                let qualified = borrowed_from(text, start.name().as_ref())
-                    .ok_or_else(|| EnvelopeError::Malformed("an element name is not part of the body".into()))?;
-                let (prefix, name) = split_name(qualified).unwrap_or(("", qualified));
-                if prefix == "xmlns" {
-                    return Err(EnvelopeError::Malformed(
-                        "an element is named with the prefix xmlns".into(),
-                    ));
-                }
-                let namespace = scope.resolve(prefix)?;
-                // Resolved before an empty element's own declarations go out of scope.
-                let nil = nil.is_some_and(|(nil_prefix, value)| {
-                    scope.resolve(nil_prefix).ok().flatten().as_deref() == Some(XSI_NS)
-                        && matches!(value.trim(), "true" | "1")
-                });
-                let element_depth = depth;
-                if is_empty {
-                    scope.leave(element_depth);
-                } else {
-                    depth += 1;
-                }
-                if operation.is_some() {
-                    continue;
-                }
-                let element = Element {
-                    namespace,
-                    name: Cow::Borrowed(name),
-                    nil,
-                    text: Cow::Borrowed(""),
-                    children: Vec::new(),
-                };
-                let in_envelope = element.namespace.as_deref() == Some(ENVELOPE_NS);
-                if !seen_root {
-                    seen_root = true;
-                    if element.name != "Envelope" || !in_envelope {
-                        return Err(EnvelopeError::NotAnEnvelope);
-                    }
-                } else if stack.len() == 1 && body_depth.is_none() && element.name == "Body" && in_envelope {
-                    body_depth = Some(1);
-                }
-                stack.push(element);
-                if is_empty {
-                    close_element(&mut stack, body_depth, &mut operation);
-                }
-            }
-            Event::End(_) => {
-                depth = depth.saturating_sub(1);
-                scope.leave(depth);
-                if operation.is_none() {
-                    close_element(&mut stack, body_depth, &mut operation);
-                }
-            }
-            Event::Text(t) => {
-                if let Some(top) = stack.last_mut() {
-                    top.push_text(text_piece(text, &t)?);
-                }
-            }
-            Event::CData(c) => {
-                if let Some(top) = stack.last_mut() {
-                    top.push_text(text_piece(text, &c)?);
-                }
-            }
-            Event::GeneralRef(r) => {
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(ch)) => ch.to_string(),
-                    Ok(None) => {
-                        let name = r.decode().map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-                        quick_xml::escape::resolve_predefined_entity(&name)
-                            .ok_or_else(|| EnvelopeError::UnknownEntity(truncate(&name, 40)))?
-                            .to_string()
-                    }
-                    Err(e) => return Err(EnvelopeError::Malformed(e.to_string())),
-                };
-                if let Some(top) = stack.last_mut() {
-                    top.push_text(Cow::Owned(resolved));
-                }
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
-    if !seen_root {
-        return Err(EnvelopeError::Malformed("the body holds no XML element".into()));
-    }
-    if depth > 0 {
-        return Err(EnvelopeError::Malformed(
-            "the document ends before all its elements are closed".into(),
-        ));
-    }
-    if body_depth.is_none() {
-        return Err(EnvelopeError::NoBody);
-    }
-    operation.ok_or(EnvelopeError::NoOperation)
 }
 
 /// Character data as the piece of the body it is; copied only if it were not part of it.

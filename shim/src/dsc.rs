@@ -733,7 +733,7 @@ impl Response {
                 let mut w = open("getUpdates", CLIENT_NS);
                 w.number("result", result.code());
                 w.field("newKey", new_key);
-                w.number("newKeyID", new_key_id);
+                w.number("newKeyID", *new_key_id);
                 close(w, "getUpdates")
             }
             Response::SessionChange {
@@ -744,16 +744,15 @@ impl Response {
             } => {
                 let mut w = open(operation, CLIENT_NS);
                 w.number("result", result.code());
-                w.number("version", version);
-                w.number("stackDepth", stack_depth);
+                w.number("version", *version);
+                w.number("stackDepth", *stack_depth);
                 w.field("clearOnReadDataPresent", "false");
                 close(w, operation)
             }
             Response::GetSession { result, version, data } => {
-                let mut w = open("getSession", CLIENT_NS);
-                w.reserve(data.answer_bytes());
+                let mut w = MessageWriter::answer_sized("getSession", CLIENT_NS, data.answer_bytes());
                 w.number("result", result.code());
-                w.number("version", version);
+                w.number("version", *version);
                 match data {
                     AnswerItems::Items(items) => {
                         for item in items {

@@ -500,7 +500,13 @@ impl MessageWriter {
     /// The answer to `operation` in the shape DSC answers have: `<ns1:{operation}Response>`
     /// around `<ns1:{operation}Return>`, whose content the caller writes.
     pub fn answer(operation: &str, namespace: &str) -> Self {
-        let mut out = String::with_capacity(1024);
+        Self::answer_sized(operation, namespace, 0)
+    }
+
+    /// `answer`, with room made at once for `content` more bytes of content than the
+    /// envelope, so that a large answer is never copied into a larger buffer.
+    pub fn answer_sized(operation: &str, namespace: &str, content: usize) -> Self {
+        let mut out = String::with_capacity(1024 + content);
         for piece in [
             ENVELOPE_OPEN,
             "<ns1:",
@@ -529,12 +535,6 @@ impl MessageWriter {
             self.out.push_str(piece);
         }
         self.out
-    }
-
-    /// Makes room for `additional` more bytes at once, so that a large answer is not copied
-    /// again each time it outgrows its buffer.
-    pub fn reserve(&mut self, additional: usize) {
-        self.out.reserve(additional);
     }
 
     pub fn open(&mut self, name: &str) {
@@ -580,10 +580,9 @@ impl MessageWriter {
         self.out.push_str(markup);
     }
 
-    pub fn number(&mut self, name: &str, n: impl std::fmt::Display) {
-        use std::fmt::Write;
+    pub fn number(&mut self, name: &str, n: impl itoa::Integer) {
         self.open(name);
-        let _ = write!(self.out, "{n}");
+        self.out.push_str(itoa::Buffer::new().format(n));
         self.close(name);
     }
 

@@ -656,10 +656,6 @@ const SESSION_FIELDS: [&str; 11] = ["v", "d", "e", "i", "t", "c", "u", "n", "r",
 /// field costs the Redis client's reply parser about as much as a small command's whole reply.
 const ANSWER_FIELDS: [&str; 7] = ["v", "d", "e", "i", "t", "xv", "x"];
 
-/// A change log longer than this is merged into the record instead (a replacement): every
-/// read replays the log, so it stays a few entries (about 16 last-access updates, 5 sealed).
-const MAX_CHANGE_LOG: usize = 256;
-
 /// How a script names an item: class and instance, apart by a NUL (XML text has none).
 fn item_field(class: &str, instance: &str) -> Vec<u8> {
     [class.as_bytes(), b"\0", instance.as_bytes()].concat()
@@ -1028,19 +1024,19 @@ impl Store for RedisStore {
         call.arg(update.expected_version)
             .arg(next_version)
             .arg(update.now)
-            .arg(log_entry(&entry))
-            .arg(MAX_CHANGE_LOG);
+            .arg(log_entry(&entry));
         for item in update.items {
             call.arg(item_field(&item.data_class, &item.instance));
         }
-        let answer: Vec<Value> = self.write(&call).await?;
-        match (status_of(&answer), answer.get(1)) {
-            (0, _) => Ok(UpdateOutcome::NotFound),
-            (1, Some(stored)) => Ok(UpdateOutcome::VersionMismatch {
-                stored: redis::from_redis_value(stored).unwrap_or(0),
-            }),
-            (2, _) => Ok(UpdateOutcome::Updated { version: next_version }),
-            (3, _) => Ok(UpdateOutcome::NeedsReplacement),
+        match self.write(&call).await? {
+            Value::Int(0) => Ok(UpdateOutcome::NotFound),
+            Value::Array(answer) if status_of(&answer) == 1 && answer.len() == 2 => {
+                Ok(UpdateOutcome::VersionMismatch {
+                    stored: redis::from_redis_value(&answer[1]).unwrap_or(0),
+                })
+            }
+            Value::Int(2) => Ok(UpdateOutcome::Updated { version: next_version }),
+            Value::Int(3) => Ok(UpdateOutcome::NeedsReplacement),
             _ => Err(StoreError::Corrupt("unexpected answer from the update script".into())),
         }
     }
@@ -1509,32 +1505,46 @@ return answer
 "#
 );
 
-/// KEYS: session. ARGV: expected version, new version, now, log entry, log bound, then the
-/// names of the updated items (`item_field`). Appends the entry to the change log (a log
-/// left by an older version starts again), moves the version and the activity, extends the
-/// TTL; e and i, and with them the lifetime, stay. Answers {0} not found, {1, stored} version
-/// mismatch, {2} updated, {3} replace instead: the update names the user's key item, the
-/// log would pass its bound, or the record does not say its key item (an earlier shim's).
+/// A change log longer than this (in bytes) is merged into the record instead (a
+/// replacement): every read replays the log, so it stays a few entries (about 16
+/// last-access updates, 5 sealed). A macro, to be written into the update script's text.
+macro_rules! max_change_log {
+    () => {
+        256
+    };
+}
+
+/// KEYS: session. ARGV: expected version, new version, now, log entry, then the names of the
+/// updated items (`item_field`). Appends the entry to the change log (a log left by an older
+/// version starts again), moves the version and the activity, extends the TTL; e and i, and
+/// with them the lifetime, stay. Answers 0 not found, {1, stored} version mismatch, 2 updated,
+/// 3 replace instead: the update names the user's key item, the log would pass its bound
+/// (`max_change_log`, written into the script: Lua reads a number argument with strtod), or
+/// the record does not say its key item (an earlier shim's). A number, not a table, on the
+/// common paths: the table and its reply cost Redis and the client more than the script's
+/// rules do.
 const UPDATE: &str = concat!(
     lua_ends_of!(),
     r#"
 local now = tonumber(ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'v', 'e', 'i', 't', 'k', 'xv', 'x')
-if not f[1] then return {0} end
+if not f[1] then return 0 end
 -- Numbers once: Lua reads each string with strtod.
 local e, i = tonumber(f[2]), tonumber(f[3])
-if ends_of(e, i, f[4]) <= now then return {0} end
+if ends_of(e, i, f[4]) <= now then return 0 end
 if f[1] ~= ARGV[1] then return {1, tonumber(f[1])} end
-if not f[5] then return {3} end
-for n = 6, #ARGV do
-  if ARGV[n] == f[5] then return {3} end
+if not f[5] then return 3 end
+for n = 5, #ARGV do
+  if ARGV[n] == f[5] then return 3 end
 end
 local log = ''
 if f[6] == f[1] and f[7] then log = f[7] end
-if #log + #ARGV[4] > tonumber(ARGV[5]) then return {3} end
+if #log + #ARGV[4] > "#,
+    max_change_log!(),
+    r#" then return 3 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'xv', ARGV[2], 'x', log .. ARGV[4], 't', ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], ends_of(e, i, now) * 1000)
-return {2}
+return 2
 "#
 );
 

@@ -1322,6 +1322,18 @@ end
     };
 }
 
+/// `pexpire_at(key, seconds)`: PEXPIREAT with the time written as an integer. Redis writes a
+/// Lua number argument with a float format (`%.17g`), which costs more than a script's rules.
+macro_rules! lua_pexpire_at {
+    () => {
+        r#"
+local function pexpire_at(key, seconds)
+  return redis.call('PEXPIREAT', key, string.format('%d000', seconds))
+end
+"#
+    };
+}
+
 /// `live(key, now, user)`; needs `lua_ends_of`.
 macro_rules! lua_live {
     () => {
@@ -1445,6 +1457,7 @@ return answer
 /// when it is gone or ended (a touch never revives one).
 const TOUCH: &str = concat!(
     lua_ends_of!(),
+    lua_pexpire_at!(),
     r#"
 local f = redis.call('HMGET', KEYS[1], 'e', 'i', 't')
 if not f[1] then return 0 end
@@ -1452,8 +1465,8 @@ local now = tonumber(ARGV[1])
 local e, i, t = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
 if ends_of(e, i, t) <= now then return 0 end
 if t < now then
-  redis.call('HSET', KEYS[1], 't', now)
-  redis.call('PEXPIREAT', KEYS[1], ends_of(e, i, now) * 1000)
+  redis.call('HSET', KEYS[1], 't', ARGV[1])
+  pexpire_at(KEYS[1], ends_of(e, i, now))
 end
 return 1
 "#
@@ -1525,6 +1538,7 @@ macro_rules! max_change_log {
 /// rules do.
 const UPDATE: &str = concat!(
     lua_ends_of!(),
+    lua_pexpire_at!(),
     r#"
 local now = tonumber(ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'v', 'e', 'i', 't', 'k', 'xv', 'x')
@@ -1543,7 +1557,7 @@ if #log + #ARGV[4] > "#,
     max_change_log!(),
     r#" then return 3 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'xv', ARGV[2], 'x', log .. ARGV[4], 't', ARGV[3])
-redis.call('PEXPIREAT', KEYS[1], ends_of(e, i, now) * 1000)
+pexpire_at(KEYS[1], ends_of(e, i, now))
 return 2
 "#
 );

@@ -15,10 +15,12 @@ use std::borrow::Cow;
 use super::{Element, Nil, Tree};
 
 /// The declarations this reader takes at the start of a body; another steps aside.
-const DECLARATIONS: [&str; 3] = [
+const DECLARATIONS: [&str; 4] = [
     r#"<?xml version="1.0" encoding="UTF-8"?>"#,
     r#"<?xml version="1.0" encoding="utf-8"?>"#,
     r#"<?xml version="1.0"?>"#,
+    // WebSEAL's long poll (getUpdates) begins with this one.
+    "<?xml version='1.0' encoding='utf-8' ?>",
 ];
 
 /// The attributes per element this reader takes (duplicates are looked for among them).
@@ -240,7 +242,20 @@ mod tests {
             .collect();
         seeds.sort();
         seeds.push(("indented".into(), indented().into_bytes()));
+        seeds.push(("long poll".into(), long_poll().into_bytes()));
         seeds
+    }
+
+    /// A getUpdates as WebSEAL's long poll writes it: another declaration, a nil holding
+    /// whitespace.
+    fn long_poll() -> String {
+        format!(
+            "<?xml version='1.0' encoding='utf-8' ?>\n<S:Envelope xmlns:S=\"{ENVELOPE_NS}\" \
+             xmlns:xsi=\"{XSI_NS}\">\n  <S:Body>\n    <ns1:getUpdates xmlns:ns1=\"{OP_NS}\">\n      \
+             <ns1:replica>web-1</ns1:replica>\n      <ns1:replicaSet xsi:nil=\"true\">\n      \
+             </ns1:replicaSet>\n      <ns1:responseBy>60</ns1:responseBy>\n    </ns1:getUpdates>\n  \
+             </S:Body>\n</S:Envelope>\n"
+        )
     }
 
     /// A getSession as WebSEAL indents it, with prefixes of its own choosing.
@@ -274,11 +289,15 @@ mod tests {
                 }
             }
         }
-        assert!(plain >= 15, "{plain} seeds read plain");
+        assert!(plain >= 16, "{plain} seeds read plain");
         let indented = indented();
         let op = read_plain(indented.as_bytes()).unwrap();
         assert_eq!(op.child("replica").unwrap().text, "web&1");
         assert!(op.child("ssoSource").unwrap().nil);
+        let long_poll = long_poll();
+        let op = read_plain(long_poll.as_bytes()).unwrap();
+        assert!(op.child("replicaSet").unwrap().nil);
+        assert_eq!(op.child("responseBy").unwrap().text, "60");
     }
 
     #[test]

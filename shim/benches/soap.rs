@@ -2,7 +2,9 @@
 //! login's full item set, and the getSession answer that hands it back (written by the shim,
 //! read back by a client); and the record the Redis store keeps for that login, plain and
 //! sealed (AES-256-GCM), so the cost of sealing reads as a ratio to the plain record in the
-//! same run; and the plain envelope reader beside quick-xml. Run with `cargo bench -p redsess-shim --bench soap`; each figure is per message.
+//! same run; and the plain envelope reader beside quick-xml, on requests laid out as the
+//! benchmark sends them and as WebSEAL indents them. Run with
+//! `cargo bench -p redsess-shim --bench soap`; each figure is per message.
 
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -112,6 +114,35 @@ fn create_request(items: &[DataItem]) -> String {
     xml
 }
 
+/// `body` as WebSEAL lays a request out: each element on a line of its own, indented, with
+/// whitespace only between tags that had nothing between them (never inside a leaf).
+fn indented(body: &str) -> String {
+    let mut out = String::with_capacity(body.len() * 2);
+    let (mut depth, mut after_start) = (0usize, false);
+    let mut rest = body;
+    while let Some(at) = rest.find('<') {
+        let (text, tail) = rest.split_at(at);
+        let (tag, after) = tail.split_at(tail.find('>').expect("a whole tag") + 1);
+        let (closing, declaration) = (tag.starts_with("</"), tag.starts_with("<?"));
+        if closing {
+            depth -= 1;
+        }
+        out.push_str(text);
+        if text.is_empty() && !out.is_empty() && !(closing && after_start) {
+            out.push('\n');
+            out.push_str(&"  ".repeat(depth));
+        }
+        out.push_str(tag);
+        after_start = !closing && !declaration && !tag.ends_with("/>");
+        if after_start {
+            depth += 1;
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 fn get_request() -> String {
     format!(
         r#"{ENVELOPE_OPEN}<ns1:getSession xmlns:ns1="http://sms.am.tivoli.com"><ns1:replica>bench-webseald</ns1:replica><ns1:replicaSet>default</ns1:replicaSet><ns1:sessionID>{SESSION_ID}</ns1:sessionID><ns1:ssoType>local</ns1:ssoType><ns1:ssoSource xsi:nil="true"/></ns1:getSession>{ENVELOPE_CLOSE}"#
@@ -175,7 +206,17 @@ fn benches(c: &mut Criterion) {
 
     // The two envelope readers side by side: the plain one, and quick-xml as its baseline.
     let mut reader_group = c.benchmark_group("envelope");
-    for (name, body) in [("createSession request", &create), ("getSession request", &get)] {
+    let create_indented = indented(&create);
+    assert_eq!(
+        parse(create_indented.as_bytes()),
+        parse(create.as_bytes()),
+        "{create_indented}"
+    );
+    for (name, body) in [
+        ("createSession request", &create),
+        ("createSession request, indented", &create_indented),
+        ("getSession request", &get),
+    ] {
         assert_eq!(
             soap::read_plain(body.as_bytes()).map(Ok),
             Some(soap::read_by_parser(body.as_bytes()))

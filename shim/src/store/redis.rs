@@ -474,12 +474,13 @@ impl RedisStore {
 
     /// `P<kind>:{<n>:<rs>:`, with room for `more` bytes after it.
     fn key_prefix(&self, kind: &str, replica_set: &str, more: usize) -> String {
-        use std::fmt::Write;
         let prefix = &self.settings.key_prefix;
         let mut key = String::with_capacity(prefix.len() + kind.len() + replica_set.len() + 24 + more);
         key.push_str(prefix);
         key.push_str(kind);
-        let _ = write!(key, ":{{{}:", replica_set.len());
+        key.push_str(":{");
+        key.push_str(itoa::Buffer::new().format(replica_set.len()));
+        key.push(':');
         key.push_str(replica_set);
         key.push(':');
         key

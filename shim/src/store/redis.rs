@@ -545,7 +545,8 @@ impl RedisStore {
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         // Sized once: a command grows its buffers from nothing, six allocations for this one.
         let key = self.session_key(replica_set, session_id);
-        let mut cmd = redis::Cmd::with_capacity(2 + fields.len(), 5 + key.len() + fields.len() * 2);
+        let field_bytes: usize = fields.iter().map(|f| f.len()).sum();
+        let mut cmd = redis::Cmd::with_capacity(2 + fields.len(), 5 + key.len() + field_bytes);
         cmd.arg("HMGET").arg(key).arg(fields);
         let reply = conn.req_packed_command(&cmd).await.map_err(|e| self.failed(e))?;
         let unexpected = || StoreError::Corrupt("HMGET answered something other than its fields".into());
